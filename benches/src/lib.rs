@@ -1,0 +1,1 @@
+//! Benchmarks live here (issue 8).

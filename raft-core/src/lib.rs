@@ -1,0 +1,79 @@
+//! # raft-core: Raft for regular people
+//!
+//! Implement four async methods on your state machine ([`Store`]), pick a [`LogStorage`] and
+//! a [`Transport`], and get a replicated, durable, linearizable service. Consensus comes from
+//! tikv's `raft` crate; raft-core drives it: durability before acknowledgement, group commit,
+//! batched ordered peer senders, leader forwarding, ReadIndex reads, snapshots, membership
+//! changes and restarts.
+//!
+//! ```no_run
+//! use raft_core::{async_trait, LocalNetwork, Raft, Store, StoreResult};
+//!
+//! #[derive(Default)]
+//! struct Register(Vec<u8>);
+//!
+//! #[async_trait]
+//! impl Store for Register {
+//!     async fn apply(&mut self, message: &[u8]) -> StoreResult<Vec<u8>> {
+//!         self.0 = message.to_vec();
+//!         Ok(Vec::new())
+//!     }
+//!     async fn query(&self, _query: &[u8]) -> StoreResult<Vec<u8>> {
+//!         Ok(self.0.clone())
+//!     }
+//!     async fn snapshot(&self) -> StoreResult<Vec<u8>> {
+//!         Ok(self.0.clone())
+//!     }
+//!     async fn restore(&mut self, snapshot: &[u8]) -> StoreResult<()> {
+//!         self.0 = snapshot.to_vec();
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # async fn demo() -> raft_core::Result<()> {
+//! let network = LocalNetwork::new();
+//! let raft = Raft::builder(1, Register::default())
+//!     .raft_addr("node-1")
+//!     .transport(network.transport())
+//!     .build()?;
+//! let mailbox = raft.mailbox();
+//! tokio::spawn(raft.lead());
+//! mailbox.send_proposal(b"hello".to_vec()).await?;
+//! assert_eq!(mailbox.query(Vec::new()).await?, b"hello");
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod error;
+mod log_storage;
+mod logging;
+mod mailbox;
+mod mem_log_storage;
+mod node;
+mod raft;
+mod status;
+mod store;
+pub mod transport;
+pub mod wire;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use crate::config::Config;
+pub use crate::error::{Error, Result, StorageError, TransportError};
+pub use crate::log_storage::{limit_size, LogStorage};
+pub use crate::mailbox::Mailbox;
+pub use crate::mem_log_storage::{check_contiguous, MemLogStorage};
+pub use crate::raft::{Raft, RaftBuilder};
+pub use crate::status::{ReadConsistency, Role, Status};
+pub use crate::store::{Store, StoreResult};
+pub use crate::transport::{
+    Faults, FaultyTransport, InboundHandler, LocalNetwork, LocalTransport, ServerGuard, Transport,
+};
+pub use async_trait::async_trait;
+
+/// raft-rs's protobuf types, for [`LogStorage`] implementations.
+pub mod eraftpb {
+    pub use raft::prelude::{ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMetadata};
+    pub use raft::{RaftState, StorageError as RaftStorageError};
+}

@@ -1,0 +1,108 @@
+//! The durable raft log: the reads raft-rs needs plus atomic, durable writes.
+
+use std::sync::Arc;
+
+use raft::prelude::{Entry, HardState, Snapshot};
+use raft::{GetEntriesContext, RaftState};
+
+use crate::error::StorageError;
+
+/// The raft log, hard state and latest snapshot of one node.
+///
+/// Reads follow raft-rs's [`raft::Storage`] contract (including its `Compacted` and
+/// `Unavailable` errors). Every write is durable when it returns: a node acknowledges nothing
+/// that a write has not made durable. Writes are called from a blocking thread, never from an
+/// async runtime worker, so implementations may fsync freely.
+///
+/// The stored conf state is the one in the latest snapshot's metadata: raft-core rebuilds the
+/// current membership by replaying the committed log after it, the way it rebuilds the user's
+/// state machine.
+///
+/// Third-party backends check themselves with `raft_core::testing::conformance` (feature
+/// `testing`).
+pub trait LogStorage: Send + Sync + 'static {
+    /// The persisted hard state, and the conf state of the latest snapshot.
+    fn initial_state(&self) -> raft::Result<RaftState>;
+    /// Entries in `[low, high)`, at least one if any exist, at most `max_size` bytes beyond the
+    /// first. `Compacted` if `low` was compacted, `Unavailable` if `high > last_index + 1`.
+    fn entries(&self, low: u64, high: u64, max_size: Option<u64>) -> raft::Result<Vec<Entry>>;
+    /// The term of the entry at `index`; also answers for `first_index() - 1`.
+    fn term(&self, index: u64) -> raft::Result<u64>;
+    /// The index of the first entry still in the log (the last compacted index + 1).
+    fn first_index(&self) -> raft::Result<u64>;
+    /// The index of the last entry (`first_index() - 1` when the log is empty).
+    fn last_index(&self) -> raft::Result<u64>;
+    /// The latest snapshot, with its data; an empty snapshot (index 0) if there is none.
+    fn snapshot(&self) -> raft::Result<Snapshot>;
+
+    /// Appends `entries`, replacing any existing entries from `entries[0].index` on, and stores
+    /// `hard_state` if given, atomically and durably (one batch, one sync).
+    fn append(&self, entries: &[Entry], hard_state: Option<&HardState>) -> Result<(), StorageError>;
+    /// Installs a snapshot received from the leader: the whole log is replaced by it and the
+    /// hard state's commit index is raised to the snapshot's index.
+    fn install_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError>;
+    /// Stores a snapshot this node took of its own state; the log is kept. Raises the stored
+    /// commit index to the snapshot's index. An older snapshot than the stored one is ignored.
+    fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError>;
+    /// Drops every entry up to and including `index`, which must not pass the latest
+    /// snapshot's index. Compacting an already compacted index does nothing.
+    fn compact(&self, index: u64) -> Result<(), StorageError>;
+}
+
+/// Adapts a shared [`LogStorage`] to raft-rs's [`raft::Storage`].
+#[derive(Clone)]
+pub(crate) struct RaftStorage(pub(crate) Arc<dyn LogStorage>);
+
+impl raft::Storage for RaftStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        self.0.initial_state()
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        self.0.entries(low, high, max_size.into())
+    }
+
+    fn term(&self, idx: u64) -> raft::Result<u64> {
+        self.0.term(idx)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        self.0.first_index()
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        self.0.last_index()
+    }
+
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        let snapshot = self.0.snapshot()?;
+        if snapshot_index(&snapshot) < request_index {
+            return Err(raft::Error::Store(
+                raft::StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        Ok(snapshot)
+    }
+}
+
+/// The index of a snapshot (0 for an empty one).
+pub(crate) fn snapshot_index(snapshot: &Snapshot) -> u64 {
+    snapshot.metadata.as_ref().map_or(0, |m| m.index)
+}
+
+/// The term of a snapshot (0 for an empty one).
+pub(crate) fn snapshot_term(snapshot: &Snapshot) -> u64 {
+    snapshot.metadata.as_ref().map_or(0, |m| m.term)
+}
+
+/// Keeps entries from the front of `entries` while their encoded size stays within
+/// `max_size`; always keeps the first one. Backends use it to honour `entries`'s limit.
+pub fn limit_size(entries: &mut Vec<Entry>, max_size: Option<u64>) {
+    raft::util::limit_size(entries, max_size);
+}

@@ -1,0 +1,44 @@
+//! Bridges raft-rs's slog output into `tracing`.
+
+use std::fmt::Write as _;
+
+use slog::{Drain, Key, OwnedKVList, Record, Serializer, KV};
+
+/// An slog drain that re-emits every record as a `tracing` event (target `raft`).
+struct TracingDrain;
+
+struct KvText(String);
+
+impl Serializer for KvText {
+    fn emit_arguments(&mut self, key: Key, val: &std::fmt::Arguments<'_>) -> slog::Result {
+        let _ = write!(self.0, " {key}={val}");
+        Ok(())
+    }
+}
+
+impl Drain for TracingDrain {
+    type Ok = ();
+    type Err = slog::Never;
+
+    fn log(&self, record: &Record<'_>, values: &OwnedKVList) -> Result<(), slog::Never> {
+        let mut kv = KvText(String::new());
+        let _ = record.kv().serialize(record, &mut kv);
+        let _ = values.serialize(record, &mut kv);
+        let msg = record.msg();
+        match record.level() {
+            slog::Level::Critical | slog::Level::Error => {
+                tracing::error!(target: "raft", "{msg}{}", kv.0)
+            }
+            slog::Level::Warning => tracing::warn!(target: "raft", "{msg}{}", kv.0),
+            slog::Level::Info => tracing::info!(target: "raft", "{msg}{}", kv.0),
+            slog::Level::Debug => tracing::debug!(target: "raft", "{msg}{}", kv.0),
+            slog::Level::Trace => tracing::trace!(target: "raft", "{msg}{}", kv.0),
+        }
+        Ok(())
+    }
+}
+
+/// A slog logger for raft-rs that writes through `tracing`.
+pub(crate) fn raft_logger(node_id: u64) -> slog::Logger {
+    slog::Logger::root(TracingDrain.fuse(), slog::o!("raft_id" => node_id))
+}

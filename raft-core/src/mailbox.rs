@@ -1,0 +1,371 @@
+//! The client side of a node: proposals, reads and membership changes from any node, with
+//! automatic forwarding to the leader and retries until a deadline.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::node::driver::ask;
+use crate::node::messages::DriverMsg;
+use crate::node::server::error_from_wire;
+use crate::status::{ReadConsistency, Status};
+use crate::transport::Transport;
+use crate::wire::{
+    request, response, MembershipAction, MembershipRequest, ProposeRequest, QueryRequest, Request,
+    TransferLeaderRequest,
+};
+
+/// The local node as seen by its mailbox and its server side.
+pub(crate) struct NodeHandle {
+    pub(crate) id: u64,
+    pub(crate) addr: String,
+    pub(crate) config: Config,
+    pub(crate) driver_tx: mpsc::Sender<DriverMsg>,
+    pub(crate) transport: Arc<dyn Transport>,
+}
+
+/// Waits for a waiter's answer, turning raft-core's internal deadline errors into the caller's.
+async fn wait_answer(
+    rx: tokio::sync::oneshot::Receiver<Result<Vec<u8>>>,
+    timeout: Duration,
+) -> Result<Vec<u8>> {
+    // The driver and apply task enforce the deadline; the grace only guards against bugs.
+    match tokio::time::timeout(timeout + Duration::from_millis(500), rx).await {
+        Err(_) => Err(Error::Timeout(timeout)),
+        Ok(Err(_)) => Err(Error::Shutdown),
+        Ok(Ok(Err(Error::Timeout(_)))) => Err(Error::Timeout(timeout)),
+        Ok(Ok(answer)) => answer,
+    }
+}
+
+impl NodeHandle {
+    async fn submit(
+        &self,
+        timeout: Duration,
+        make: impl FnOnce(Instant, crate::node::messages::Responder) -> DriverMsg,
+    ) -> Result<Vec<u8>> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let deadline = Instant::now() + timeout;
+        self.driver_tx
+            .send(make(deadline, reply))
+            .await
+            .map_err(|_| Error::Shutdown)?;
+        wait_answer(rx, timeout).await
+    }
+
+    pub(crate) async fn propose_local(&self, data: Vec<u8>, timeout: Duration) -> Result<Vec<u8>> {
+        self.submit(timeout, |deadline, reply| DriverMsg::Propose {
+            data,
+            deadline,
+            reply,
+        })
+        .await
+    }
+
+    pub(crate) async fn read_local(
+        &self,
+        query: Vec<u8>,
+        consistency: ReadConsistency,
+        timeout: Duration,
+    ) -> Result<Vec<u8>> {
+        self.submit(timeout, |deadline, reply| DriverMsg::Read {
+            query,
+            consistency,
+            deadline,
+            reply,
+        })
+        .await
+    }
+
+    pub(crate) async fn membership_local(
+        &self,
+        action: MembershipAction,
+        node_id: u64,
+        addr: String,
+        timeout: Duration,
+    ) -> Result<()> {
+        self.submit(timeout, |deadline, reply| DriverMsg::Membership {
+            action,
+            node_id,
+            addr,
+            deadline,
+            reply,
+        })
+        .await
+        .map(drop)
+    }
+
+    pub(crate) async fn transfer_local(&self, target: u64) -> Result<()> {
+        ask(&self.driver_tx, |reply| DriverMsg::TransferLeader { target, reply }).await?
+    }
+
+    pub(crate) async fn status(&self) -> Result<Status> {
+        ask(&self.driver_tx, DriverMsg::Status).await
+    }
+}
+
+/// One routable operation.
+#[derive(Clone)]
+pub(crate) enum Op {
+    Propose(Vec<u8>),
+    Read(Vec<u8>, ReadConsistency),
+    Membership(MembershipAction, u64, String),
+    Transfer(u64),
+}
+
+impl Op {
+    /// Reads and leader transfers can be retried after any failure; writes only after a
+    /// failure that proves they did not take effect.
+    fn idempotent(&self) -> bool {
+        matches!(self, Op::Read(..) | Op::Transfer(_))
+    }
+
+    fn to_request(&self, timeout: Duration) -> Request {
+        let timeout_ms = timeout.as_millis().max(1) as u64;
+        let kind = match self.clone() {
+            Op::Propose(data) => request::Kind::Propose(ProposeRequest { data, timeout_ms }),
+            Op::Read(query, consistency) => request::Kind::Query(QueryRequest {
+                query,
+                consistency: crate::wire::ReadConsistency::from(consistency) as i32,
+                timeout_ms,
+            }),
+            Op::Membership(action, node_id, addr) => {
+                request::Kind::Membership(MembershipRequest {
+                    action: action as i32,
+                    node_id,
+                    addr,
+                    timeout_ms,
+                })
+            }
+            Op::Transfer(target) => {
+                request::Kind::TransferLeader(TransferLeaderRequest { target, timeout_ms })
+            }
+        };
+        Request { kind: Some(kind) }
+    }
+}
+
+fn from_response(response: crate::wire::Response) -> Result<Vec<u8>> {
+    match response.kind {
+        Some(response::Kind::Propose(v)) | Some(response::Kind::Query(v)) => Ok(v),
+        Some(response::Kind::Membership(_)) | Some(response::Kind::TransferLeader(_)) => {
+            Ok(Vec::new())
+        }
+        Some(response::Kind::Error(e)) => Err(error_from_wire(e)),
+        _ => Err(Error::Remote("unexpected response".into())),
+    }
+}
+
+/// A handle to propose, read and manage membership through one node. Cheap to clone.
+///
+/// Every call works from any node: a follower forwards to the leader by itself, and while no
+/// leader is known it retries until the deadline ([`Config::request_timeout`] by default, see
+/// [`Mailbox::with_timeout`]).
+///
+/// ```no_run
+/// # async fn demo(mailbox: raft_core::Mailbox) -> raft_core::Result<()> {
+/// let result = mailbox.send_proposal(b"set x 1".to_vec()).await?;
+/// let value = mailbox.query(b"get x".to_vec()).await?;
+/// # let _ = (result, value);
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Mailbox {
+    node: Arc<NodeHandle>,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for Mailbox {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailbox")
+            .field("node", &self.node.id)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl Mailbox {
+    pub(crate) fn new(node: Arc<NodeHandle>) -> Self {
+        let timeout = node.config.request_timeout;
+        Mailbox { node, timeout }
+    }
+
+    /// The id of the node this mailbox talks to.
+    pub fn id(&self) -> u64 {
+        self.node.id
+    }
+
+    /// A mailbox whose calls give up after `timeout` instead of the configured default.
+    pub fn with_timeout(&self, timeout: Duration) -> Mailbox {
+        Mailbox {
+            node: self.node.clone(),
+            timeout,
+        }
+    }
+
+    /// Replicates `data` and returns what [`crate::Store::apply`] returned for it.
+    ///
+    /// On error, [`Error::outcome_unknown`] says whether the command may still have been
+    /// applied (for example after a timeout); [`Error::is_retryable`] errors certainly were
+    /// not.
+    pub async fn send_proposal(&self, data: Vec<u8>) -> Result<Vec<u8>> {
+        self.route(Op::Propose(data), None).await
+    }
+
+    /// A linearizable read: reflects every write acknowledged before the call.
+    pub async fn query(&self, query: Vec<u8>) -> Result<Vec<u8>> {
+        self.query_with(query, ReadConsistency::Linearizable).await
+    }
+
+    /// A read with the chosen consistency.
+    pub async fn query_with(
+        &self,
+        query: Vec<u8>,
+        consistency: ReadConsistency,
+    ) -> Result<Vec<u8>> {
+        self.route(Op::Read(query, consistency), None).await
+    }
+
+    /// This node's view of the cluster.
+    pub async fn status(&self) -> Result<Status> {
+        self.node.status().await
+    }
+
+    /// Removes this node from the cluster (a leader first hands over leadership), then stops
+    /// it.
+    pub async fn leave(&self) -> Result<()> {
+        let op = Op::Membership(MembershipAction::Remove, self.node.id, String::new());
+        self.route(op, None).await?;
+        let _ = self.node.driver_tx.send(DriverMsg::Shutdown).await;
+        Ok(())
+    }
+
+    /// Adds a node as a voter: it joins as a learner and is promoted once caught up.
+    pub async fn add_node(&self, id: u64, addr: impl Into<String>) -> Result<()> {
+        let op = Op::Membership(MembershipAction::Join, id, addr.into());
+        self.route(op, None).await.map(drop)
+    }
+
+    /// Adds a learner: it receives the log but does not vote, until promoted.
+    pub async fn add_learner(&self, id: u64, addr: impl Into<String>) -> Result<()> {
+        let op = Op::Membership(MembershipAction::AddLearner, id, addr.into());
+        self.route(op, None).await.map(drop)
+    }
+
+    /// Promotes a learner to voter.
+    pub async fn promote(&self, id: u64) -> Result<()> {
+        let op = Op::Membership(MembershipAction::Promote, id, String::new());
+        self.route(op, None).await.map(drop)
+    }
+
+    /// Removes a node from the cluster (the leader too: it hands over leadership first).
+    pub async fn remove_node(&self, id: u64) -> Result<()> {
+        let op = Op::Membership(MembershipAction::Remove, id, String::new());
+        self.route(op, None).await.map(drop)
+    }
+
+    /// Moves leadership to `target` and waits until it has it.
+    pub async fn transfer_leader(&self, target: u64) -> Result<()> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            self.route(Op::Transfer(target), None).await?;
+            let wait_until = (Instant::now() + self.node.config.min_election_timeout()).min(deadline);
+            while Instant::now() < wait_until {
+                if self.status().await?.leader_id == Some(target) {
+                    return Ok(());
+                }
+                tokio::time::sleep(self.node.config.tick_interval).await;
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Timeout(self.timeout));
+            }
+        }
+    }
+
+    /// Stops the node (no membership change: it can restart from its storage).
+    pub async fn shutdown(&self) {
+        let _ = self.node.driver_tx.send(DriverMsg::Shutdown).await;
+    }
+
+    /// Runs `op` on the leader, wherever it is. `hint` is a node to ask first instead of
+    /// this one (a joining node knows no leader yet).
+    pub(crate) async fn route(&self, op: Op, hint: Option<(u64, String)>) -> Result<Vec<u8>> {
+        let deadline = Instant::now() + self.timeout;
+        let mut target = hint.clone();
+        let mut backoff = Duration::from_millis(5);
+        let mut leader_seen = false;
+        loop {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(if leader_seen {
+                    Error::Timeout(self.timeout)
+                } else {
+                    Error::NoLeader(self.timeout)
+                });
+            }
+            let remaining = deadline - now;
+            let result = match &target {
+                None => self.run_local(&op, remaining).await,
+                Some((_, addr)) => self.run_remote(addr, &op, remaining).await,
+            };
+            let error = match result {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            match error {
+                Error::NotLeader {
+                    leader_id: Some(leader),
+                    leader_addr,
+                } => {
+                    leader_seen = true;
+                    let next = if leader == self.node.id {
+                        None
+                    } else {
+                        leader_addr.map(|a| (leader, a))
+                    };
+                    if next.is_some() && next != target {
+                        target = next;
+                        continue;
+                    }
+                    target = next.or_else(|| hint.clone());
+                }
+                Error::Timeout(_) if !op.idempotent() => return Err(Error::Timeout(self.timeout)),
+                e if e.is_retryable() => target = hint.clone(),
+                e if op.idempotent()
+                    && !matches!(e, Error::Invalid(_) | Error::Store(_) | Error::Shutdown) =>
+                {
+                    target = hint.clone();
+                }
+                e => return Err(e),
+            }
+            tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())))
+                .await;
+            backoff = (backoff * 2).min(Duration::from_millis(100));
+        }
+    }
+
+    async fn run_local(&self, op: &Op, timeout: Duration) -> Result<Vec<u8>> {
+        let node = &self.node;
+        match op.clone() {
+            Op::Propose(data) => node.propose_local(data, timeout).await,
+            Op::Read(query, consistency) => node.read_local(query, consistency, timeout).await,
+            Op::Membership(action, id, addr) => node
+                .membership_local(action, id, addr, timeout)
+                .await
+                .map(|()| Vec::new()),
+            Op::Transfer(target) => node.transfer_local(target).await.map(|()| Vec::new()),
+        }
+    }
+
+    async fn run_remote(&self, addr: &str, op: &Op, timeout: Duration) -> Result<Vec<u8>> {
+        let call = self.node.transport.call(addr, op.to_request(timeout));
+        match tokio::time::timeout(timeout, call).await {
+            Err(_) => Err(Error::Timeout(timeout)),
+            Ok(Err(e)) => Err(Error::Transport(e)),
+            Ok(Ok(response)) => from_response(response),
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! The apply task: owns the user's `Store`, applies committed entries in order, answers
+//! proposal waiters and reads, and takes snapshots at exactly the applied index.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use raft::prelude::{ConfState, EntryType, Snapshot, SnapshotMetadata};
+use tokio::sync::mpsc;
+
+use super::membership::{entry_context, open_envelope, seal_envelope, Members};
+use super::messages::{ApplyMsg, CommittedEntry, DriverMsg, Responder};
+use super::Counters;
+use crate::error::{Error, Result};
+use crate::log_storage::{snapshot_index, snapshot_term};
+use crate::store::Store;
+
+struct Waiter {
+    term: u64,
+    seq: u64,
+    deadline: Instant,
+    reply: Responder,
+}
+
+struct PendingRead {
+    query: Vec<u8>,
+    deadline: Instant,
+    reply: Responder,
+}
+
+/// State of the apply task.
+pub(crate) struct Applier {
+    pub(crate) node_id: u64,
+    pub(crate) store: Box<dyn Store>,
+    pub(crate) applied: u64,
+    pub(crate) applied_term: u64,
+    pub(crate) conf_state: ConfState,
+    pub(crate) members: Members,
+    pub(crate) last_snapshot: u64,
+    pub(crate) snapshot_threshold: u64,
+    pub(crate) driver_tx: mpsc::Sender<DriverMsg>,
+    pub(crate) counters: Arc<Counters>,
+    waiters: BTreeMap<u64, Waiter>,
+    reads: BTreeMap<u64, Vec<PendingRead>>,
+}
+
+impl Applier {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        node_id: u64,
+        store: Box<dyn Store>,
+        snapshot: &Snapshot,
+        members: Members,
+        snapshot_threshold: u64,
+        driver_tx: mpsc::Sender<DriverMsg>,
+        counters: Arc<Counters>,
+    ) -> Self {
+        let conf_state = snapshot
+            .metadata
+            .as_ref()
+            .and_then(|m| m.conf_state.clone())
+            .unwrap_or_default();
+        Applier {
+            node_id,
+            store,
+            applied: snapshot_index(snapshot),
+            applied_term: snapshot_term(snapshot),
+            conf_state,
+            members,
+            last_snapshot: snapshot_index(snapshot),
+            snapshot_threshold,
+            driver_tx,
+            counters,
+            waiters: BTreeMap::new(),
+            reads: BTreeMap::new(),
+        }
+    }
+
+    /// Restores the user's store from a snapshot's envelope.
+    pub(crate) async fn restore_store(&mut self, snapshot: &Snapshot) -> Result<()> {
+        let envelope = open_envelope(&snapshot.data).map_err(Error::Config)?;
+        self.store
+            .restore(&envelope.user_data)
+            .await
+            .map_err(|e| Error::Store(format!("restore failed: {e:#}")))?;
+        self.members = Members::from_list(envelope.members);
+        self.applied = snapshot_index(snapshot);
+        self.applied_term = snapshot_term(snapshot);
+        self.last_snapshot = self.applied;
+        self.conf_state = snapshot
+            .metadata
+            .as_ref()
+            .and_then(|m| m.conf_state.clone())
+            .unwrap_or_default();
+        Ok(())
+    }
+
+    pub(crate) async fn run(mut self, mut rx: mpsc::UnboundedReceiver<ApplyMsg>) {
+        let mut sweep = tokio::time::interval(Duration::from_millis(100));
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                msg = rx.recv() => {
+                    let Some(msg) = msg else { break };
+                    if let Err(e) = self.handle(msg).await {
+                        tracing::error!(node = self.node_id, "apply task failed: {e}");
+                        let _ = self.driver_tx.send(DriverMsg::Fatal(e)).await;
+                        break;
+                    }
+                }
+                _ = sweep.tick() => self.expire(Instant::now()),
+            }
+            self.publish();
+        }
+        // Dropping the responders tells every remaining client the node stopped.
+    }
+
+    fn publish(&self) {
+        Counters::set(&self.counters.applied, self.applied);
+        Counters::set(&self.counters.pending_proposals, self.waiters.len() as u64);
+        let reads: usize = self.reads.values().map(Vec::len).sum();
+        Counters::set(&self.counters.pending_apply_reads, reads as u64);
+    }
+
+    async fn handle(&mut self, msg: ApplyMsg) -> Result<()> {
+        match msg {
+            ApplyMsg::Register {
+                index,
+                term,
+                seq,
+                deadline,
+                reply,
+            } => {
+                if index <= self.applied {
+                    // Cannot happen in order; never leave the client hanging if it does.
+                    let _ = reply.send(Err(Error::LeadershipLost));
+                } else if let Some(old) = self.waiters.insert(
+                    index,
+                    Waiter {
+                        term,
+                        seq,
+                        deadline,
+                        reply,
+                    },
+                ) {
+                    let _ = old.reply.send(Err(Error::ProposalDropped));
+                }
+            }
+            ApplyMsg::Entries(entries) => {
+                for entry in entries {
+                    self.apply_entry(entry).await;
+                }
+                self.serve_reads().await;
+                self.maybe_snapshot().await;
+            }
+            ApplyMsg::Restore(snapshot) => {
+                if snapshot_index(&snapshot) > self.applied {
+                    self.restore_store(&snapshot).await?;
+                    self.counters
+                        .snapshots_installed
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    // Proposals at or below the snapshot may or may not be in it.
+                    let later = self.waiters.split_off(&(self.applied + 1));
+                    for (_, w) in std::mem::replace(&mut self.waiters, later) {
+                        let _ = w.reply.send(Err(Error::LeadershipLost));
+                    }
+                    self.serve_reads().await;
+                }
+            }
+            ApplyMsg::Read {
+                index,
+                query,
+                deadline,
+                reply,
+            } => {
+                let read = PendingRead {
+                    query,
+                    deadline,
+                    reply,
+                };
+                if index <= self.applied {
+                    self.run_query(read).await;
+                } else {
+                    self.reads.entry(index).or_default().push(read);
+                }
+            }
+            ApplyMsg::FailProposals => {
+                for (_, w) in std::mem::take(&mut self.waiters) {
+                    let _ = w.reply.send(Err(Error::LeadershipLost));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn apply_entry(&mut self, committed: CommittedEntry) {
+        let entry = committed.entry;
+        if entry.index <= self.applied {
+            return;
+        }
+        let result: Result<Vec<u8>> = match (entry.get_entry_type(), committed.conf) {
+            (EntryType::EntryNormal, _) if entry.data.is_empty() => Ok(Vec::new()),
+            (EntryType::EntryNormal, _) => self
+                .store
+                .apply(&entry.data)
+                .await
+                .map_err(|e| Error::Store(format!("{e:#}"))),
+            (_, Some(outcome)) => {
+                self.members = Members::from_list(outcome.members);
+                match outcome.result {
+                    Ok(cs) => {
+                        self.conf_state = cs;
+                        Ok(Vec::new())
+                    }
+                    Err(e) => Err(Error::Invalid(format!("membership change rejected: {e}"))),
+                }
+            }
+            (_, None) => Ok(Vec::new()),
+        };
+        self.applied = entry.index;
+        self.applied_term = entry.term;
+        self.answer_waiters(entry.index, &entry.context, result);
+    }
+
+    fn answer_waiters(&mut self, index: u64, context: &[u8], result: Result<Vec<u8>>) {
+        let mut result = Some(result);
+        while let Some(entry) = self.waiters.first_entry() {
+            if *entry.key() > index {
+                break;
+            }
+            let at = *entry.key();
+            let waiter = entry.remove();
+            let ours = at == index
+                && entry_context(context).is_some_and(|c| {
+                    c.origin == self.node_id && c.term == waiter.term && c.seq == waiter.seq
+                });
+            let answer = if ours {
+                result.take().unwrap_or(Err(Error::ProposalDropped))
+            } else {
+                // Another leader's entry took this index: ours never committed.
+                Err(Error::ProposalDropped)
+            };
+            let _ = waiter.reply.send(answer);
+        }
+    }
+
+    async fn serve_reads(&mut self) {
+        let later = self.reads.split_off(&(self.applied + 1));
+        let ready = std::mem::replace(&mut self.reads, later);
+        for read in ready.into_values().flatten() {
+            self.run_query(read).await;
+        }
+    }
+
+    async fn run_query(&mut self, read: PendingRead) {
+        if read.reply.is_closed() {
+            return;
+        }
+        if Instant::now() > read.deadline {
+            let _ = read.reply.send(Err(Error::Timeout(Duration::ZERO)));
+            return;
+        }
+        let answer = self
+            .store
+            .query(&read.query)
+            .await
+            .map_err(|e| Error::Store(format!("{e:#}")));
+        let _ = read.reply.send(answer);
+    }
+
+    async fn maybe_snapshot(&mut self) {
+        if self.applied < self.last_snapshot + self.snapshot_threshold {
+            return;
+        }
+        let user_data = match self.store.snapshot().await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!(node = self.node_id, "state machine snapshot failed, will retry later: {e:#}");
+                self.last_snapshot = self.applied;
+                return;
+            }
+        };
+        let snapshot = Snapshot {
+            data: seal_envelope(self.members.to_list(), user_data),
+            metadata: Some(SnapshotMetadata {
+                conf_state: Some(self.conf_state.clone()),
+                index: self.applied,
+                term: self.applied_term,
+            }),
+        };
+        self.last_snapshot = self.applied;
+        self.counters
+            .snapshots_taken
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let _ = self
+            .driver_tx
+            .send(DriverMsg::SnapshotTaken(Box::new(snapshot)))
+            .await;
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let expired: Vec<u64> = self
+            .waiters
+            .iter()
+            .filter(|(_, w)| w.deadline <= now || w.reply.is_closed())
+            .map(|(&i, _)| i)
+            .collect();
+        for index in expired {
+            if let Some(w) = self.waiters.remove(&index) {
+                let _ = w.reply.send(Err(Error::Timeout(Duration::ZERO)));
+            }
+        }
+        for reads in self.reads.values_mut() {
+            let (keep, gone): (Vec<_>, Vec<_>) = reads
+                .drain(..)
+                .partition(|r| r.deadline > now && !r.reply.is_closed());
+            *reads = keep;
+            for r in gone {
+                let _ = r.reply.send(Err(Error::Timeout(Duration::ZERO)));
+            }
+        }
+        self.reads.retain(|_, v| !v.is_empty());
+    }
+}

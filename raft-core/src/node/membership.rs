@@ -1,0 +1,66 @@
+//! Member addresses: carried in conf-change entry contexts and snapshot envelopes.
+
+use std::collections::BTreeMap;
+
+use prost::Message as _;
+
+use crate::wire::{EntryContext, Member, SnapshotEnvelope};
+
+/// The members this node knows, by id.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Members {
+    by_id: BTreeMap<u64, Member>,
+}
+
+impl Members {
+    pub(crate) fn from_list(list: Vec<Member>) -> Self {
+        Members {
+            by_id: list.into_iter().map(|m| (m.id, m)).collect(),
+        }
+    }
+
+    pub(crate) fn to_list(&self) -> Vec<Member> {
+        self.by_id.values().cloned().collect()
+    }
+
+    pub(crate) fn get(&self, id: u64) -> Option<&Member> {
+        self.by_id.get(&id)
+    }
+
+    pub(crate) fn addr(&self, id: u64) -> Option<&str> {
+        self.by_id.get(&id).map(|m| m.addr.as_str())
+    }
+
+    pub(crate) fn upsert(&mut self, member: Member) {
+        self.by_id.insert(member.id, member);
+    }
+
+    pub(crate) fn remove(&mut self, id: u64) {
+        self.by_id.remove(&id);
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Member> {
+        self.by_id.values()
+    }
+
+    pub(crate) fn addresses(&self) -> BTreeMap<u64, String> {
+        self.by_id.iter().map(|(&id, m)| (id, m.addr.clone())).collect()
+    }
+}
+
+/// Splits snapshot data into the membership and the user's state.
+pub(crate) fn open_envelope(data: &[u8]) -> Result<SnapshotEnvelope, String> {
+    SnapshotEnvelope::decode(data).map_err(|e| format!("snapshot envelope: {e}"))
+}
+
+pub(crate) fn seal_envelope(members: Vec<Member>, user_data: Vec<u8>) -> Vec<u8> {
+    SnapshotEnvelope { members, user_data }.encode_to_vec()
+}
+
+/// Decodes an entry's context; entries proposed by raft itself (empty context) give `None`.
+pub(crate) fn entry_context(context: &[u8]) -> Option<EntryContext> {
+    if context.is_empty() {
+        return None;
+    }
+    EntryContext::decode(context).ok()
+}

@@ -1,0 +1,86 @@
+//! Messages between the node's tasks.
+
+use std::time::Instant;
+
+use raft::prelude::{ConfState, Entry, Message, Snapshot};
+use raft::SnapshotStatus;
+use tokio::sync::oneshot;
+
+use crate::error::{Error, Result};
+use crate::status::{ReadConsistency, Status};
+use crate::wire::{Member, MembershipAction};
+
+/// Answers one waiting client, exactly once.
+pub(crate) type Responder = oneshot::Sender<Result<Vec<u8>>>;
+
+/// Everything the driver task reacts to, besides its tick.
+pub(crate) enum DriverMsg {
+    /// A raft message from a peer, and where that peer listens.
+    Raft(Box<Message>, Option<(u64, String)>),
+    Propose {
+        data: Vec<u8>,
+        deadline: Instant,
+        reply: Responder,
+    },
+    Read {
+        query: Vec<u8>,
+        consistency: ReadConsistency,
+        deadline: Instant,
+        reply: Responder,
+    },
+    Membership {
+        action: MembershipAction,
+        node_id: u64,
+        addr: String,
+        deadline: Instant,
+        reply: Responder,
+    },
+    TransferLeader {
+        target: u64,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Status(oneshot::Sender<Status>),
+    /// The apply task took a snapshot of the state machine.
+    SnapshotTaken(Box<Snapshot>),
+    Unreachable(u64),
+    SnapshotStatus(u64, SnapshotStatus),
+    /// The apply task failed (e.g. `Store::restore` errored): stop the node.
+    Fatal(Error),
+    Shutdown,
+}
+
+/// A committed entry on its way to the apply task; conf changes carry their outcome.
+pub(crate) struct CommittedEntry {
+    pub(crate) entry: Entry,
+    pub(crate) conf: Option<ConfOutcome>,
+}
+
+/// The result of applying a conf change to raft, and the membership right after it.
+pub(crate) struct ConfOutcome {
+    pub(crate) result: std::result::Result<ConfState, String>,
+    pub(crate) members: Vec<Member>,
+}
+
+/// What the apply task works through, in order.
+pub(crate) enum ApplyMsg {
+    /// A client waits for the entry the driver just proposed at `index`.
+    Register {
+        index: u64,
+        term: u64,
+        seq: u64,
+        deadline: Instant,
+        reply: Responder,
+    },
+    Entries(Vec<CommittedEntry>),
+    /// A snapshot from the leader was installed in the log storage; restore the store from it.
+    Restore(Box<Snapshot>),
+    /// Run `query` once the applied index reaches `index`.
+    Read {
+        index: u64,
+        query: Vec<u8>,
+        deadline: Instant,
+        reply: Responder,
+    },
+    /// Leadership was lost: fail every proposal waiter (their outcome is unknown).
+    FailProposals,
+}

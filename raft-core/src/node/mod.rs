@@ -1,0 +1,33 @@
+//! The node internals: one driver task owns the `RawNode`; an apply task owns the user's
+//! `Store`; per-peer sender tasks own the outbound queues; the server side turns inbound
+//! traffic into driver messages.
+
+pub(crate) mod apply;
+pub(crate) mod driver;
+pub(crate) mod membership;
+pub(crate) mod messages;
+pub(crate) mod peers;
+pub(crate) mod server;
+pub(crate) mod snapshot_transfer;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters shared between the node's tasks and its status reports.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) applied: AtomicU64,
+    pub(crate) pending_proposals: AtomicU64,
+    pub(crate) pending_apply_reads: AtomicU64,
+    pub(crate) snapshots_taken: AtomicU64,
+    pub(crate) snapshots_installed: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn get(v: &AtomicU64) -> u64 {
+        v.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set(v: &AtomicU64, x: u64) {
+        v.store(x, Ordering::Relaxed)
+    }
+}

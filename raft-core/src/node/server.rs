@@ -1,0 +1,203 @@
+//! The server side of a node: turns inbound raft batches and calls into driver messages.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::messages::DriverMsg;
+use super::snapshot_transfer::SnapshotAssembler;
+use crate::error::{Error, TransportError};
+use crate::mailbox::NodeHandle;
+use crate::transport::InboundHandler;
+use crate::wire::{
+    self, request, response, ErrorCode, ErrorReply, LeaderInfoResponse, MembershipAction,
+    RaftBatch, Request, Response,
+};
+
+pub(crate) struct NodeServer {
+    pub(crate) node: Arc<NodeHandle>,
+    pub(crate) assembler: SnapshotAssembler,
+}
+
+fn reply(kind: response::Kind) -> Response {
+    Response { kind: Some(kind) }
+}
+
+fn timeout_of(ms: u64, default: Duration) -> Duration {
+    if ms == 0 {
+        default
+    } else {
+        Duration::from_millis(ms).min(default * 4)
+    }
+}
+
+#[async_trait]
+impl InboundHandler for NodeServer {
+    async fn raft_batch(&self, batch: RaftBatch) -> Result<(), TransportError> {
+        let id = self.node.id;
+        if batch.to != id {
+            return Err(TransportError::Malformed(format!(
+                "raft batch for node {} delivered to node {id}",
+                batch.to
+            )));
+        }
+        let mut messages = Vec::with_capacity(batch.messages.len());
+        for bytes in &batch.messages {
+            let msg = wire::decode_raft_message(bytes)?;
+            if msg.to != id || msg.from != batch.from {
+                return Err(TransportError::Malformed(format!(
+                    "raft message {}->{} inside a batch {}->{}",
+                    msg.from, msg.to, batch.from, id
+                )));
+            }
+            messages.push(msg);
+        }
+        for msg in messages {
+            let from = Some((batch.from, batch.from_addr.clone()));
+            self.node
+                .driver_tx
+                .send(DriverMsg::Raft(Box::new(msg), from))
+                .await
+                .map_err(|_| TransportError::Unreachable {
+                    addr: self.node.addr.clone(),
+                    reason: "node stopped".into(),
+                })?;
+        }
+        Ok(())
+    }
+
+    async fn call(&self, request: Request) -> Response {
+        let default = self.node.config.request_timeout;
+        let result: Result<response::Kind, Error> = match request.kind {
+            None => Err(Error::Invalid("empty request".into())),
+            Some(request::Kind::Propose(p)) => self
+                .node
+                .propose_local(p.data, timeout_of(p.timeout_ms, default))
+                .await
+                .map(response::Kind::Propose),
+            Some(request::Kind::Query(q)) => {
+                let consistency = wire::ReadConsistency::try_from(q.consistency)
+                    .unwrap_or(wire::ReadConsistency::Linearizable);
+                self.node
+                    .read_local(q.query, consistency.into(), timeout_of(q.timeout_ms, default))
+                    .await
+                    .map(response::Kind::Query)
+            }
+            Some(request::Kind::Membership(m)) => match MembershipAction::try_from(m.action) {
+                Err(_) => Err(Error::Invalid(format!("unknown membership action {}", m.action))),
+                Ok(action) => {
+                    let timeout = timeout_of(m.timeout_ms, default);
+                    match self
+                        .node
+                        .membership_local(action, m.node_id, m.addr, timeout)
+                        .await
+                    {
+                        Ok(()) => self
+                            .node
+                            .status()
+                            .await
+                            .map(|s| response::Kind::Membership((&s).into())),
+                        Err(e) => Err(e),
+                    }
+                }
+            },
+            Some(request::Kind::TransferLeader(t)) => self
+                .node
+                .transfer_local(t.target)
+                .await
+                .map(|()| response::Kind::TransferLeader(true)),
+            Some(request::Kind::LeaderInfo(_)) => self.node.status().await.map(|s| {
+                let leader_id = s.leader_id.unwrap_or(0);
+                let leader_addr = s
+                    .leader_id
+                    .and_then(|l| s.members.get(&l).cloned())
+                    .unwrap_or_default();
+                response::Kind::LeaderInfo(LeaderInfoResponse {
+                    leader_id,
+                    leader_addr,
+                })
+            }),
+            Some(request::Kind::Status(_)) => self
+                .node
+                .status()
+                .await
+                .map(|s| response::Kind::Status((&s).into())),
+            Some(request::Kind::SnapshotChunk(chunk)) => match self.assembler.accept(chunk) {
+                Ok(None) => Ok(response::Kind::SnapshotChunk(true)),
+                Ok(Some(msg)) => {
+                    let from = msg.from;
+                    match self
+                        .node
+                        .driver_tx
+                        .send(DriverMsg::Raft(Box::new(msg), None))
+                        .await
+                    {
+                        Ok(()) => Ok(response::Kind::SnapshotChunk(true)),
+                        Err(_) => Err(Error::Shutdown),
+                    }
+                    .inspect(|_| tracing::info!(node = self.node.id, from, "received a snapshot"))
+                }
+                Err(e) => {
+                    tracing::warn!(node = self.node.id, "rejected snapshot chunk: {e}");
+                    Err(Error::Invalid(e))
+                }
+            },
+        };
+        match result {
+            Ok(kind) => reply(kind),
+            Err(e) => reply(response::Kind::Error(error_to_wire(&e))),
+        }
+    }
+}
+
+/// Encodes an error for a remote caller.
+pub(crate) fn error_to_wire(e: &Error) -> ErrorReply {
+    let (code, leader_id, leader_addr) = match e {
+        Error::NotLeader {
+            leader_id,
+            leader_addr,
+        } => (
+            ErrorCode::NotLeader,
+            leader_id.unwrap_or(0),
+            leader_addr.clone().unwrap_or_default(),
+        ),
+        Error::NoLeader(_) => (ErrorCode::NotLeader, 0, String::new()),
+        Error::Timeout(_) => (ErrorCode::Timeout, 0, String::new()),
+        Error::ProposalDropped => (ErrorCode::Dropped, 0, String::new()),
+        Error::LeadershipLost => (ErrorCode::UnknownOutcome, 0, String::new()),
+        Error::Store(_) => (ErrorCode::Store, 0, String::new()),
+        Error::Invalid(_) => (ErrorCode::Invalid, 0, String::new()),
+        Error::Shutdown => (ErrorCode::Shutdown, 0, String::new()),
+        Error::MembershipBusy => (ErrorCode::MembershipBusy, 0, String::new()),
+        _ => (ErrorCode::Internal, 0, String::new()),
+    };
+    let message = match e {
+        Error::Store(m) | Error::Invalid(m) => m.clone(),
+        other => other.to_string(),
+    };
+    ErrorReply {
+        code: code as i32,
+        message,
+        leader_id,
+        leader_addr,
+    }
+}
+
+/// Decodes a remote node's error.
+pub(crate) fn error_from_wire(e: ErrorReply) -> Error {
+    match ErrorCode::try_from(e.code) {
+        Ok(ErrorCode::NotLeader) => Error::NotLeader {
+            leader_id: (e.leader_id != 0).then_some(e.leader_id),
+            leader_addr: (!e.leader_addr.is_empty()).then_some(e.leader_addr),
+        },
+        Ok(ErrorCode::Timeout) => Error::Timeout(Duration::ZERO),
+        Ok(ErrorCode::Dropped) => Error::ProposalDropped,
+        Ok(ErrorCode::UnknownOutcome) => Error::LeadershipLost,
+        Ok(ErrorCode::Store) => Error::Store(e.message),
+        Ok(ErrorCode::Invalid) => Error::Invalid(e.message),
+        Ok(ErrorCode::MembershipBusy) => Error::MembershipBusy,
+        Ok(ErrorCode::Shutdown) => Error::Remote(format!("remote node stopped: {}", e.message)),
+        Ok(ErrorCode::Internal) | Err(_) => Error::Remote(e.message),
+    }
+}

@@ -1,0 +1,356 @@
+//! `Raft`: builds a node and runs it as the leader of a new cluster, a joiner, or itself again
+//! after a restart.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use raft::prelude::{ConfState, Snapshot, SnapshotMetadata};
+use raft::RawNode;
+use tokio::sync::mpsc;
+
+use crate::config::Config;
+use crate::error::{Error, Result, StorageError};
+use crate::log_storage::{snapshot_index, LogStorage, RaftStorage};
+use crate::logging::raft_logger;
+use crate::mailbox::{Mailbox, NodeHandle, Op};
+use crate::mem_log_storage::MemLogStorage;
+use crate::node::apply::Applier;
+use crate::node::driver::{Driver, DriverParts};
+use crate::node::membership::{open_envelope, seal_envelope, Members};
+use crate::node::messages::DriverMsg;
+use crate::node::peers::Peers;
+use crate::node::server::NodeServer;
+use crate::node::snapshot_transfer::SnapshotAssembler;
+use crate::node::Counters;
+use crate::store::Store;
+use crate::transport::Transport;
+use crate::wire::{request, response, LeaderInfoRequest, Member, MembershipAction, Request};
+
+/// Capacity of the driver's inbox; a full inbox pushes back on clients and peers.
+const DRIVER_INBOX: usize = 16 * 1024;
+
+/// A raft node: the user's [`Store`] replicated through a [`LogStorage`] and a [`Transport`].
+///
+/// Build it with [`Raft::builder`], take a [`Mailbox`], then run it with [`Raft::lead`] (new
+/// cluster) or [`Raft::join`] (existing cluster). A node whose log storage already holds state
+/// ignores both choices and comes back as itself.
+///
+/// ```no_run
+/// # use raft_core::*;
+/// # async fn demo<S: Store>(store: S, peers: Vec<String>) -> Result<()> {
+/// let network = LocalNetwork::new();
+/// let raft = Raft::builder(1, store)
+///     .raft_addr("node-1")
+///     .transport(network.transport())
+///     .build()?;
+/// let mailbox = raft.mailbox();
+/// let node = match raft.find_leader_info(peers).await? {
+///     Some((leader_id, leader_addr)) => tokio::spawn(raft.join(leader_id, leader_addr)),
+///     None => tokio::spawn(raft.lead()),
+/// };
+/// let answer = mailbox.send_proposal(b"hello".to_vec()).await?;
+/// # let _ = (answer, node);
+/// # Ok(()) }
+/// ```
+pub struct Raft {
+    node: Arc<NodeHandle>,
+    store: Box<dyn Store>,
+    storage: Arc<dyn LogStorage>,
+    inbox: mpsc::Receiver<DriverMsg>,
+}
+
+impl std::fmt::Debug for Raft {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Raft")
+            .field("id", &self.node.id)
+            .field("addr", &self.node.addr)
+            .finish()
+    }
+}
+
+/// Builds a [`Raft`]; see [`Raft::builder`].
+pub struct RaftBuilder {
+    id: u64,
+    store: Box<dyn Store>,
+    addr: Option<String>,
+    transport: Option<Arc<dyn Transport>>,
+    storage: Option<Arc<dyn LogStorage>>,
+    config: Config,
+}
+
+impl RaftBuilder {
+    /// The address this node's transport listens on, and that peers use to reach it.
+    pub fn raft_addr(mut self, addr: impl Into<String>) -> Self {
+        self.addr = Some(addr.into());
+        self
+    }
+
+    /// How nodes talk to each other (required).
+    pub fn transport(mut self, transport: impl Transport) -> Self {
+        self.transport = Some(Arc::new(transport));
+        self
+    }
+
+    /// Where the raft log lives. Default: [`MemLogStorage`] (nothing survives a restart).
+    pub fn log_storage(mut self, storage: impl LogStorage) -> Self {
+        self.storage = Some(Arc::new(storage));
+        self
+    }
+
+    /// Tunables; default [`Config::default`].
+    pub fn config(mut self, config: Config) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Checks the settings and builds the node (nothing runs yet).
+    pub fn build(self) -> Result<Raft> {
+        if self.id == 0 {
+            return Err(Error::Config("node id 0 is reserved; use 1 or more".into()));
+        }
+        self.config.validate()?;
+        let addr = self
+            .addr
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| Error::Config("no raft address: call .raft_addr(...)".into()))?;
+        let transport = self
+            .transport
+            .ok_or_else(|| Error::Config("no transport: call .transport(...)".into()))?;
+        let storage = self
+            .storage
+            .unwrap_or_else(|| Arc::new(MemLogStorage::new()));
+        let (driver_tx, inbox) = mpsc::channel(DRIVER_INBOX);
+        let node = Arc::new(NodeHandle {
+            id: self.id,
+            addr,
+            config: self.config,
+            driver_tx,
+            transport,
+        });
+        Ok(Raft {
+            node,
+            store: self.store,
+            storage,
+            inbox,
+        })
+    }
+}
+
+impl Raft {
+    /// Starts building node `id` around the user's state machine.
+    pub fn builder(id: u64, store: impl Store) -> RaftBuilder {
+        RaftBuilder {
+            id,
+            store: Box::new(store),
+            addr: None,
+            transport: None,
+            storage: None,
+            config: Config::default(),
+        }
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.node.id
+    }
+
+    /// A handle for proposals, reads and membership changes; usable before the node runs.
+    pub fn mailbox(&self) -> Mailbox {
+        Mailbox::new(self.node.clone())
+    }
+
+    /// True when the log storage holds a previous incarnation's state: the node will restart
+    /// as itself whatever [`Raft::lead`] or [`Raft::join`] asks.
+    pub fn has_state(&self) -> Result<bool> {
+        has_state(self.storage.as_ref())
+    }
+
+    /// Asks each address in `peers` who leads; returns the first leader found.
+    pub async fn find_leader_info(&self, peers: Vec<String>) -> Result<Option<(u64, String)>> {
+        let request = Request {
+            kind: Some(request::Kind::LeaderInfo(LeaderInfoRequest {})),
+        };
+        for peer in peers {
+            let call = self.node.transport.call(&peer, request.clone());
+            match tokio::time::timeout(Duration::from_secs(2), call).await {
+                Ok(Ok(response)) => {
+                    if let Some(response::Kind::LeaderInfo(info)) = response.kind {
+                        if info.leader_id != 0 {
+                            let addr = if info.leader_addr.is_empty() {
+                                peer.clone()
+                            } else {
+                                info.leader_addr
+                            };
+                            return Ok(Some((info.leader_id, addr)));
+                        }
+                    }
+                }
+                Ok(Err(e)) => tracing::debug!(peer, "leader lookup failed: {e}"),
+                Err(_) => tracing::debug!(peer, "leader lookup timed out"),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Bootstraps a new single-node cluster with this node as its only voter, then runs until
+    /// the node stops. With existing state, restarts as that node instead.
+    pub async fn lead(mut self) -> Result<()> {
+        if !self.has_state()? {
+            self.bootstrap().await?;
+        } else {
+            tracing::info!(node = self.node.id, "log storage holds state: restarting as the same node");
+        }
+        self.run(None).await
+    }
+
+    /// Joins the cluster led by (or reachable through) `leader_addr`, then runs until the
+    /// node stops. The node is added as a learner and promoted to voter once caught up. With
+    /// existing state, restarts as that node instead.
+    pub async fn join(self, leader_id: u64, leader_addr: impl Into<String>) -> Result<()> {
+        let leader_addr = leader_addr.into();
+        if self.has_state()? {
+            tracing::info!(node = self.node.id, "log storage holds state: restarting as the same node, not joining");
+            return self.run(None).await;
+        }
+        self.run(Some((leader_id, leader_addr))).await
+    }
+
+    async fn bootstrap(&mut self) -> Result<()> {
+        let user_data = self
+            .store
+            .snapshot()
+            .await
+            .map_err(|e| Error::Store(format!("snapshot of the initial state failed: {e:#}")))?;
+        let members = vec![Member {
+            id: self.node.id,
+            addr: self.node.addr.clone(),
+            promote: false,
+        }];
+        // Index 1 rather than 0: every node that joins later starts from this snapshot, so all
+        // replicas share one initial state.
+        let snapshot = Snapshot {
+            data: seal_envelope(members, user_data),
+            metadata: Some(SnapshotMetadata {
+                conf_state: Some(ConfState::from((vec![self.node.id], vec![]))),
+                index: 1,
+                term: 1,
+            }),
+        };
+        let storage = self.storage.clone();
+        tokio::task::spawn_blocking(move || storage.install_snapshot(&snapshot))
+            .await
+            .map_err(|e| StorageError::Io(e.to_string()))??;
+        tracing::info!(node = self.node.id, "bootstrapped a new cluster");
+        Ok(())
+    }
+
+    async fn run(self, join: Option<(u64, String)>) -> Result<()> {
+        let Raft {
+            node,
+            store,
+            storage,
+            inbox,
+        } = self;
+        let id = node.id;
+        let config = node.config.clone();
+        let snapshot = storage.snapshot()?;
+        let state = storage.initial_state()?;
+        let snap_index = snapshot_index(&snapshot);
+        if state.hard_state.commit < snap_index {
+            return Err(Error::Config(format!(
+                "log storage is inconsistent: snapshot at {snap_index} beyond commit index {}",
+                state.hard_state.commit
+            )));
+        }
+        let members = if snap_index > 0 {
+            let envelope = open_envelope(&snapshot.data).map_err(Error::Config)?;
+            Members::from_list(envelope.members)
+        } else {
+            Members::default()
+        };
+
+        let counters = Arc::new(Counters::default());
+        let mut applier = Applier::new(
+            id,
+            store,
+            &snapshot,
+            members.clone(),
+            config.snapshot_threshold,
+            node.driver_tx.clone(),
+            counters.clone(),
+        );
+        if snap_index > 0 {
+            applier.restore_store(&snapshot).await?;
+        }
+        Counters::set(&counters.applied, snap_index);
+
+        let raw = RawNode::new(
+            &config.to_raft(id, snap_index),
+            RaftStorage(storage.clone()),
+            &raft_logger(id),
+        )?;
+        let (apply_tx, apply_rx) = mpsc::unbounded_channel();
+        tokio::spawn(applier.run(apply_rx));
+        let peers = Peers::new(
+            id,
+            node.addr.clone(),
+            node.transport.clone(),
+            node.driver_tx.clone(),
+            config.snapshot_chunk_size,
+        );
+        let mut driver = Driver::new(DriverParts {
+            id,
+            config: config.clone(),
+            raw,
+            storage,
+            rx: inbox,
+            apply_tx,
+            peers,
+            members,
+            counters,
+        });
+        if let Some((leader_id, leader_addr)) = &join {
+            if *leader_id != 0 {
+                driver.learn_addr(*leader_id, leader_addr.clone());
+            }
+        }
+
+        let server = Arc::new(NodeServer {
+            node: node.clone(),
+            assembler: SnapshotAssembler::new(id, config.max_snapshot_size),
+        });
+        let _server = node.transport.serve(&node.addr, server).await?;
+        tracing::info!(node = id, addr = %node.addr, "raft node running");
+
+        if let Some(hint) = join {
+            tokio::spawn(request_join(node.clone(), hint));
+        }
+        let result = driver.run().await;
+        match &result {
+            Ok(()) => tracing::info!(node = id, "raft node stopped"),
+            Err(e) => tracing::error!(node = id, "raft node failed: {e}"),
+        }
+        result
+    }
+}
+
+/// Asks the cluster to add this node, retrying for a while; a final failure stops the node.
+async fn request_join(node: Arc<NodeHandle>, hint: (u64, String)) {
+    let timeout = (node.config.request_timeout * 6).max(Duration::from_secs(30));
+    let mailbox = Mailbox::new(node.clone()).with_timeout(timeout);
+    let op = Op::Membership(MembershipAction::Join, node.id, node.addr.clone());
+    match mailbox.route(op, Some(hint)).await {
+        Ok(_) => tracing::info!(node = node.id, "joined the cluster as a learner"),
+        Err(e) => {
+            tracing::error!(node = node.id, "joining the cluster failed: {e}");
+            let _ = node.driver_tx.send(DriverMsg::Fatal(e)).await;
+        }
+    }
+}
+
+fn has_state(storage: &dyn LogStorage) -> Result<bool> {
+    let state = storage.initial_state()?;
+    Ok(state.hard_state != Default::default()
+        || snapshot_index(&storage.snapshot()?) > 0
+        || storage.last_index()? > 0)
+}

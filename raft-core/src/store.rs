@@ -1,0 +1,54 @@
+//! The user's state machine.
+
+use async_trait::async_trait;
+
+/// The result type of [`Store`] methods: any error type converts into it with `?`.
+pub type StoreResult<T> = anyhow::Result<T>;
+
+/// The replicated state machine: the four methods a user implements.
+///
+/// raft-core guarantees that every committed entry is passed to [`Store::apply`] exactly once
+/// per process incarnation, in log order, and that [`Store::snapshot`] is called between
+/// applies, so a snapshot covers exactly the entries applied before it.
+///
+/// `apply` must be deterministic: every replica applies the same entries in the same order and
+/// must reach the same state. An `Err` from `apply` is returned to the proposing client; the
+/// entry still counts as applied, so `apply` must leave the state unchanged when it fails (on
+/// every replica alike). An `Err` from `restore` stops the node.
+///
+/// ```
+/// use raft_core::{async_trait, Store, StoreResult};
+///
+/// #[derive(Default)]
+/// struct Counter(u64);
+///
+/// #[async_trait]
+/// impl Store for Counter {
+///     async fn apply(&mut self, message: &[u8]) -> StoreResult<Vec<u8>> {
+///         self.0 += message.len() as u64;
+///         Ok(self.0.to_le_bytes().to_vec())
+///     }
+///     async fn query(&self, _query: &[u8]) -> StoreResult<Vec<u8>> {
+///         Ok(self.0.to_le_bytes().to_vec())
+///     }
+///     async fn snapshot(&self) -> StoreResult<Vec<u8>> {
+///         Ok(self.0.to_le_bytes().to_vec())
+///     }
+///     async fn restore(&mut self, snapshot: &[u8]) -> StoreResult<()> {
+///         let bytes: [u8; 8] = snapshot.try_into()?;
+///         self.0 = u64::from_le_bytes(bytes);
+///         Ok(())
+///     }
+/// }
+/// ```
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Applies one committed command and returns its result to the proposer.
+    async fn apply(&mut self, message: &[u8]) -> StoreResult<Vec<u8>>;
+    /// Answers a read-only query against the current state.
+    async fn query(&self, query: &[u8]) -> StoreResult<Vec<u8>>;
+    /// Serializes the whole state.
+    async fn snapshot(&self) -> StoreResult<Vec<u8>>;
+    /// Replaces the whole state with a snapshot produced by [`Store::snapshot`].
+    async fn restore(&mut self, snapshot: &[u8]) -> StoreResult<()>;
+}

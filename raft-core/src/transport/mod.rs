@@ -1,0 +1,95 @@
+//! The transport abstraction: a dumb pipe between nodes.
+//!
+//! raft-core owns the wire schema ([`crate::wire`]); a transport only moves [`RaftBatch`]es
+//! (one-way, in order per peer) and [`Request`]/[`Response`] calls. Snapshots travel as
+//! ordinary calls in chunks, so no transport needs special code for them.
+
+mod faulty;
+mod local;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+pub use faulty::{Faults, FaultyTransport};
+pub use local::{LocalNetwork, LocalTransport};
+
+use crate::error::TransportError;
+use crate::wire::{RaftBatch, Request, Response};
+
+/// What a node exposes to its transport's server side.
+#[async_trait]
+pub trait InboundHandler: Send + Sync + 'static {
+    /// Raft messages from a peer. An error (undecodable message, wrong node) is logged by the
+    /// transport; it never stops the server.
+    async fn raft_batch(&self, batch: RaftBatch) -> Result<(), TransportError>;
+    /// A request/response call from a peer or client.
+    async fn call(&self, request: Request) -> Response;
+}
+
+/// Moves raftkit's wire messages between nodes.
+///
+/// Implementations keep connections per peer address and may batch further, but must keep
+/// the order of `send` calls to one address.
+#[async_trait]
+pub trait Transport: Send + Sync + 'static {
+    /// Starts serving `addr`; inbound traffic goes to `handler` until the guard is dropped.
+    async fn serve(
+        &self,
+        addr: &str,
+        handler: Arc<dyn InboundHandler>,
+    ) -> Result<ServerGuard, TransportError>;
+
+    /// Delivers a batch of raft messages to the node at `addr`, one-way.
+    async fn send(&self, addr: &str, batch: RaftBatch) -> Result<(), TransportError>;
+
+    /// Sends a request to the node at `addr` and waits for its response.
+    async fn call(&self, addr: &str, request: Request) -> Result<Response, TransportError>;
+}
+
+/// Keeps a transport's server running; dropping it stops the server.
+pub struct ServerGuard {
+    stop: Option<Box<dyn FnOnce() + Send + Sync>>,
+}
+
+impl ServerGuard {
+    /// A guard that runs `stop` when dropped.
+    pub fn new(stop: impl FnOnce() + Send + Sync + 'static) -> Self {
+        ServerGuard {
+            stop: Some(Box::new(stop)),
+        }
+    }
+}
+
+impl Drop for ServerGuard {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop();
+        }
+    }
+}
+
+impl std::fmt::Debug for ServerGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerGuard")
+    }
+}
+
+#[async_trait]
+impl<T: Transport + ?Sized> Transport for Arc<T> {
+    async fn serve(
+        &self,
+        addr: &str,
+        handler: Arc<dyn InboundHandler>,
+    ) -> Result<ServerGuard, TransportError> {
+        (**self).serve(addr, handler).await
+    }
+
+    async fn send(&self, addr: &str, batch: RaftBatch) -> Result<(), TransportError> {
+        (**self).send(addr, batch).await
+    }
+
+    async fn call(&self, addr: &str, request: Request) -> Result<Response, TransportError> {
+        (**self).call(addr, request).await
+    }
+}

@@ -1,0 +1,27 @@
+//! The wire schema (generated from `proto/raftkit.proto`) and raft message codecs.
+//!
+//! Transports carry [`RaftBatch`], [`Request`] and [`Response`] without looking inside.
+
+#![allow(missing_docs, clippy::all, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+include!(concat!(env!("OUT_DIR"), "/raftkit.v1.rs"));
+
+use raft_prost::Message as _;
+
+use crate::error::TransportError;
+
+/// Encodes a raft-rs message (raft's own prost version) to bytes.
+pub(crate) fn encode_raft_message(msg: &raft::prelude::Message) -> Vec<u8> {
+    msg.encode_to_vec()
+}
+
+/// Decodes a raft-rs message; malformed bytes are an error, never a panic.
+pub(crate) fn decode_raft_message(bytes: &[u8]) -> Result<raft::prelude::Message, TransportError> {
+    raft::prelude::Message::decode(bytes)
+        .map_err(|e| TransportError::Malformed(format!("raft message: {e}")))
+}
+
+/// Decodes any raft-rs protobuf value.
+pub(crate) fn decode_raft<M: raft_prost::Message + Default>(bytes: &[u8]) -> Result<M, String> {
+    M::decode(bytes).map_err(|e| e.to_string())
+}

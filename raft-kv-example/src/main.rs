@@ -1,0 +1,1 @@
+fn main() { eprintln!("raft-kv: not built yet (issue 6)"); }
