@@ -1,5 +1,6 @@
 //! The durable raft log: the reads raft-rs needs plus atomic, durable writes.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use raft::prelude::{Entry, HardState, Snapshot};
@@ -37,7 +38,8 @@ pub trait LogStorage: Send + Sync + 'static {
 
     /// Appends `entries`, replacing any existing entries from `entries[0].index` on, and stores
     /// `hard_state` if given, atomically and durably (one batch, one sync).
-    fn append(&self, entries: &[Entry], hard_state: Option<&HardState>) -> Result<(), StorageError>;
+    fn append(&self, entries: &[Entry], hard_state: Option<&HardState>)
+        -> Result<(), StorageError>;
     /// Installs a snapshot received from the leader: the whole log is replaced by it and the
     /// hard state's commit index is raised to the snapshot's index.
     fn install_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError>;
@@ -51,11 +53,30 @@ pub trait LogStorage: Send + Sync + 'static {
 
 /// Adapts a shared [`LogStorage`] to raft-rs's [`raft::Storage`].
 #[derive(Clone)]
-pub(crate) struct RaftStorage(pub(crate) Arc<dyn LogStorage>);
+pub(crate) struct RaftStorage {
+    pub(crate) log: Arc<dyn LogStorage>,
+    /// A peer that needs a snapshot the stored one does not cover (0: none).
+    pub(crate) snapshot_wanted_for: Arc<AtomicU64>,
+}
+
+/// True when `id` is a member in the snapshot's conf state.
+pub(crate) fn snapshot_covers(snapshot: &Snapshot, id: u64) -> bool {
+    snapshot
+        .metadata
+        .as_ref()
+        .and_then(|m| m.conf_state.as_ref())
+        .is_some_and(|cs| {
+            cs.voters
+                .iter()
+                .chain(&cs.learners)
+                .chain(&cs.voters_outgoing)
+                .any(|&v| v == id)
+        })
+}
 
 impl raft::Storage for RaftStorage {
     fn initial_state(&self) -> raft::Result<RaftState> {
-        self.0.initial_state()
+        self.log.initial_state()
     }
 
     fn entries(
@@ -65,27 +86,38 @@ impl raft::Storage for RaftStorage {
         max_size: impl Into<Option<u64>>,
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        self.0.entries(low, high, max_size.into())
+        self.log.entries(low, high, max_size.into())
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        self.0.term(idx)
+        self.log.term(idx)
     }
 
     fn first_index(&self) -> raft::Result<u64> {
-        self.0.first_index()
+        self.log.first_index()
     }
 
     fn last_index(&self) -> raft::Result<u64> {
-        self.0.last_index()
+        self.log.last_index()
     }
 
-    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        let snapshot = self.0.snapshot()?;
+    fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        let unavailable = || raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable);
+        // raft-rs treats any other error here as fatal: a failed read just means "later".
+        let snapshot = match self.log.snapshot() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("reading the snapshot failed: {e}");
+                return Err(unavailable());
+            }
+        };
         if snapshot_index(&snapshot) < request_index {
-            return Err(raft::Error::Store(
-                raft::StorageError::SnapshotTemporarilyUnavailable,
-            ));
+            return Err(unavailable());
+        }
+        if !snapshot_covers(&snapshot, to) {
+            // A new member needs a snapshot that includes it; ask the apply task for one.
+            self.snapshot_wanted_for.store(to, Ordering::Relaxed);
+            return Err(unavailable());
         }
         Ok(snapshot)
     }
@@ -105,4 +137,41 @@ pub(crate) fn snapshot_term(snapshot: &Snapshot) -> u64 {
 /// `max_size`; always keeps the first one. Backends use it to honour `entries`'s limit.
 pub fn limit_size(entries: &mut Vec<Entry>, max_size: Option<u64>) {
     raft::util::limit_size(entries, max_size);
+}
+
+impl<T: LogStorage + ?Sized> LogStorage for Arc<T> {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        (**self).initial_state()
+    }
+    fn entries(&self, low: u64, high: u64, max_size: Option<u64>) -> raft::Result<Vec<Entry>> {
+        (**self).entries(low, high, max_size)
+    }
+    fn term(&self, index: u64) -> raft::Result<u64> {
+        (**self).term(index)
+    }
+    fn first_index(&self) -> raft::Result<u64> {
+        (**self).first_index()
+    }
+    fn last_index(&self) -> raft::Result<u64> {
+        (**self).last_index()
+    }
+    fn snapshot(&self) -> raft::Result<Snapshot> {
+        (**self).snapshot()
+    }
+    fn append(
+        &self,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) -> Result<(), StorageError> {
+        (**self).append(entries, hard_state)
+    }
+    fn install_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
+        (**self).install_snapshot(snapshot)
+    }
+    fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
+        (**self).save_snapshot(snapshot)
+    }
+    fn compact(&self, index: u64) -> Result<(), StorageError> {
+        (**self).compact(index)
+    }
 }

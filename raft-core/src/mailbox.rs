@@ -99,7 +99,11 @@ impl NodeHandle {
     }
 
     pub(crate) async fn transfer_local(&self, target: u64) -> Result<()> {
-        ask(&self.driver_tx, |reply| DriverMsg::TransferLeader { target, reply }).await?
+        ask(&self.driver_tx, |reply| DriverMsg::TransferLeader {
+            target,
+            reply,
+        })
+        .await?
     }
 
     pub(crate) async fn status(&self) -> Result<Status> {
@@ -132,14 +136,12 @@ impl Op {
                 consistency: crate::wire::ReadConsistency::from(consistency) as i32,
                 timeout_ms,
             }),
-            Op::Membership(action, node_id, addr) => {
-                request::Kind::Membership(MembershipRequest {
-                    action: action as i32,
-                    node_id,
-                    addr,
-                    timeout_ms,
-                })
-            }
+            Op::Membership(action, node_id, addr) => request::Kind::Membership(MembershipRequest {
+                action: action as i32,
+                node_id,
+                addr,
+                timeout_ms,
+            }),
             Op::Transfer(target) => {
                 request::Kind::TransferLeader(TransferLeaderRequest { target, timeout_ms })
             }
@@ -272,7 +274,8 @@ impl Mailbox {
         let deadline = Instant::now() + self.timeout;
         loop {
             self.route(Op::Transfer(target), None).await?;
-            let wait_until = (Instant::now() + self.node.config.min_election_timeout()).min(deadline);
+            let wait_until =
+                (Instant::now() + self.node.config.min_election_timeout()).min(deadline);
             while Instant::now() < wait_until {
                 if self.status().await?.leader_id == Some(target) {
                     return Ok(());

@@ -110,7 +110,11 @@ impl LogStorage for MemLogStorage {
         Ok(self.read().snapshot.clone())
     }
 
-    fn append(&self, entries: &[Entry], hard_state: Option<&HardState>) -> Result<(), StorageError> {
+    fn append(
+        &self,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) -> Result<(), StorageError> {
         let mut log = self.write();
         if let Some(first) = entries.first() {
             check_contiguous(entries)?;
@@ -142,7 +146,9 @@ impl LogStorage for MemLogStorage {
         let mut log = self.write();
         let index = snapshot_index(snapshot);
         if index == 0 {
-            return Err(StorageError::Invalid("cannot install an empty snapshot".into()));
+            return Err(StorageError::Invalid(
+                "cannot install an empty snapshot".into(),
+            ));
         }
         log.entries.clear();
         log.truncated_index = index;

@@ -1,6 +1,7 @@
 //! `Raft`: builds a node and runs it as the leader of a new cluster, a joiner, or itself again
 //! after a restart.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -198,7 +199,10 @@ impl Raft {
         if !self.has_state()? {
             self.bootstrap().await?;
         } else {
-            tracing::info!(node = self.node.id, "log storage holds state: restarting as the same node");
+            tracing::info!(
+                node = self.node.id,
+                "log storage holds state: restarting as the same node"
+            );
         }
         self.run(None).await
     }
@@ -209,18 +213,20 @@ impl Raft {
     pub async fn join(self, leader_id: u64, leader_addr: impl Into<String>) -> Result<()> {
         let leader_addr = leader_addr.into();
         if self.has_state()? {
-            tracing::info!(node = self.node.id, "log storage holds state: restarting as the same node, not joining");
+            tracing::info!(
+                node = self.node.id,
+                "log storage holds state: restarting as the same node, not joining"
+            );
             return self.run(None).await;
         }
         self.run(Some((leader_id, leader_addr))).await
     }
 
     async fn bootstrap(&mut self) -> Result<()> {
-        let user_data = self
-            .store
-            .snapshot()
-            .await
-            .map_err(|e| Error::Store(format!("snapshot of the initial state failed: {e:#}")))?;
+        let user_data =
+            self.store.snapshot().await.map_err(|e| {
+                Error::Store(format!("snapshot of the initial state failed: {e:#}"))
+            })?;
         let members = vec![Member {
             id: self.node.id,
             addr: self.node.addr.clone(),
@@ -284,9 +290,14 @@ impl Raft {
         }
         Counters::set(&counters.applied, snap_index);
 
+        let snapshot_wanted_for = Arc::new(AtomicU64::new(0));
+        let raft_storage = RaftStorage {
+            log: storage.clone(),
+            snapshot_wanted_for: snapshot_wanted_for.clone(),
+        };
         let raw = RawNode::new(
             &config.to_raft(id, snap_index),
-            RaftStorage(storage.clone()),
+            raft_storage,
             &raft_logger(id),
         )?;
         let (apply_tx, apply_rx) = mpsc::unbounded_channel();
@@ -308,6 +319,7 @@ impl Raft {
             peers,
             members,
             counters,
+            snapshot_wanted_for,
         });
         if let Some((leader_id, leader_addr)) = &join {
             if *leader_id != 0 {

@@ -2,7 +2,13 @@
 //!
 //! Transports carry [`RaftBatch`], [`Request`] and [`Response`] without looking inside.
 
-#![allow(missing_docs, clippy::all, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(
+    missing_docs,
+    clippy::all,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
 
 include!(concat!(env!("OUT_DIR"), "/raftkit.v1.rs"));
 

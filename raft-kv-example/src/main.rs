@@ -1,1 +1,3 @@
-fn main() { eprintln!("raft-kv: not built yet (issue 6)"); }
+fn main() {
+    eprintln!("raft-kv: not built yet (issue 6)");
+}

@@ -42,6 +42,8 @@ pub(crate) struct Applier {
     pub(crate) counters: Arc<Counters>,
     waiters: BTreeMap<u64, Waiter>,
     reads: BTreeMap<u64, Vec<PendingRead>>,
+    /// A peer waiting for a snapshot that includes it.
+    snapshot_wanted_for: Option<u64>,
 }
 
 impl Applier {
@@ -73,6 +75,7 @@ impl Applier {
             counters,
             waiters: BTreeMap::new(),
             reads: BTreeMap::new(),
+            snapshot_wanted_for: None,
         }
     }
 
@@ -184,6 +187,10 @@ impl Applier {
                     self.reads.entry(index).or_default().push(read);
                 }
             }
+            ApplyMsg::SnapshotFor(peer) => {
+                self.snapshot_wanted_for = Some(peer);
+                self.maybe_snapshot().await;
+            }
             ApplyMsg::FailProposals => {
                 for (_, w) in std::mem::take(&mut self.waiters) {
                     let _ = w.reply.send(Err(Error::LeadershipLost));
@@ -268,14 +275,32 @@ impl Applier {
         let _ = read.reply.send(answer);
     }
 
+    fn conf_includes(&self, id: u64) -> bool {
+        let cs = &self.conf_state;
+        cs.voters
+            .iter()
+            .chain(&cs.learners)
+            .chain(&cs.voters_outgoing)
+            .any(|&v| v == id)
+    }
+
     async fn maybe_snapshot(&mut self) {
-        if self.applied < self.last_snapshot + self.snapshot_threshold {
+        let wanted = self
+            .snapshot_wanted_for
+            .is_some_and(|peer| self.conf_includes(peer) && self.applied > self.last_snapshot);
+        if !wanted && self.applied < self.last_snapshot + self.snapshot_threshold {
             return;
+        }
+        if wanted {
+            self.snapshot_wanted_for = None;
         }
         let user_data = match self.store.snapshot().await {
             Ok(d) => d,
             Err(e) => {
-                tracing::warn!(node = self.node_id, "state machine snapshot failed, will retry later: {e:#}");
+                tracing::warn!(
+                    node = self.node_id,
+                    "state machine snapshot failed, will retry later: {e:#}"
+                );
                 self.last_snapshot = self.applied;
                 return;
             }

@@ -8,6 +8,7 @@
 //! the next `Ready`: N concurrent clients cost one fsync.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -52,6 +53,7 @@ pub(crate) struct DriverParts {
     pub(crate) peers: Peers,
     pub(crate) members: Members,
     pub(crate) counters: Arc<Counters>,
+    pub(crate) snapshot_wanted_for: Arc<AtomicU64>,
 }
 
 pub(crate) struct Driver {
@@ -77,6 +79,9 @@ pub(crate) struct Driver {
     stop: bool,
     /// A snapshot the apply task took, saved at the end of the turn.
     snapshot_to_save: Option<Snapshot>,
+    snapshot_wanted_for: Arc<AtomicU64>,
+    /// Peer and time of the last snapshot requested from the apply task.
+    snapshot_requested: Option<(u64, Instant)>,
 }
 
 impl Driver {
@@ -103,6 +108,8 @@ impl Driver {
             removed: false,
             stop: false,
             snapshot_to_save: None,
+            snapshot_wanted_for: parts.snapshot_wanted_for,
+            snapshot_requested: None,
         }
     }
 
@@ -370,7 +377,10 @@ impl Driver {
             .raw
             .propose_conf_change(Vec::new(), ConfChangeV2::default())
         {
-            tracing::debug!(node = self.id, "could not leave joint configuration yet: {e}");
+            tracing::debug!(
+                node = self.id,
+                "could not leave joint configuration yet: {e}"
+            );
         }
     }
 
@@ -393,7 +403,11 @@ impl Driver {
         let Some(member) = candidate.cloned() else {
             return;
         };
-        tracing::info!(node = self.id, learner = member.id, "promoting caught-up learner to voter");
+        tracing::info!(
+            node = self.id,
+            learner = member.id,
+            "promoting caught-up learner to voter"
+        );
         let member = Member {
             promote: false,
             ..member
@@ -482,7 +496,10 @@ impl Driver {
                     )));
                 }
                 let promote = action == MembershipAction::Join;
-                Ok(Some((ConfChangeType::AddLearnerNode, Some(member(promote)))))
+                Ok(Some((
+                    ConfChangeType::AddLearnerNode,
+                    Some(member(promote)),
+                )))
             }
             MembershipAction::Promote => {
                 if is_voter {
@@ -517,7 +534,11 @@ impl Driver {
                         .filter(|&v| v != self.id)
                         .max_by_key(|&v| self.raw.raft.prs().get(v).map_or(0, |p| p.matched));
                     if let Some(target) = target {
-                        tracing::info!(node = self.id, target, "transferring leadership before leaving");
+                        tracing::info!(
+                            node = self.id,
+                            target,
+                            "transferring leadership before leaving"
+                        );
                         self.lease_until = None;
                         self.raw.transfer_leader(target);
                     }
@@ -587,7 +608,10 @@ impl Driver {
             .await
             .map_err(|e| StorageError::Io(format!("storage thread failed: {e}")))?;
         result.map_err(|e| {
-            tracing::error!(node = self.id, "log storage write failed, stopping the node: {e}");
+            tracing::error!(
+                node = self.id,
+                "log storage write failed, stopping the node: {e}"
+            );
             Error::Storage(e)
         })
     }
@@ -603,7 +627,12 @@ impl Driver {
             Ok(())
         })
         .await?;
-        tracing::debug!(node = self.id, index, compact_to, "snapshot saved, log compacted");
+        tracing::debug!(
+            node = self.id,
+            index,
+            compact_to,
+            "snapshot saved, log compacted"
+        );
         Ok(())
     }
 
@@ -620,7 +649,11 @@ impl Driver {
                         self.raw.report_unreachable(to);
                     }
                 }
-                None => tracing::debug!(node = self.id, peer = to, "no address for peer; message dropped"),
+                None => tracing::debug!(
+                    node = self.id,
+                    peer = to,
+                    "no address for peer; message dropped"
+                ),
             }
         }
     }
@@ -640,7 +673,11 @@ impl Driver {
                 Ok(envelope) => self.members = Members::from_list(envelope.members),
                 Err(e) => return Err(Error::Config(format!("received a bad snapshot: {e}"))),
             }
-            tracing::info!(node = self.id, index = snapshot_index(&snapshot), "installed snapshot from leader");
+            tracing::info!(
+                node = self.id,
+                index = snapshot_index(&snapshot),
+                "installed snapshot from leader"
+            );
             self.to_apply(ApplyMsg::Restore(Box::new(snapshot)));
         }
 
@@ -653,7 +690,8 @@ impl Driver {
         let vote_changed = hs.term != self.persisted_hs.term || hs.vote != self.persisted_hs.vote;
         if !entries.is_empty() || vote_changed {
             let to_store = hs.clone();
-            self.write(move |s| s.append(&entries, Some(&to_store))).await?;
+            self.write(move |s| s.append(&entries, Some(&to_store)))
+                .await?;
             self.persisted_hs = hs;
         }
 
@@ -679,9 +717,9 @@ impl Driver {
         for entry in entries {
             let conf = match entry.get_entry_type() {
                 EntryType::EntryNormal => None,
-                EntryType::EntryConfChange => Some(
-                    wire::decode_raft::<ConfChange>(&entry.data).map(|cc| cc.into_v2()),
-                ),
+                EntryType::EntryConfChange => {
+                    Some(wire::decode_raft::<ConfChange>(&entry.data).map(|cc| cc.into_v2()))
+                }
                 EntryType::EntryConfChangeV2 => {
                     Some(wire::decode_raft::<ConfChangeV2>(&entry.data))
                 }
@@ -729,9 +767,18 @@ impl Driver {
                     }
                 }
             }
-            tracing::info!(node = self.id, index = entry.index, "membership changed: {:?}", result.as_ref().ok());
+            tracing::info!(
+                node = self.id,
+                index = entry.index,
+                "membership changed: {:?}",
+                result.as_ref().ok()
+            );
         } else if let Err(e) = &result {
-            tracing::warn!(node = self.id, index = entry.index, "conf change rejected: {e}");
+            tracing::warn!(
+                node = self.id,
+                index = entry.index,
+                "conf change rejected: {e}"
+            );
         }
         ConfOutcome {
             result,
@@ -740,6 +787,16 @@ impl Driver {
     }
 
     fn after_turn(&mut self) {
+        let wanted = self.snapshot_wanted_for.swap(0, Ordering::Relaxed);
+        if wanted != 0 {
+            let recent = self.snapshot_requested.is_some_and(|(peer, at)| {
+                peer == wanted && at.elapsed() < self.config.min_election_timeout()
+            });
+            if !recent {
+                self.snapshot_requested = Some((wanted, Instant::now()));
+                self.to_apply(ApplyMsg::SnapshotFor(wanted));
+            }
+        }
         let leader = self.is_leader();
         if self.was_leader && !leader {
             tracing::info!(node = self.id, term = self.raw.raft.term, "lost leadership");
@@ -753,7 +810,10 @@ impl Driver {
         if self.removed {
             let cs = self.raw.raft.prs().conf().to_conf_state();
             if !cs.voters.contains(&self.id) && !cs.learners.contains(&self.id) {
-                tracing::info!(node = self.id, "this node was removed from the cluster; stopping");
+                tracing::info!(
+                    node = self.id,
+                    "this node was removed from the cluster; stopping"
+                );
                 self.stop = true;
             }
             self.removed = false;

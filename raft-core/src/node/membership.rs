@@ -44,7 +44,10 @@ impl Members {
     }
 
     pub(crate) fn addresses(&self) -> BTreeMap<u64, String> {
-        self.by_id.iter().map(|(&id, m)| (id, m.addr.clone())).collect()
+        self.by_id
+            .iter()
+            .map(|(&id, m)| (id, m.addr.clone()))
+            .collect()
     }
 }
 

@@ -81,6 +81,8 @@ pub(crate) enum ApplyMsg {
         deadline: Instant,
         reply: Responder,
     },
+    /// Take a snapshot as soon as it includes this peer in its conf state.
+    SnapshotFor(u64),
     /// Leadership was lost: fail every proposal waiter (their outcome is unknown).
     FailProposals,
 }

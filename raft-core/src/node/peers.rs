@@ -140,7 +140,8 @@ impl SenderTask {
         let to = self.to;
         let transfer_id = rand::random();
         tokio::spawn(async move {
-            let status = match send_snapshot(&transport, &addr, msg, chunk_size, transfer_id).await {
+            let status = match send_snapshot(&transport, &addr, msg, chunk_size, transfer_id).await
+            {
                 Ok(()) => {
                     tracing::info!(peer = to, "snapshot sent");
                     SnapshotStatus::Finish

@@ -80,12 +80,19 @@ impl InboundHandler for NodeServer {
                 let consistency = wire::ReadConsistency::try_from(q.consistency)
                     .unwrap_or(wire::ReadConsistency::Linearizable);
                 self.node
-                    .read_local(q.query, consistency.into(), timeout_of(q.timeout_ms, default))
+                    .read_local(
+                        q.query,
+                        consistency.into(),
+                        timeout_of(q.timeout_ms, default),
+                    )
                     .await
                     .map(response::Kind::Query)
             }
             Some(request::Kind::Membership(m)) => match MembershipAction::try_from(m.action) {
-                Err(_) => Err(Error::Invalid(format!("unknown membership action {}", m.action))),
+                Err(_) => Err(Error::Invalid(format!(
+                    "unknown membership action {}",
+                    m.action
+                ))),
                 Ok(action) => {
                     let timeout = timeout_of(m.timeout_ms, default);
                     match self

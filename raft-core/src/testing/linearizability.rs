@@ -479,6 +479,7 @@ impl<'a> Interner<'a> {
 struct Required<'a> {
     src: &'a Operation,
     step: Step,
+    effect: Effect,
 }
 
 /// An operation with an unknown outcome: it may be linearized anywhere after `invoke`,
@@ -487,6 +488,16 @@ struct Optional<'a> {
     src: &'a Operation,
     invoke: u64,
     step: Step,
+    effect: Effect,
+}
+
+/// What an op means to the [`Census`].
+#[derive(Debug, Clone, Copy, Default)]
+struct Effect {
+    /// The present value it needs the register to hold.
+    needs: Option<ValueId>,
+    /// The present value it may write, if some op that needs it could come after.
+    feeds: Option<ValueId>,
 }
 
 /// Translates a completed operation into its step, or `None` if op and output disagree.
@@ -738,24 +749,18 @@ struct Census {
 }
 
 impl Census {
-    fn new(values: usize, required: &[Required<'_>], optional: &[Optional<'_>]) -> Self {
+    fn new(values: usize, effects: impl Iterator<Item = Effect>) -> Self {
         let mut census = Census {
             readers: vec![0; values + 1],
             writers: vec![0; values + 1],
             orphans: 0,
             orphan_sum: 0,
         };
-        for step in required.iter().map(|r| r.step) {
-            if let Some(value) = step.needs() {
+        for effect in effects {
+            if let Some(value) = effect.needs {
                 census.readers[value as usize] += 1;
             }
-        }
-        for step in required
-            .iter()
-            .map(|r| r.step)
-            .chain(optional.iter().map(|o| o.step))
-        {
-            if let Some(value) = step.produces() {
+            if let Some(value) = effect.feeds {
                 census.writers[value as usize] += 1;
             }
         }
@@ -780,15 +785,15 @@ impl Census {
     }
 
     /// Accounts for `step` being linearized.
-    fn take(&mut self, step: Step) {
-        if let Some(v) = step.needs() {
+    fn take(&mut self, effect: Effect) {
+        if let Some(v) = effect.needs {
             let i = v as usize;
             self.readers[i] -= 1;
             if self.readers[i] == 0 && self.writers[i] == 0 {
                 self.orphan_changed(v, false);
             }
         }
-        if let Some(v) = step.produces() {
+        if let Some(v) = effect.feeds {
             let i = v as usize;
             self.writers[i] -= 1;
             if self.writers[i] == 0 && self.readers[i] > 0 {
@@ -798,15 +803,15 @@ impl Census {
     }
 
     /// Undoes [`Census::take`].
-    fn give(&mut self, step: Step) {
-        if let Some(v) = step.produces() {
+    fn give(&mut self, effect: Effect) {
+        if let Some(v) = effect.feeds {
             let i = v as usize;
             if self.writers[i] == 0 && self.readers[i] > 0 {
                 self.orphan_changed(v, false);
             }
             self.writers[i] += 1;
         }
-        if let Some(v) = step.needs() {
+        if let Some(v) = effect.needs {
             let i = v as usize;
             if self.readers[i] == 0 && self.writers[i] == 0 {
                 self.orphan_changed(v, true);
@@ -839,6 +844,7 @@ fn check_key(key: &str, ops: &[&Operation], max_steps: u64) -> Verdict {
                         src: op,
                         invoke: op.invoke,
                         step,
+                        effect: Effect::default(),
                     });
                 }
             }
@@ -851,7 +857,11 @@ fn check_key(key: &str, ops: &[&Operation], max_steps: u64) -> Verdict {
                 if ret < op.invoke {
                     return malformed(op, "completed before it was invoked");
                 }
-                required.push(Required { src: op, step });
+                required.push(Required {
+                    src: op,
+                    step,
+                    effect: Effect::default(),
+                });
                 times.push((op.invoke, ret));
             }
         }
@@ -862,23 +872,58 @@ fn check_key(key: &str, ops: &[&Operation], max_steps: u64) -> Verdict {
     optional.retain(|op| op.invoke <= last_return);
     optional.sort_by_key(|op| op.invoke);
 
-    let census = Census::new(interner.values.len(), &required, &optional);
-    if census.orphans > 0 {
-        // Some op observes a value that nothing on this key ever writes.
-        let culprit = required.iter().find(|r| {
-            r.step
-                .needs()
-                .is_some_and(|v| census.writers[v as usize] == 0)
-        });
-        if let Some(culprit) = culprit {
-            return Verdict::NotLinearizable {
-                key: key.to_owned(),
-                detail: format!(
-                    "this operation observes a value that no operation on the key writes: {}",
-                    culprit.src
-                ),
-            };
+    // Every op that needs a value must come after one that writes it.
+    let values = interner.values.len() + 1;
+    let mut first_write: Vec<Option<u64>> = vec![None; values];
+    let writes = required.iter().map(|r| (r.src.invoke, r.step));
+    for (invoke, step) in writes.chain(optional.iter().map(|o| (o.invoke, o.step))) {
+        if let Some(value) = step.produces() {
+            let first = &mut first_write[value as usize];
+            *first = Some(first.map_or(invoke, |first| first.min(invoke)));
         }
+    }
+    let mut last_read = vec![None; values];
+    for (r, &(_, ret)) in required.iter().zip(&times) {
+        if let Some(value) = r.step.needs() {
+            if first_write[value as usize].is_none_or(|first| first > ret) {
+                return Verdict::NotLinearizable {
+                    key: key.to_owned(),
+                    detail: format!(
+                        "this operation observes a value that no operation invoked before it returned writes: {}",
+                        r.src
+                    ),
+                };
+            }
+            let last = &mut last_read[value as usize];
+            *last = Some(last.map_or(ret, |last: u64| last.max(ret)));
+        }
+    }
+    // A write only feeds the ops that need its value if it can come before one of them.
+    let effect = |invoke: u64, step: Step| Effect {
+        needs: step.needs(),
+        feeds: step
+            .produces()
+            .filter(|&value| last_read[value as usize].is_some_and(|last| invoke <= last)),
+    };
+    for r in &mut required {
+        r.effect = effect(r.src.invoke, r.step);
+    }
+    for o in &mut optional {
+        o.effect = effect(o.invoke, o.step);
+    }
+    let census = Census::new(
+        values,
+        required
+            .iter()
+            .map(|r| r.effect)
+            .chain(optional.iter().map(|o| o.effect)),
+    );
+    if census.orphans > 0 {
+        // Unreachable after the check above.
+        return Verdict::Inconclusive {
+            key: key.to_owned(),
+            reason: "internal error: inconsistent census".to_owned(),
+        };
     }
     let words = required.len().div_ceil(64);
     let search = Search {
@@ -1064,7 +1109,7 @@ impl Search<'_, '_> {
 
     /// Linearizes the completed op `op` next, if that is possible and worth it.
     fn try_required(&mut self, op: usize, forced: bool) -> bool {
-        let step = self.required[op].step;
+        let Required { step, effect, .. } = self.required[op];
         let Some(next_state) = step.apply(self.state) else {
             return false;
         };
@@ -1074,7 +1119,7 @@ impl Search<'_, '_> {
         {
             return false; // not canonical: the run before it is not needed
         }
-        self.census.take(step);
+        self.census.take(effect);
         let (value_word, run_word) = (self.words, self.words + 1);
         let run = self.config[run_word];
         set_bit(&mut self.config, op);
@@ -1096,7 +1141,7 @@ impl Search<'_, '_> {
             self.linearized += 1;
             return true;
         }
-        self.census.give(step);
+        self.census.give(effect);
         clear_bit(&mut self.config, op);
         self.config[value_word] = u64::from(self.state);
         self.config[run_word] = run;
@@ -1105,7 +1150,7 @@ impl Search<'_, '_> {
 
     /// Linearizes the unknown-outcome op `index` next, if that is possible and worth it.
     fn try_optional(&mut self, index: usize, bound: u64) -> bool {
-        let step = self.optional[index].step;
+        let Optional { step, effect, .. } = self.optional[index];
         let (value_word, run_word) = (self.words, self.words + 1);
         let run = self.config[run_word];
         if has_bit(&self.linearized_optional, index)
@@ -1116,7 +1161,7 @@ impl Search<'_, '_> {
         let Some(next_state) = step.apply(self.state).filter(|&next| next != self.state) else {
             return false;
         };
-        self.census.take(step);
+        self.census.take(effect);
         set_bit(&mut self.linearized_optional, index);
         self.config[value_word] = u64::from(next_state);
         if run == NO_RUN {
@@ -1136,7 +1181,7 @@ impl Search<'_, '_> {
             self.state = next_state;
             return true;
         }
-        self.census.give(step);
+        self.census.give(effect);
         clear_bit(&mut self.linearized_optional, index);
         self.config[value_word] = u64::from(self.state);
         self.config[run_word] = run;
@@ -1153,14 +1198,14 @@ impl Search<'_, '_> {
             self.config[self.words + 1] = frame.run;
             let cursor = match frame.mv {
                 Move::Required(op) => {
-                    self.census.give(self.required[op].step);
+                    self.census.give(self.required[op].effect);
                     self.entries.unlift(op);
                     clear_bit(&mut self.config, op);
                     self.linearized -= 1;
                     Cursor::List(self.entries.next[self.entries.call_of[op]])
                 }
                 Move::Optional { index, bound } => {
-                    self.census.give(self.optional[index].step);
+                    self.census.give(self.optional[index].effect);
                     clear_bit(&mut self.linearized_optional, index);
                     Cursor::Optional {
                         index: index + 1,
@@ -1244,7 +1289,7 @@ mod tests {
     use super::*;
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
-    use std::collections::HashMap;
+    use std::collections::{BTreeMap, HashMap};
     use std::time::{Duration, Instant};
 
     // ---- builders ----------------------------------------------------------------------
@@ -1993,38 +2038,73 @@ mod tests {
         rng: &mut StdRng,
     ) -> Option<(Vec<Operation>, String)> {
         let completed = |o: &Operation| o.complete.filter(|_| matches!(o.outcome, Outcome::Ok(_)));
+        let mut by_key: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, o) in ops.iter().enumerate() {
+            by_key.entry(o.op.key()).or_default().push(i);
+        }
         let mut candidates: Vec<(usize, String)> = Vec::new();
-        for (i, read) in ops.iter().enumerate() {
-            let (KvOp::Get { key }, Some(read_done)) = (&read.op, completed(read)) else {
-                continue;
-            };
-            let same_key = || ops.iter().filter(move |o| o.op.key() == key);
+        for indices in by_key.values() {
+            let key_ops = || indices.iter().map(|&i| (i, &ops[i]));
+            let reads: Vec<(usize, u64, u64)> = key_ops()
+                .filter(|(_, o)| matches!(o.op, KvOp::Get { .. }))
+                .filter_map(|(i, o)| Some((i, o.invoke, completed(o)?)))
+                .collect();
+            // Per value: how many ops may write it, and the earliest invocation among them.
+            let mut writers: HashMap<&str, (usize, u64)> = HashMap::new();
+            for (_, o) in key_ops() {
+                if let Some(value) = written(o) {
+                    let entry = writers.entry(value).or_insert((0, u64::MAX));
+                    *entry = (entry.0 + 1, entry.1.min(o.invoke));
+                }
+            }
             match mutation {
-                Mutation::NeverWritten => candidates.push((i, "never-written".into())),
+                Mutation::NeverWritten => {
+                    candidates.extend(reads.iter().map(|&(i, ..)| (i, "never-written".into())))
+                }
                 Mutation::Future => {
-                    for value in same_key().filter_map(written) {
-                        if same_key().all(|w| written(w) != Some(value) || w.invoke > read_done) {
+                    // The value whose writers start last.
+                    let Some((&value, &(_, first))) = writers.iter().max_by_key(|(_, w)| w.1)
+                    else {
+                        continue;
+                    };
+                    for &(i, _, done) in &reads {
+                        if done < first {
                             candidates.push((i, value.to_owned()));
-                            break;
                         }
                     }
                 }
                 Mutation::Stale => {
-                    for first in same_key() {
-                        let (KvOp::Put { value, .. }, Some(first_done)) =
-                            (&first.op, completed(first))
-                        else {
+                    // Completed blind writes, by invocation: (invoke, completion).
+                    let mut overwrites: Vec<(u64, u64)> = key_ops()
+                        .filter(|(_, o)| matches!(o.op, KvOp::Put { .. } | KvOp::Delete { .. }))
+                        .filter_map(|(_, o)| Some((o.invoke, completed(o)?)))
+                        .collect();
+                    overwrites.sort_unstable();
+                    // suffix_min[j]: earliest completion among overwrites[j..].
+                    let mut suffix_min = vec![u64::MAX; overwrites.len() + 1];
+                    for j in (0..overwrites.len()).rev() {
+                        suffix_min[j] = suffix_min[j + 1].min(overwrites[j].1);
+                    }
+                    // The uniquely written value overwritten the earliest.
+                    let mut best: Option<(u64, &str)> = None;
+                    for (_, o) in key_ops() {
+                        let (KvOp::Put { value, .. }, Some(done)) = (&o.op, completed(o)) else {
                             continue;
                         };
-                        let unique = same_key().filter(|w| written(w) == Some(value)).count() == 1;
-                        let overwritten = same_key().any(|w| {
-                            matches!(w.op, KvOp::Put { .. } | KvOp::Delete { .. })
-                                && w.invoke > first_done
-                                && completed(w).is_some_and(|done| done < read.invoke)
-                        });
-                        if unique && overwritten {
-                            candidates.push((i, value.clone()));
-                            break;
+                        if writers.get(value.as_str()).is_some_and(|w| w.0 == 1) {
+                            let j = overwrites.partition_point(|&(invoke, _)| invoke <= done);
+                            let overwritten = suffix_min[j];
+                            if best.is_none_or(|(t, _)| overwritten < t) {
+                                best = Some((overwritten, value));
+                            }
+                        }
+                    }
+                    let Some((overwritten, value)) = best else {
+                        continue;
+                    };
+                    for &(i, invoke, _) in &reads {
+                        if invoke > overwritten {
+                            candidates.push((i, value.to_owned()));
                         }
                     }
                 }
@@ -2160,37 +2240,230 @@ mod tests {
         assert!(verdict.is_linearizable(), "{verdict}");
     }
 
+    // ---- brute-force reference -----------------------------------------------------------
+
+    /// Applies `op` to the register; the output it would return.
+    fn model_apply(register: &mut Option<String>, op: &KvOp) -> KvOutput {
+        match op {
+            KvOp::Put { value, .. } => {
+                *register = Some(value.clone());
+                KvOutput::Done
+            }
+            KvOp::Get { .. } => KvOutput::Value(register.clone()),
+            KvOp::Cas { expect, value, .. } => {
+                let matches = register == expect;
+                if matches {
+                    *register = Some(value.clone());
+                }
+                KvOutput::Swapped(matches)
+            }
+            KvOp::Delete { .. } => {
+                *register = None;
+                KvOutput::Done
+            }
+        }
+    }
+
+    /// Tries every order of every subset (single key), with no pruning at all.
+    fn brute_force(ops: &[Operation]) -> bool {
+        fn ret(op: &Operation) -> u64 {
+            match op.outcome {
+                Outcome::Ok(_) => op.complete.unwrap_or(u64::MAX),
+                _ => u64::MAX,
+            }
+        }
+        fn search(ops: &[&Operation], done: &mut Vec<bool>, register: &Option<String>) -> bool {
+            let required_left = ops
+                .iter()
+                .zip(done.iter())
+                .any(|(o, &d)| !d && matches!(o.outcome, Outcome::Ok(_)));
+            if !required_left {
+                return true;
+            }
+            for i in 0..ops.len() {
+                if done[i] {
+                    continue;
+                }
+                // Every other remaining op that returned before this one was invoked must
+                // go first.
+                let blocked =
+                    (0..ops.len()).any(|j| j != i && !done[j] && ret(ops[j]) < ops[i].invoke);
+                if blocked {
+                    continue;
+                }
+                let mut next = register.clone();
+                let output = model_apply(&mut next, &ops[i].op);
+                if let Outcome::Ok(expected) = &ops[i].outcome {
+                    if *expected != output {
+                        continue;
+                    }
+                }
+                done[i] = true;
+                let found = search(ops, done, &next);
+                done[i] = false;
+                if found {
+                    return true;
+                }
+            }
+            false
+        }
+        let live: Vec<&Operation> = ops
+            .iter()
+            .filter(|o| o.outcome != Outcome::Failed)
+            .collect();
+        search(&live, &mut vec![false; live.len()], &None)
+    }
+
+    fn random_op(rng: &mut StdRng, values: &[&str]) -> KvOp {
+        let value = |rng: &mut StdRng| values[rng.gen_range(0..values.len())].to_owned();
+        match rng.gen_range(0..4) {
+            0 => put("k", &value(rng)),
+            1 => get("k"),
+            2 => {
+                let expect = rng.gen_bool(0.7).then(|| value(rng));
+                cas("k", expect.as_deref(), &value(rng))
+            }
+            _ => delete("k"),
+        }
+    }
+
+    /// Small random single-key histories: arbitrary intervals, outputs and outcomes
+    /// (mostly not linearizable), or simulated ones with one output corrupted (often not),
+    /// or simulated ones left alone.
+    fn small_history(rng: &mut StdRng) -> Vec<Operation> {
+        let values = ["a", "b", "c"];
+        let n: usize = rng.gen_range(1..=7);
+        let random_outcome = |rng: &mut StdRng, op: &KvOp| match rng.gen_range(0..10) {
+            0 => Outcome::Unknown,
+            1 => Outcome::Failed,
+            _ => Outcome::Ok(match op {
+                KvOp::Put { .. } | KvOp::Delete { .. } => KvOutput::Done,
+                KvOp::Get { .. } => KvOutput::Value(
+                    rng.gen_bool(0.8)
+                        .then(|| values[rng.gen_range(0..3)].into()),
+                ),
+                KvOp::Cas { .. } => KvOutput::Swapped(rng.gen_bool(0.5)),
+            }),
+        };
+        match rng.gen_range(0..3) {
+            0 => (0..n)
+                .map(|i| {
+                    let kv_op = random_op(rng, &values);
+                    let invoke = rng.gen_range(0..12);
+                    let outcome = random_outcome(rng, &kv_op);
+                    let complete = rng.gen_bool(0.95).then(|| invoke + rng.gen_range(0..8));
+                    Operation {
+                        client: i as u64,
+                        op: kv_op,
+                        invoke,
+                        complete,
+                        outcome,
+                    }
+                })
+                .collect(),
+            corrupt => {
+                let mut ops = simulate(&SimConfig {
+                    seed: rng.gen(),
+                    clients: rng.gen_range(1..=4),
+                    keys: 1,
+                    ops: n,
+                    values: 3,
+                    p_lost: 0.3,
+                });
+                if corrupt == 1 {
+                    let victim = rng.gen_range(0..ops.len());
+                    ops[victim].outcome = random_outcome(rng, &ops[victim].op);
+                }
+                ops
+            }
+        }
+    }
+
+    #[test]
+    fn agrees_with_brute_force_on_small_histories() {
+        let seed = base_seed();
+        eprintln!("brute-force comparison: LINCHECK_SEED={seed}");
+        let mut rng = StdRng::seed_from_u64(seed);
+        let (mut good, mut bad) = (0, 0);
+        for round in 0..3000 {
+            let ops = small_history(&mut rng);
+            let expected = brute_force(&ops);
+            let verdict = check(&ops);
+            assert_eq!(
+                verdict.is_linearizable(),
+                expected,
+                "seed {seed} round {round}: {verdict}\n{}",
+                describe_key(&ops, "k")
+            );
+            assert!(
+                !matches!(verdict, Verdict::Inconclusive { .. }),
+                "seed {seed} round {round}: {verdict}\n{}",
+                describe_key(&ops, "k")
+            );
+            if expected {
+                good += 1;
+            } else {
+                bad += 1;
+            }
+        }
+        eprintln!("{good} linearizable, {bad} not");
+        assert!(good > 300 && bad > 300, "{good} / {bad}");
+    }
+
     #[test]
     fn zz_experiment() {
-        let mut rng = StdRng::seed_from_u64(5);
+        let mut rng = StdRng::seed_from_u64(11);
         for (clients, keys, ops, values, p_lost) in [
-            (16, 1, 1500, 0, 0.0),
+            (16, 1, 1500, 2, 0.0),
+            (16, 1, 1500, 3, 0.1),
             (16, 1, 1500, 0, 0.1),
-            (16, 1, 1500, 3, 0.0),
-            (16, 1, 1500, 3, 0.2),
+            (16, 5, 4000, 2, 0.05),
             (16, 5, 4000, 3, 0.1),
-            (16, 5, 4000, 0, 0.1),
+            (8, 5, 2000, 0, 0.05),
         ] {
-            for seed in 0..3 {
-                let h = simulate(&SimConfig {
-                    seed,
+            let (mut lin, mut not, mut inc) = (0, 0, 0);
+            let mut worst = Duration::ZERO;
+            for _ in 0..30 {
+                let mut h = simulate(&SimConfig {
+                    seed: rng.gen(),
                     clients,
                     keys,
                     ops,
                     values,
                     p_lost,
                 });
-                for m in MUTATIONS {
-                    let Some((bad, _)) = mutate(&h, m, &mut rng) else {
-                        eprintln!("no {m:?}");
-                        continue;
-                    };
-                    let start = Instant::now();
-                    let v = check(&bad);
-                    let short: String = v.to_string().chars().take(70).collect();
-                    eprintln!("c{clients} k{keys} n{ops} v{values} p{p_lost} seed{seed} {m:?}: {short} {:?}", start.elapsed());
+                let reads: Vec<usize> = (0..h.len())
+                    .filter(|&i| {
+                        matches!(h[i].op, KvOp::Get { .. })
+                            && matches!(h[i].outcome, Outcome::Ok(_))
+                    })
+                    .collect();
+                let victim = reads[rng.gen_range(0..reads.len())];
+                let Outcome::Ok(KvOutput::Value(old)) = h[victim].outcome.clone() else {
+                    unreachable!()
+                };
+                // some other value that some op on the key writes
+                let key = h[victim].op.key().to_owned();
+                let others: Vec<String> = h
+                    .iter()
+                    .filter(|o| o.op.key() == key)
+                    .filter_map(|o| written(o).map(str::to_owned))
+                    .filter(|v| Some(v) != old.as_ref())
+                    .collect();
+                if others.is_empty() {
+                    continue;
+                }
+                h[victim].outcome = saw(Some(&others[rng.gen_range(0..others.len())]));
+                let start = Instant::now();
+                let v = check(&h);
+                worst = worst.max(start.elapsed());
+                match v {
+                    Verdict::Linearizable => lin += 1,
+                    Verdict::NotLinearizable { .. } => not += 1,
+                    Verdict::Inconclusive { .. } => inc += 1,
                 }
             }
+            eprintln!("c{clients} k{keys} n{ops} v{values} p{p_lost}: lin {lin} not {not} inconclusive {inc}, worst {worst:?}");
         }
     }
 }

@@ -1,1 +1,8 @@
-//! test support
+//! Test support (cargo feature `testing`): the [`LogStorage`](crate::LogStorage) conformance
+//! suite, an in-process cluster harness with fault injection, a replicated KV register store
+//! with a history-recording client, and a linearizability checker for those histories.
+
+pub mod cluster;
+pub mod conformance;
+pub mod kv;
+pub mod linearizability;

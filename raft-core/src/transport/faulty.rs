@@ -108,7 +108,13 @@ impl Faults {
 
     /// Cuts one node off from all others.
     pub fn isolate(&self, id: u64) {
-        let others: Vec<u64> = self.lock().addrs.keys().copied().filter(|&n| n != id).collect();
+        let others: Vec<u64> = self
+            .lock()
+            .addrs
+            .keys()
+            .copied()
+            .filter(|&n| n != id)
+            .collect();
         self.partition(&[&[id], &others]);
     }
 
