@@ -197,6 +197,31 @@ impl TestCluster {
         }
     }
 
+    /// Waits up to `timeout` for node `id` to stop by itself (after leaving or failing) and
+    /// returns how its run ended; `None` if it is still running then.
+    pub async fn reap(&self, id: u64, timeout: Duration) -> Option<Result<()>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let finished = self
+                .slots()
+                .get(&id)
+                .and_then(|s| s.running.as_ref())
+                .is_none_or(|r| r.task.is_finished());
+            if finished {
+                let node = self.slots().get_mut(&id).and_then(|s| s.running.take())?;
+                return Some(
+                    node.task
+                        .await
+                        .unwrap_or_else(|e| panic!("node {id} panicked: {e}")),
+                );
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Restarts a crashed node from its storage.
     pub async fn restart(&self, id: u64) {
         self.spawn(id, Start::Lead).await;
@@ -323,6 +348,63 @@ impl TestCluster {
             if let Some(r) = &slot.running {
                 assert!(!r.task.is_finished(), "node {id} stopped on its own");
             }
+        }
+    }
+
+    /// Reads every key `k0..k{keys}` linearizably through some running node and records the
+    /// reads in `history`, so the checker sees the final state: an acknowledged write that was
+    /// lost makes the history non-linearizable.
+    pub async fn final_reads(&self, history: &History, keys: usize) {
+        let client = KvClient::new(u64::MAX, history.clone());
+        for k in 0..keys {
+            let key = format!("k{k}");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let node = *self.running().first().expect("a running node");
+                let mailbox = self.mailbox(node);
+                if client
+                    .run(&mailbox, KvOp::Get { key: key.clone() })
+                    .await
+                    .is_ok()
+                {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "final read of {key} kept failing"
+                );
+            }
+        }
+    }
+
+    /// Panics unless every running node's state machine holds the same values for keys
+    /// `k0..k{keys}` (stale reads, so each node answers from its own state).
+    pub async fn assert_replicas_agree(&self, keys: usize) {
+        use super::kv::{decode_value, encode_op};
+        use crate::status::ReadConsistency;
+        let mut views: BTreeMap<u64, Vec<Option<String>>> = BTreeMap::new();
+        for id in self.running() {
+            let mailbox = self.mailbox(id);
+            let mut view = Vec::new();
+            for k in 0..keys {
+                let query = encode_op(&KvOp::Get {
+                    key: format!("k{k}"),
+                });
+                let bytes = mailbox
+                    .query_with(query, ReadConsistency::Stale)
+                    .await
+                    .unwrap_or_else(|e| panic!("stale read on node {id}: {e}"));
+                view.push(decode_value(&bytes).expect("a value"));
+            }
+            views.insert(id, view);
+        }
+        let first = views.values().next().cloned();
+        for (id, view) in &views {
+            assert_eq!(
+                Some(view),
+                first.as_ref(),
+                "node {id} disagrees: {views:#?}"
+            );
         }
     }
 

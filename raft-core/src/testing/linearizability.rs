@@ -498,6 +498,8 @@ struct Effect {
     needs: Option<ValueId>,
     /// The present value it may write, if some op that needs it could come after.
     feeds: Option<ValueId>,
+    /// The value (present or not) it compares the register with.
+    observes: Option<ValueId>,
 }
 
 /// Translates a completed operation into its step, or `None` if op and output disagree.
@@ -557,15 +559,19 @@ impl Hasher for FxHasher {
     }
 }
 
+/// A bitset.
+type Bits = Box<[u64]>;
+
 /// Visited configurations. A configuration is the memo key — the linearized completed
-/// ops, then the register value and the run word (see [`Search::run`]) in the last two
+/// ops, then the classes of the register value and of the run word (see [`Search`]) in the last two
 /// words — plus the set of linearized unknown-outcome ops. A configuration is pruned if a
 /// visited one dominates it: same completed ops and register value, a subset of its
 /// unknown-outcome ops, and the same run word or none. Whatever can still happen from the
 /// pruned configuration can happen from the visited one, whose subtree was (or is being)
 /// searched.
 struct Memo {
-    map: HashMap<Box<[u64]>, Vec<Box<[u64]>>, BuildHasherDefault<FxHasher>>,
+    /// Per memo key, the sets of linearized unknown-outcome ops it was visited with.
+    map: HashMap<Box<[u64]>, Vec<Bits>, BuildHasherDefault<FxHasher>>,
     words: usize,
 }
 
@@ -619,6 +625,9 @@ impl Memo {
 /// Run word: not inside a run of unknown-outcome ops.
 const NO_RUN: u64 = 0;
 
+/// Memo word for a value that no remaining op compares with (see [`Census::class`]).
+const GARBAGE: u64 = 1 << 32;
+
 const NIL: usize = usize::MAX;
 const HEAD: usize = 0;
 
@@ -669,6 +678,9 @@ struct Deepest {
     blocking: Option<usize>,
     pending: Vec<usize>,
     recent: Vec<Move>,
+    /// Which completed and unknown-outcome ops were linearized.
+    required_bits: Vec<u64>,
+    optional_bits: Vec<u64>,
 }
 
 /// Doubly linked list of call and return entries ordered by time (dancing links).
@@ -741,9 +753,14 @@ impl Entries {
 /// it (reads, successful cas) and that may write it. A value with readers left but no
 /// writer left is an orphan: unless the register holds it right now, its readers can
 /// never be linearized, and neither can the history.
+///
+/// Also counts, per value, the not yet linearized ops that compare the register with it.
+/// A value nobody compares with any more is garbage: which garbage value the register
+/// holds makes no difference to what can still happen.
 struct Census {
     readers: Vec<u32>,
     writers: Vec<u32>,
+    observers: Vec<u32>,
     orphans: u32,
     orphan_sum: u64,
 }
@@ -753,10 +770,14 @@ impl Census {
         let mut census = Census {
             readers: vec![0; values + 1],
             writers: vec![0; values + 1],
+            observers: vec![0; values + 1],
             orphans: 0,
             orphan_sum: 0,
         };
         for effect in effects {
+            if let Some(value) = effect.observes {
+                census.observers[value as usize] += 1;
+            }
             if let Some(value) = effect.needs {
                 census.readers[value as usize] += 1;
             }
@@ -786,6 +807,9 @@ impl Census {
 
     /// Accounts for `step` being linearized.
     fn take(&mut self, effect: Effect) {
+        if let Some(v) = effect.observes {
+            self.observers[v as usize] -= 1;
+        }
         if let Some(v) = effect.needs {
             let i = v as usize;
             self.readers[i] -= 1;
@@ -804,6 +828,9 @@ impl Census {
 
     /// Undoes [`Census::take`].
     fn give(&mut self, effect: Effect) {
+        if let Some(v) = effect.observes {
+            self.observers[v as usize] += 1;
+        }
         if let Some(v) = effect.feeds {
             let i = v as usize;
             if self.writers[i] == 0 && self.readers[i] > 0 {
@@ -817,6 +844,15 @@ impl Census {
                 self.orphan_changed(v, true);
             }
             self.readers[i] += 1;
+        }
+    }
+
+    /// `value` as far as the remaining ops can tell.
+    fn class(&self, value: ValueId) -> u64 {
+        if self.observers[value as usize] == 0 {
+            GARBAGE
+        } else {
+            u64::from(value)
         }
     }
 
@@ -904,6 +940,12 @@ fn check_key(key: &str, ops: &[&Operation], max_steps: u64) -> Verdict {
         feeds: step
             .produces()
             .filter(|&value| last_read[value as usize].is_some_and(|last| invoke <= last)),
+        observes: match step {
+            Step::Read(value)
+            | Step::Cas { expect: value, .. }
+            | Step::MaybeCas { expect: value, .. } => Some(value),
+            Step::Write(_) => None,
+        },
     };
     for r in &mut required {
         r.effect = effect(r.src.invoke, r.step);
@@ -938,6 +980,7 @@ fn check_key(key: &str, ops: &[&Operation], max_steps: u64) -> Verdict {
         census,
         steps: 0,
         state: ABSENT,
+        run: NO_RUN,
         linearized: 0,
         stack: Vec::with_capacity(required.len() + optional.len()),
         deepest: None,
@@ -973,6 +1016,7 @@ enum SearchResult {
 ///   in any completion of the current configuration it can be moved to the front, as it
 ///   does not change the register.
 /// * Configurations in which the [`Census`] finds an orphan value are dead.
+/// * All garbage register values (see [`Census`]) share one memo key.
 /// * Unknown-outcome ops are only linearized in canonical positions: a run of them must
 ///   be immediately followed by a completed op that could not have been linearized before
 ///   the run (the register value at its start is kept in the run word, as value + 1), a
@@ -987,7 +1031,8 @@ struct Search<'s, 'a> {
     optional: &'s [Optional<'a>],
     max_steps: u64,
     /// Length of the linearized-completed-ops bitset at the start of `config`, which is
-    /// followed by the register value and the run word: the memo key.
+    /// followed by the class of the register value and the class of the run word: the
+    /// memo key.
     words: usize,
     config: Vec<u64>,
     linearized_optional: Vec<u64>,
@@ -995,6 +1040,7 @@ struct Search<'s, 'a> {
     census: Census,
     steps: u64,
     state: ValueId,
+    run: u64,
     linearized: usize,
     stack: Vec<Frame>,
     deepest: Option<Deepest>,
@@ -1006,8 +1052,7 @@ impl Search<'_, '_> {
         if n == 0 {
             return SearchResult::Linearizable;
         }
-        self.memo
-            .admit(&mut self.config, &self.linearized_optional, &mut self.steps);
+        self.admit(ABSENT, NO_RUN);
         let mut cursor = Cursor::Enter;
         loop {
             self.steps += 1;
@@ -1084,9 +1129,26 @@ impl Search<'_, '_> {
     }
 
     fn run_start(&self) -> Option<ValueId> {
-        let run = self.config[self.words + 1];
-        run.checked_sub(1)
+        self.run
+            .checked_sub(1)
             .and_then(|start| ValueId::try_from(start).ok())
+    }
+
+    /// Completes the memo key of the configuration whose linearized ops are already in
+    /// `config` and `linearized_optional`, with these register value and run word, and
+    /// records it; false if it was seen or dominated.
+    fn admit(&mut self, state: ValueId, run: u64) -> bool {
+        self.config[self.words] = self.census.class(state);
+        self.config[self.words + 1] = match run.checked_sub(1) {
+            Some(start) => {
+                self.census
+                    .class(ValueId::try_from(start).unwrap_or(ValueId::MAX))
+                    + 1
+            }
+            None => NO_RUN,
+        };
+        self.memo
+            .admit(&mut self.config, &self.linearized_optional, &mut self.steps)
     }
 
     /// A pending read or failed cas that can be linearized now.
@@ -1120,71 +1182,56 @@ impl Search<'_, '_> {
             return false; // not canonical: the run before it is not needed
         }
         self.census.take(effect);
-        let (value_word, run_word) = (self.words, self.words + 1);
-        let run = self.config[run_word];
         set_bit(&mut self.config, op);
-        self.config[value_word] = u64::from(next_state);
-        self.config[run_word] = NO_RUN;
-        if !self.census.dead(next_state)
-            && self
-                .memo
-                .admit(&mut self.config, &self.linearized_optional, &mut self.steps)
-        {
+        if !self.census.dead(next_state) && self.admit(next_state, NO_RUN) {
             self.stack.push(Frame {
                 mv: Move::Required(op),
                 state: self.state,
-                run,
+                run: self.run,
                 forced,
             });
             self.state = next_state;
+            self.run = NO_RUN;
             self.entries.lift(op);
             self.linearized += 1;
             return true;
         }
         self.census.give(effect);
         clear_bit(&mut self.config, op);
-        self.config[value_word] = u64::from(self.state);
-        self.config[run_word] = run;
         false
     }
 
     /// Linearizes the unknown-outcome op `index` next, if that is possible and worth it.
     fn try_optional(&mut self, index: usize, bound: u64) -> bool {
         let Optional { step, effect, .. } = self.optional[index];
-        let (value_word, run_word) = (self.words, self.words + 1);
-        let run = self.config[run_word];
         if has_bit(&self.linearized_optional, index)
-            || (run != NO_RUN && matches!(step, Step::Write(_)))
+            || (self.run != NO_RUN && matches!(step, Step::Write(_)))
         {
             return false;
         }
         let Some(next_state) = step.apply(self.state).filter(|&next| next != self.state) else {
             return false;
         };
+        let run = if self.run == NO_RUN {
+            u64::from(self.state) + 1
+        } else {
+            self.run
+        };
         self.census.take(effect);
         set_bit(&mut self.linearized_optional, index);
-        self.config[value_word] = u64::from(next_state);
-        if run == NO_RUN {
-            self.config[run_word] = u64::from(self.state) + 1;
-        }
-        if !self.census.dead(next_state)
-            && self
-                .memo
-                .admit(&mut self.config, &self.linearized_optional, &mut self.steps)
-        {
+        if !self.census.dead(next_state) && self.admit(next_state, run) {
             self.stack.push(Frame {
                 mv: Move::Optional { index, bound },
                 state: self.state,
-                run,
+                run: self.run,
                 forced: false,
             });
             self.state = next_state;
+            self.run = run;
             return true;
         }
         self.census.give(effect);
         clear_bit(&mut self.linearized_optional, index);
-        self.config[value_word] = u64::from(self.state);
-        self.config[run_word] = run;
         false
     }
 
@@ -1194,8 +1241,7 @@ impl Search<'_, '_> {
         loop {
             let frame = self.stack.pop()?;
             self.state = frame.state;
-            self.config[self.words] = u64::from(frame.state);
-            self.config[self.words + 1] = frame.run;
+            self.run = frame.run;
             let cursor = match frame.mv {
                 Move::Required(op) => {
                     self.census.give(self.required[op].effect);
@@ -1236,6 +1282,8 @@ impl Search<'_, '_> {
             blocking: (blocking != NIL).then_some(blocking),
             pending,
             recent: recent.iter().map(|f| f.mv).collect(),
+            required_bits: self.config[..self.words].to_vec(),
+            optional_bits: self.linearized_optional.clone(),
         }
     }
 }
@@ -1246,22 +1294,49 @@ fn describe_failure(
     optional: &[Optional<'_>],
     interner: &Interner<'_>,
 ) -> String {
+    let register = interner.show(deepest.state);
     let mut out = format!(
-        "at most {} of {} completed operations can be linearized; at that point the register is {}",
+        "no valid order exists; the search got furthest with {} of {} completed operations linearized and the register at {register}, where none of the pending completed operations can go next:",
         deepest.linearized,
         required.len(),
-        interner.show(deepest.state)
     );
-    if let Some(op) = deepest.blocking {
-        out.push_str(&format!(
-            " and no pending operation can take effect before this one returns: {}",
-            required[op].src
-        ));
-    }
-    if !deepest.pending.is_empty() {
-        out.push_str("\n  pending completed operations there:");
-        for &op in &deepest.pending {
-            out.push_str(&format!("\n    {}", required[op].src));
+    let remaining_required =
+        || (0..required.len()).filter(|&i| !has_bit(&deepest.required_bits, i));
+    let remaining_optional =
+        || (0..optional.len()).filter(|&i| !has_bit(&deepest.optional_bits, i));
+    let mut census = Census::new(
+        interner.values.len() + 1,
+        remaining_required()
+            .map(|i| required[i].effect)
+            .chain(remaining_optional().map(|i| optional[i].effect)),
+    );
+    for &op in &deepest.pending {
+        let Required { src, step, effect } = required[op];
+        out.push_str(&format!("\n    {src}"));
+        if deepest.blocking == Some(op) {
+            out.push_str(" (the earliest pending response)");
+        }
+        let Some(next) = step.apply(deepest.state) else {
+            out.push_str(&format!(
+                "\n      its outcome is impossible with the register at {register}"
+            ));
+            continue;
+        };
+        census.take(effect);
+        let orphan = (0..census.readers.len())
+            .find(|&v| census.readers[v] > 0 && census.writers[v] == 0 && v != next as usize);
+        census.give(effect);
+        let victim = orphan.and_then(|v| {
+            remaining_required()
+                .find(|&i| i != op && required[i].step.needs() == Some(v as ValueId))
+        });
+        match victim {
+            Some(victim) => out.push_str(&format!(
+                "\n      after it, nothing that could still write {} would be left for: {}",
+                interner.show(required[victim].step.needs().unwrap_or(ABSENT)),
+                required[victim].src
+            )),
+            None => out.push_str("\n      every way to continue after it fails"),
         }
     }
     if !deepest.recent.is_empty() {
@@ -1276,7 +1351,7 @@ fn describe_failure(
     }
     if !optional.is_empty() {
         out.push_str(&format!(
-            "\n  ({} unknown-outcome writes were considered at every possible point)",
+            "\n  ({} unknown-outcome operations were tried wherever they could have taken effect)",
             optional.len()
         ));
     }
@@ -2327,56 +2402,59 @@ mod tests {
         }
     }
 
-    /// Small random single-key histories: arbitrary intervals, outputs and outcomes
-    /// (mostly not linearizable), or simulated ones with one output corrupted (often not),
-    /// or simulated ones left alone.
+    /// Small random single-key histories: either arbitrary intervals, outputs and
+    /// outcomes (mostly not linearizable), or simulated ones (linearizable), usually with
+    /// one outcome corrupted (often not linearizable any more).
     fn small_history(rng: &mut StdRng) -> Vec<Operation> {
         let values = ["a", "b", "c"];
-        let n: usize = rng.gen_range(1..=7);
-        let random_outcome = |rng: &mut StdRng, op: &KvOp| match rng.gen_range(0..10) {
-            0 => Outcome::Unknown,
-            1 => Outcome::Failed,
-            _ => Outcome::Ok(match op {
-                KvOp::Put { .. } | KvOp::Delete { .. } => KvOutput::Done,
-                KvOp::Get { .. } => KvOutput::Value(
-                    rng.gen_bool(0.8)
-                        .then(|| values[rng.gen_range(0..3)].into()),
-                ),
-                KvOp::Cas { .. } => KvOutput::Swapped(rng.gen_bool(0.5)),
-            }),
+        let n: usize = rng.gen_range(1..=8);
+        let p_unknown = rng.gen_range(0.0..0.6);
+        let random_output = |rng: &mut StdRng, op: &KvOp| match op {
+            KvOp::Put { .. } | KvOp::Delete { .. } => KvOutput::Done,
+            KvOp::Get { .. } => KvOutput::Value(
+                rng.gen_bool(0.8)
+                    .then(|| values[rng.gen_range(0..3)].into()),
+            ),
+            KvOp::Cas { .. } => KvOutput::Swapped(rng.gen()),
         };
-        match rng.gen_range(0..3) {
-            0 => (0..n)
-                .map(|i| {
-                    let kv_op = random_op(rng, &values);
-                    let invoke = rng.gen_range(0..12);
-                    let outcome = random_outcome(rng, &kv_op);
-                    let complete = rng.gen_bool(0.95).then(|| invoke + rng.gen_range(0..8));
-                    Operation {
-                        client: i as u64,
-                        op: kv_op,
-                        invoke,
-                        complete,
-                        outcome,
-                    }
-                })
-                .collect(),
-            corrupt => {
-                let mut ops = simulate(&SimConfig {
-                    seed: rng.gen(),
-                    clients: rng.gen_range(1..=4),
-                    keys: 1,
-                    ops: n,
-                    values: 3,
-                    p_lost: 0.3,
-                });
-                if corrupt == 1 {
-                    let victim = rng.gen_range(0..ops.len());
-                    ops[victim].outcome = random_outcome(rng, &ops[victim].op);
-                }
-                ops
+        if rng.gen_bool(0.5) {
+            let mut ops = simulate(&SimConfig {
+                seed: rng.gen(),
+                clients: rng.gen_range(1..=5),
+                keys: 1,
+                ops: n,
+                values: rng.gen_range(1..=3),
+                p_lost: p_unknown,
+            });
+            if rng.gen_bool(0.7) {
+                let victim = rng.gen_range(0..ops.len());
+                ops[victim].outcome = match rng.gen_range(0..4) {
+                    0 => Outcome::Unknown,
+                    1 => Outcome::Failed,
+                    _ => Outcome::Ok(random_output(rng, &ops[victim].op)),
+                };
             }
+            return ops;
         }
+        (0..n)
+            .map(|i| {
+                let kv_op = random_op(rng, &values);
+                let invoke = rng.gen_range(0..12);
+                let outcome = match rng.gen_range(0.0..1.0) {
+                    p if p < p_unknown => Outcome::Unknown,
+                    p if p < p_unknown + 0.05 => Outcome::Failed,
+                    _ => Outcome::Ok(random_output(rng, &kv_op)),
+                };
+                let complete = rng.gen_bool(0.95).then(|| invoke + rng.gen_range(0..8));
+                Operation {
+                    client: i as u64,
+                    op: kv_op,
+                    invoke,
+                    complete,
+                    outcome,
+                }
+            })
+            .collect()
     }
 
     #[test]
@@ -2384,8 +2462,12 @@ mod tests {
         let seed = base_seed();
         eprintln!("brute-force comparison: LINCHECK_SEED={seed}");
         let mut rng = StdRng::seed_from_u64(seed);
+        let rounds = std::env::var("LINCHECK_ROUNDS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(3000);
         let (mut good, mut bad) = (0, 0);
-        for round in 0..3000 {
+        for round in 0..rounds {
             let ops = small_history(&mut rng);
             let expected = brute_force(&ops);
             let verdict = check(&ops);
@@ -2407,63 +2489,6 @@ mod tests {
             }
         }
         eprintln!("{good} linearizable, {bad} not");
-        assert!(good > 300 && bad > 300, "{good} / {bad}");
-    }
-
-    #[test]
-    fn zz_experiment() {
-        let mut rng = StdRng::seed_from_u64(11);
-        for (clients, keys, ops, values, p_lost) in [
-            (16, 1, 1500, 2, 0.0),
-            (16, 1, 1500, 3, 0.1),
-            (16, 1, 1500, 0, 0.1),
-            (16, 5, 4000, 2, 0.05),
-            (16, 5, 4000, 3, 0.1),
-            (8, 5, 2000, 0, 0.05),
-        ] {
-            let (mut lin, mut not, mut inc) = (0, 0, 0);
-            let mut worst = Duration::ZERO;
-            for _ in 0..30 {
-                let mut h = simulate(&SimConfig {
-                    seed: rng.gen(),
-                    clients,
-                    keys,
-                    ops,
-                    values,
-                    p_lost,
-                });
-                let reads: Vec<usize> = (0..h.len())
-                    .filter(|&i| {
-                        matches!(h[i].op, KvOp::Get { .. })
-                            && matches!(h[i].outcome, Outcome::Ok(_))
-                    })
-                    .collect();
-                let victim = reads[rng.gen_range(0..reads.len())];
-                let Outcome::Ok(KvOutput::Value(old)) = h[victim].outcome.clone() else {
-                    unreachable!()
-                };
-                // some other value that some op on the key writes
-                let key = h[victim].op.key().to_owned();
-                let others: Vec<String> = h
-                    .iter()
-                    .filter(|o| o.op.key() == key)
-                    .filter_map(|o| written(o).map(str::to_owned))
-                    .filter(|v| Some(v) != old.as_ref())
-                    .collect();
-                if others.is_empty() {
-                    continue;
-                }
-                h[victim].outcome = saw(Some(&others[rng.gen_range(0..others.len())]));
-                let start = Instant::now();
-                let v = check(&h);
-                worst = worst.max(start.elapsed());
-                match v {
-                    Verdict::Linearizable => lin += 1,
-                    Verdict::NotLinearizable { .. } => not += 1,
-                    Verdict::Inconclusive { .. } => inc += 1,
-                }
-            }
-            eprintln!("c{clients} k{keys} n{ops} v{values} p{p_lost}: lin {lin} not {not} inconclusive {inc}, worst {worst:?}");
-        }
+        assert!(good > rounds / 10 && bad > rounds / 10, "{good} / {bad}");
     }
 }
