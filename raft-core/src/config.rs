@@ -122,3 +122,39 @@ impl Config {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_bad_values_are_named() {
+        assert!(Config::default().validate().is_ok());
+        let bad = Config {
+            election_tick: 1,
+            heartbeat_tick: 1,
+            ..Config::default()
+        };
+        let err = bad
+            .validate()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("election_tick"), "{err}");
+        let zero = Config {
+            tick_interval: Duration::ZERO,
+            ..Config::default()
+        };
+        assert!(zero.validate().is_err());
+    }
+
+    #[test]
+    fn raft_config_raises_message_size_and_enables_safety() {
+        let c = Config::default().to_raft(7, 3);
+        assert_eq!(c.id, 7);
+        assert_eq!(c.applied, 3);
+        assert!(c.max_size_per_msg > 0);
+        assert!(c.pre_vote && c.check_quorum);
+        assert!(c.validate().is_ok());
+    }
+}

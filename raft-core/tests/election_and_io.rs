@@ -1,6 +1,8 @@
 //! Elections, and proposals and linearizable reads from every node, checked for
 //! linearizability.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::Duration;
 
 use raft_core::testing::cluster::{seed, test_config, TestCluster};

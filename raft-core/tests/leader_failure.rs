@@ -1,6 +1,8 @@
 //! The leader stops: a new one is elected within the election timeout and no acknowledged
 //! write is lost.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::sync::Arc;

@@ -1,6 +1,8 @@
 //! Membership: join under load, leave from a follower and from the leader, transfer
 //! leadership, remove and re-join under the same id.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::time::Duration;

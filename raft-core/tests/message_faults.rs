@@ -1,6 +1,8 @@
 //! Message drop, duplication, reordering and delay, alone and together with crashes and
 //! partitions on a seeded schedule. Every history is checked.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::time::Duration;

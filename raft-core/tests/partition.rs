@@ -1,6 +1,8 @@
 //! Partitions: an isolated old leader acknowledges no write and serves no linearizable read;
 //! the majority side goes on; healing converges.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::time::Duration;

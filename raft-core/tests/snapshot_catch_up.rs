@@ -1,5 +1,7 @@
 //! A node far behind catches up through a chunked snapshot after the log was compacted.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod support;
 
 use std::time::Duration;

@@ -45,6 +45,7 @@ impl InboundHandler for NodeServer {
         let mut messages = Vec::with_capacity(batch.messages.len());
         for bytes in &batch.messages {
             let msg = wire::decode_raft_message(bytes)?;
+            check_raft_message(&msg)?;
             if msg.to != id || msg.from != batch.from {
                 return Err(TransportError::Malformed(format!(
                     "raft message {}->{} inside a batch {}->{}",
@@ -158,6 +159,34 @@ impl InboundHandler for NodeServer {
     }
 }
 
+/// Refuses raft messages raft-rs would treat as fatal invariant violations rather than
+/// reject: local-only message types, and entries that do not follow the message's index.
+fn check_raft_message(msg: &raft::prelude::Message) -> Result<(), TransportError> {
+    use raft::prelude::MessageType;
+    let malformed = |why: &str| Err(TransportError::Malformed(format!("raft message: {why}")));
+    match msg.msg_type() {
+        MessageType::MsgHup
+        | MessageType::MsgBeat
+        | MessageType::MsgUnreachable
+        | MessageType::MsgSnapStatus
+        | MessageType::MsgCheckQuorum => return malformed("local message type from the network"),
+        _ => {}
+    }
+    if msg.from == 0 || msg.to == 0 {
+        return malformed("node id 0");
+    }
+    if msg.msg_type() == MessageType::MsgAppend {
+        let mut expected = msg.index + 1;
+        for entry in &msg.entries {
+            if entry.index != expected || entry.term < msg.log_term || entry.term > msg.term {
+                return malformed("append entries out of sequence");
+            }
+            expected += 1;
+        }
+    }
+    Ok(())
+}
+
 /// Encodes an error for a remote caller.
 pub(crate) fn error_to_wire(e: &Error) -> ErrorReply {
     let (code, leader_id, leader_addr) = match e {
@@ -206,5 +235,90 @@ pub(crate) fn error_from_wire(e: ErrorReply) -> Error {
         Ok(ErrorCode::MembershipBusy) => Error::MembershipBusy,
         Ok(ErrorCode::Shutdown) => Error::Remote(format!("remote node stopped: {}", e.message)),
         Ok(ErrorCode::Internal) | Err(_) => Error::Remote(e.message),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn malformed_raft_messages_are_refused() {
+        use raft::prelude::{Entry, Message, MessageType};
+        let mut append = Message {
+            from: 1,
+            to: 2,
+            term: 3,
+            log_term: 2,
+            index: 10,
+            entries: vec![
+                Entry {
+                    index: 11,
+                    term: 3,
+                    ..Default::default()
+                },
+                Entry {
+                    index: 12,
+                    term: 3,
+                    ..Default::default()
+                },
+            ],
+            ..Default::default()
+        };
+        append.set_msg_type(MessageType::MsgAppend);
+        assert!(check_raft_message(&append).is_ok());
+        let mut gap = append.clone();
+        gap.entries[1].index = 14;
+        assert!(check_raft_message(&gap).is_err());
+        let mut future_term = append.clone();
+        future_term.entries[0].term = 9;
+        assert!(check_raft_message(&future_term).is_err());
+        let mut local = append.clone();
+        local.set_msg_type(MessageType::MsgHup);
+        assert!(check_raft_message(&local).is_err());
+        let mut zero = append;
+        zero.from = 0;
+        assert!(check_raft_message(&zero).is_err());
+    }
+
+    #[test]
+    fn errors_survive_the_wire_with_their_meaning() {
+        let cases = [
+            Error::NotLeader {
+                leader_id: Some(3),
+                leader_addr: Some("node-3".into()),
+            },
+            Error::ProposalDropped,
+            Error::LeadershipLost,
+            Error::Store("bad command".into()),
+            Error::Invalid("no".into()),
+            Error::MembershipBusy,
+            Error::Timeout(Duration::from_secs(1)),
+        ];
+        for e in cases {
+            let back = error_from_wire(error_to_wire(&e));
+            assert_eq!(back.is_retryable(), e.is_retryable(), "{e} -> {back}");
+            assert_eq!(back.outcome_unknown(), e.outcome_unknown(), "{e} -> {back}");
+        }
+        match error_from_wire(error_to_wire(&Error::NotLeader {
+            leader_id: Some(3),
+            leader_addr: Some("node-3".into()),
+        })) {
+            Error::NotLeader {
+                leader_id: Some(3),
+                leader_addr: Some(a),
+            } => assert_eq!(a, "node-3"),
+            other => panic!("{other}"),
+        }
+        let unknown = ErrorReply {
+            code: 999,
+            message: "future".into(),
+            ..Default::default()
+        };
+        assert!(
+            error_from_wire(unknown).outcome_unknown(),
+            "unknown codes are unknown outcomes"
+        );
     }
 }

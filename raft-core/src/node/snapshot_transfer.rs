@@ -145,3 +145,117 @@ impl SnapshotAssembler {
         Ok(Some(msg))
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use raft::prelude::{Snapshot, SnapshotMetadata};
+
+    use super::*;
+
+    fn snapshot_message(data: Vec<u8>) -> Message {
+        let mut msg = Message {
+            from: 1,
+            to: 2,
+            snapshot: Some(Snapshot {
+                data,
+                metadata: Some(SnapshotMetadata {
+                    index: 9,
+                    term: 2,
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        };
+        msg.set_msg_type(MessageType::MsgSnapshot);
+        msg
+    }
+
+    fn chunks(msg: &Message, size: usize, transfer_id: u64) -> Vec<SnapshotChunk> {
+        let mut header = msg.clone();
+        let data = std::mem::take(&mut header.snapshot.as_mut().unwrap().data);
+        let encoded = wire::encode_raft_message(&header);
+        let total = data.len();
+        let mut out = Vec::new();
+        let mut offset = 0;
+        loop {
+            let end = (offset + size).min(total);
+            let last = end == total;
+            out.push(SnapshotChunk {
+                from: 1,
+                to: 2,
+                transfer_id,
+                offset: offset as u64,
+                total_len: total as u64,
+                data: data[offset..end].to_vec(),
+                last,
+                message: if last { encoded.clone() } else { Vec::new() },
+            });
+            if last {
+                return out;
+            }
+            offset = end;
+        }
+    }
+
+    #[test]
+    fn reassembles_many_chunks() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        let msg = snapshot_message(data.clone());
+        let assembler = SnapshotAssembler::new(2, 1 << 20);
+        let parts = chunks(&msg, 333, 7);
+        assert!(parts.len() > 20);
+        let mut done = None;
+        for part in parts {
+            done = assembler.accept(part).unwrap();
+        }
+        let got = done.expect("complete message");
+        assert_eq!(got, msg);
+    }
+
+    #[test]
+    fn rejects_out_of_order_oversized_and_misaddressed_chunks() {
+        let msg = snapshot_message(vec![7; 1000]);
+        let assembler = SnapshotAssembler::new(2, 1 << 20);
+        let parts = chunks(&msg, 100, 1);
+        assembler.accept(parts[0].clone()).unwrap();
+        assert!(assembler.accept(parts[2].clone()).is_err(), "gap refused");
+        assert!(
+            assembler.accept(parts[1].clone()).is_err(),
+            "transfer dropped after a gap"
+        );
+
+        let small = SnapshotAssembler::new(2, 500);
+        assert!(
+            small.accept(parts[0].clone()).is_err(),
+            "over the size limit"
+        );
+
+        let other = SnapshotAssembler::new(3, 1 << 20);
+        assert!(
+            other.accept(parts[0].clone()).is_err(),
+            "addressed to another node"
+        );
+
+        let mut lying = parts[0].clone();
+        lying.data = vec![0; 2000];
+        assert!(assembler.accept(lying).is_err(), "more data than announced");
+
+        let mut garbage = chunks(&msg, 2000, 9).remove(0);
+        garbage.message = vec![0xff; 16];
+        assert!(assembler.accept(garbage).is_err(), "undecodable message");
+    }
+
+    #[test]
+    fn a_new_transfer_replaces_an_unfinished_one() {
+        let msg = snapshot_message(vec![1; 500]);
+        let assembler = SnapshotAssembler::new(2, 1 << 20);
+        let first = chunks(&msg, 100, 1);
+        assembler.accept(first[0].clone()).unwrap();
+        let mut done = None;
+        for part in chunks(&msg, 100, 2) {
+            done = assembler.accept(part).unwrap();
+        }
+        assert_eq!(done.expect("second transfer completes"), msg);
+    }
+}

@@ -210,7 +210,7 @@ impl KvClient {
         let output = result.and_then(|answer| match op {
             KvOp::Get { .. } => decode_value(&answer)
                 .map(KvOutput::Value)
-                .map_err(|e| Error::Store(e)),
+                .map_err(Error::Store),
             KvOp::Cas { .. } => Ok(KvOutput::Swapped(answer == [1])),
             _ => Ok(KvOutput::Done),
         });

@@ -255,3 +255,39 @@ impl<T: Transport> Transport for FaultyTransport<T> {
         self.inner.call(addr, request).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_cut_only_across_groups() {
+        let faults = Faults::new(1);
+        for id in 1..=5 {
+            faults.register(id, &format!("n{id}"));
+        }
+        faults.partition(&[&[1, 2], &[3, 4, 5]]);
+        let state = faults.lock();
+        assert!(Faults::connected(&state, "n1", "n2"));
+        assert!(Faults::connected(&state, "n3", "n5"));
+        assert!(!Faults::connected(&state, "n1", "n3"));
+        assert!(!Faults::connected(&state, "n5", "n2"));
+        drop(state);
+        faults.isolate(4);
+        let state = faults.lock();
+        assert!(!Faults::connected(&state, "n4", "n1"));
+        assert!(Faults::connected(&state, "n1", "n5"));
+        drop(state);
+        faults.heal();
+        assert!(Faults::connected(&faults.lock(), "n4", "n1"));
+    }
+
+    #[test]
+    fn drop_rate_one_drops_everything_and_zero_nothing() {
+        let faults = Faults::new(2);
+        faults.set_drop_rate(1.0);
+        assert!((0..100).all(|_| !faults.judge("a", "b").deliver));
+        faults.clear();
+        assert!((0..100).all(|_| faults.judge("a", "b").deliver));
+    }
+}

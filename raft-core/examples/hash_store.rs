@@ -1,0 +1,133 @@
+//! The seed's `HashStore`: a replicated `HashMap<u64, String>` with `Insert` and `Get`
+//! messages (bincode), run as a 3-node cluster inside one process.
+//!
+//! `cargo run -p raft-core --example hash_store`
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use raft_core::{async_trait, LocalNetwork, Raft, Store, StoreResult};
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize)]
+enum Message {
+    Insert { key: u64, value: String },
+    Get { key: u64 },
+}
+
+#[derive(Default)]
+struct HashStore(HashMap<u64, String>);
+
+fn encode<T: Serialize>(value: &T) -> StoreResult<Vec<u8>> {
+    Ok(bincode::serde::encode_to_vec(
+        value,
+        bincode::config::standard(),
+    )?)
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> StoreResult<T> {
+    Ok(bincode::serde::decode_from_slice(bytes, bincode::config::standard())?.0)
+}
+
+#[async_trait]
+impl Store for HashStore {
+    async fn apply(&mut self, message: &[u8]) -> StoreResult<Vec<u8>> {
+        match decode(message)? {
+            Message::Insert { key, value } => {
+                self.0.insert(key, value.clone());
+                encode(&value)
+            }
+            Message::Get { .. } => anyhow::bail!("Get is a query, not a command"),
+        }
+    }
+
+    async fn query(&self, query: &[u8]) -> StoreResult<Vec<u8>> {
+        match decode(query)? {
+            Message::Get { key } => encode(&self.0.get(&key)),
+            Message::Insert { .. } => anyhow::bail!("Insert is a command, not a query"),
+        }
+    }
+
+    async fn snapshot(&self) -> StoreResult<Vec<u8>> {
+        encode(&self.0)
+    }
+
+    async fn restore(&mut self, snapshot: &[u8]) -> StoreResult<()> {
+        self.0 = decode(snapshot)?;
+        Ok(())
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let network = LocalNetwork::new();
+    let addrs: Vec<String> = (1..=3).map(|id| format!("node-{id}")).collect();
+    let mut mailboxes = Vec::new();
+    for id in 1..=3u64 {
+        let raft = Raft::builder(id, HashStore::default())
+            .raft_addr(addrs[id as usize - 1].clone())
+            .transport(network.transport())
+            .build()?;
+        mailboxes.push(raft.mailbox());
+        // The seed's flow: ask the peers for a leader; join it if there is one, else lead.
+        match raft.find_leader_info(addrs.clone()).await? {
+            Some((leader_id, leader_addr)) => {
+                println!("node {id}: joining leader {leader_id} at {leader_addr}");
+                tokio::spawn(raft.join(leader_id, leader_addr));
+            }
+            None => {
+                println!("node {id}: no leader found, bootstrapping a new cluster");
+                tokio::spawn(raft.lead());
+                // Let it elect itself before the others look for it.
+                while mailboxes[0].status().await?.leader_id.is_none() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+    loop {
+        let status = mailboxes[0].status().await?;
+        if status.voters.len() == 3 {
+            println!(
+                "cluster ready: voters {:?}, leader {:?}",
+                status.voters, status.leader_id
+            );
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Every node accepts writes (followers forward to the leader) and serves linearizable reads.
+    for (i, mailbox) in mailboxes.iter().enumerate() {
+        let value = format!("written through node {}", i + 1);
+        let insert = encode(&Message::Insert {
+            key: i as u64,
+            value,
+        })?;
+        let applied: String = decode(&mailbox.send_proposal(insert).await?)?;
+        println!("node {}: insert key {i} -> applied {applied:?}", i + 1);
+    }
+    for (i, mailbox) in mailboxes.iter().enumerate() {
+        for key in 0..3u64 {
+            let got: Option<String> =
+                decode(&mailbox.query(encode(&Message::Get { key })?).await?)?;
+            println!("node {}: get key {key} -> {got:?}", i + 1);
+        }
+    }
+
+    let leader = mailboxes[0].status().await?.leader_id.unwrap_or(1);
+    let follower = (1..=3).find(|&id| id != leader).unwrap_or(2);
+    println!("node {follower} leaves the cluster");
+    mailboxes[follower as usize - 1].leave().await?;
+    let status = mailboxes[leader as usize - 1].status().await?;
+    println!(
+        "leader {leader}: term {}, commit {}, applied {}, voters {:?}",
+        status.term, status.commit_index, status.applied_index, status.voters
+    );
+    Ok(())
+}
