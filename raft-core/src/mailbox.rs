@@ -8,9 +8,11 @@ use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::node::driver::ask;
 use crate::node::messages::DriverMsg;
 use crate::node::server::error_from_wire;
+use crate::node::Counters;
 use crate::status::{ReadConsistency, Status};
 use crate::transport::Transport;
 use crate::wire::{
@@ -25,6 +27,7 @@ pub(crate) struct NodeHandle {
     pub(crate) config: Config,
     pub(crate) driver_tx: mpsc::Sender<DriverMsg>,
     pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) counters: Arc<Counters>,
 }
 
 /// Waits for a waiter's answer, turning raft-core's internal deadline errors into the caller's.
@@ -214,7 +217,14 @@ impl Mailbox {
     /// applied (for example after a timeout); [`Error::is_retryable`] errors certainly were
     /// not.
     pub async fn send_proposal(&self, data: Vec<u8>) -> Result<Vec<u8>> {
-        self.route(Op::Propose(data), None).await
+        let started = Instant::now();
+        let result = self.route(Op::Propose(data), None).await;
+        self.node
+            .counters
+            .metrics
+            .proposal_seconds
+            .observe(started.elapsed());
+        result
     }
 
     /// A linearizable read: reflects every write acknowledged before the call.
@@ -228,7 +238,19 @@ impl Mailbox {
         query: Vec<u8>,
         consistency: ReadConsistency,
     ) -> Result<Vec<u8>> {
-        self.route(Op::Read(query, consistency), None).await
+        let started = Instant::now();
+        let result = self.route(Op::Read(query, consistency), None).await;
+        self.node
+            .counters
+            .metrics
+            .read_seconds
+            .observe(started.elapsed());
+        result
+    }
+
+    /// What this node has done since it started: counters and latency histograms.
+    pub fn metrics(&self) -> Metrics {
+        self.node.counters.metrics.snapshot()
     }
 
     /// This node's view of the cluster.

@@ -127,6 +127,7 @@ impl RaftBuilder {
             config: self.config,
             driver_tx,
             transport,
+            counters: Arc::new(Counters::default()),
         });
         Ok(Raft {
             node,
@@ -275,7 +276,7 @@ impl Raft {
             Members::default()
         };
 
-        let counters = Arc::new(Counters::default());
+        let counters = node.counters.clone();
         let mut applier = Applier::new(
             id,
             store,

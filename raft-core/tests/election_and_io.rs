@@ -67,6 +67,16 @@ async fn io_from_every_node(n: usize) {
         "no spurious election"
     );
     assert_linearizable(&history);
+    let metrics = cluster.mailbox(leader).metrics();
+    assert!(
+        metrics.proposals > 0 && metrics.applied_entries >= metrics.proposals,
+        "{metrics:?}"
+    );
+    assert!(metrics.log_writes > 0 && metrics.log_write_seconds.count == metrics.log_writes);
+    assert!(metrics.proposal_seconds.count > 0 && metrics.read_seconds.count > 0);
+    assert!(metrics
+        .render_prometheus("raftkit")
+        .contains("raftkit_proposals_total"));
     cluster.wait_converged(Duration::from_secs(5)).await;
     cluster.assert_no_pending(Duration::from_secs(3)).await;
     cluster.shutdown().await;

@@ -1,3 +1,161 @@
-fn main() {
-    eprintln!("raft-kv: not built yet (issue 6)");
+//! `raft-kv`: a replicated key-value service built only on raftkit's public API.
+
+mod backends;
+mod client;
+mod cluster;
+mod http;
+mod serve;
+mod store;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// A replicated key-value service on raftkit.
+#[derive(Parser)]
+#[command(name = "raft-kv", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+/// How nodes talk to each other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TransportKind {
+    /// gRPC over HTTP/2 (TLS optional).
+    Grpc,
+    /// QUIC, always mutual TLS.
+    Quic,
+}
+
+/// Where the raft log lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StorageKind {
+    /// RocksDB in the data dir: survives restarts.
+    Rocksdb,
+    /// In memory: nothing survives a restart.
+    Memory,
+}
+
+/// TLS files for the raft transport.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct TlsArgs {
+    /// The cluster CA certificate (PEM).
+    #[arg(long)]
+    pub tls_ca: Option<PathBuf>,
+    /// This node's certificate (PEM).
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Runs one node.
+    Serve(serve::ServeArgs),
+    /// Starts a local N-node cluster as child processes and runs until Ctrl-C.
+    Cluster(cluster::ClusterArgs),
+    /// Sets a key.
+    Put {
+        #[command(flatten)]
+        endpoint: client::Endpoint,
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+    },
+    /// Reads a key.
+    Get {
+        #[command(flatten)]
+        endpoint: client::Endpoint,
+        /// The key.
+        key: String,
+        /// linearizable (default), lease or stale.
+        #[arg(long, default_value = "linearizable")]
+        consistency: String,
+    },
+    /// Deletes a key.
+    Delete {
+        #[command(flatten)]
+        endpoint: client::Endpoint,
+        /// The key.
+        key: String,
+    },
+    /// Sets a key only if its value is the expected one.
+    Cas {
+        #[command(flatten)]
+        endpoint: client::Endpoint,
+        /// The key.
+        key: String,
+        /// The value it must have now (omit: it must be absent).
+        #[arg(long)]
+        expect: Option<String>,
+        /// The new value.
+        #[arg(long)]
+        value: String,
+    },
+    /// Prints a node's status.
+    Status {
+        #[command(flatten)]
+        endpoint: client::Endpoint,
+    },
+    /// Makes the node at the endpoint leave the cluster.
+    Leave {
+        #[command(flatten)]
+        endpoint: client::Endpoint,
+    },
+    /// Writes a development CA and one certificate per node.
+    Certs {
+        /// Output directory.
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: u64,
+    },
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,raft=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Serve(args) => serve::serve(args).await,
+        Cmd::Cluster(args) => cluster::run(args).await,
+        Cmd::Put {
+            endpoint,
+            key,
+            value,
+        } => client::put(&endpoint, &key, value).await,
+        Cmd::Get {
+            endpoint,
+            key,
+            consistency,
+        } => client::get(&endpoint, &key, &consistency).await,
+        Cmd::Delete { endpoint, key } => client::delete(&endpoint, &key).await,
+        Cmd::Cas {
+            endpoint,
+            key,
+            expect,
+            value,
+        } => client::cas(&endpoint, &key, expect, value).await,
+        Cmd::Status { endpoint } => client::status(&endpoint).await,
+        Cmd::Leave { endpoint } => client::leave(&endpoint).await,
+        Cmd::Certs { out, nodes } => backends::write_dev_certs(&out, nodes),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("raft-kv: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

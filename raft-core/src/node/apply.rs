@@ -13,6 +13,7 @@ use super::messages::{ApplyMsg, CommittedEntry, DriverMsg, Responder};
 use super::Counters;
 use crate::error::{Error, Result};
 use crate::log_storage::{snapshot_index, snapshot_term};
+use crate::metrics::NodeMetrics;
 use crate::store::Store;
 
 struct Waiter {
@@ -159,9 +160,7 @@ impl Applier {
             ApplyMsg::Restore(snapshot) => {
                 if snapshot_index(&snapshot) > self.applied {
                     self.restore_store(&snapshot).await?;
-                    self.counters
-                        .snapshots_installed
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    NodeMetrics::inc(&self.counters.metrics.snapshots_installed);
                     // Proposals at or below the snapshot may or may not be in it.
                     let later = self.waiters.split_off(&(self.applied + 1));
                     for (_, w) in std::mem::replace(&mut self.waiters, later) {
@@ -226,6 +225,7 @@ impl Applier {
         };
         self.applied = entry.index;
         self.applied_term = entry.term;
+        NodeMetrics::inc(&self.counters.metrics.applied_entries);
         self.answer_waiters(entry.index, &entry.context, result);
     }
 
@@ -314,9 +314,7 @@ impl Applier {
             }),
         };
         self.last_snapshot = self.applied;
-        self.counters
-            .snapshots_taken
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        NodeMetrics::inc(&self.counters.metrics.snapshots_taken);
         let _ = self
             .driver_tx
             .send(DriverMsg::SnapshotTaken(Box::new(snapshot)))

@@ -28,6 +28,7 @@ use super::Counters;
 use crate::config::Config;
 use crate::error::{Error, Result, StorageError};
 use crate::log_storage::{snapshot_index, LogStorage, RaftStorage};
+use crate::metrics::NodeMetrics;
 use crate::status::{ReadConsistency, Role, Status};
 use crate::wire::{self, EntryContext, Member, MembershipAction};
 
@@ -74,6 +75,7 @@ pub(crate) struct Driver {
     pending_reads: HashMap<Vec<u8>, PendingRead>,
     lease_until: Option<Instant>,
     was_leader: bool,
+    last_leader: Option<u64>,
     persisted_hs: HardState,
     removed: bool,
     stop: bool,
@@ -104,6 +106,7 @@ impl Driver {
             pending_reads: HashMap::new(),
             lease_until: None,
             was_leader: false,
+            last_leader: None,
             persisted_hs,
             removed: false,
             stop: false,
@@ -255,7 +258,10 @@ impl Driver {
         }
         let (term, seq, context) = self.next_context(Vec::new());
         match self.raw.propose(context, data) {
-            Ok(()) => self.register(term, seq, deadline, reply),
+            Ok(()) => {
+                NodeMetrics::inc(&self.counters.metrics.proposals);
+                self.register(term, seq, deadline, reply);
+            }
             Err(e) => {
                 let _ = reply.send(Err(Error::from(e)));
             }
@@ -604,9 +610,13 @@ impl Driver {
         F: FnOnce(&dyn LogStorage) -> Result<(), StorageError> + Send + 'static,
     {
         let storage = self.storage.clone();
+        let started = Instant::now();
         let result = tokio::task::spawn_blocking(move || write(storage.as_ref()))
             .await
             .map_err(|e| StorageError::Io(format!("storage thread failed: {e}")))?;
+        let metrics = &self.counters.metrics;
+        metrics.log_write_seconds.observe(started.elapsed());
+        NodeMetrics::inc(&metrics.log_writes);
         result.map_err(|e| {
             tracing::error!(
                 node = self.id,
@@ -803,6 +813,11 @@ impl Driver {
             self.lease_until = None;
             self.to_apply(ApplyMsg::FailProposals);
         }
+        let leader_id = self.leader_id();
+        if leader_id.is_some() && leader_id != self.last_leader {
+            NodeMetrics::inc(&self.counters.metrics.leader_changes);
+        }
+        self.last_leader = leader_id;
         if leader && !self.was_leader {
             tracing::info!(node = self.id, term = self.raw.raft.term, "became leader");
         }

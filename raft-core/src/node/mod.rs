@@ -18,8 +18,7 @@ pub(crate) struct Counters {
     pub(crate) applied: AtomicU64,
     pub(crate) pending_proposals: AtomicU64,
     pub(crate) pending_apply_reads: AtomicU64,
-    pub(crate) snapshots_taken: AtomicU64,
-    pub(crate) snapshots_installed: AtomicU64,
+    pub(crate) metrics: crate::metrics::NodeMetrics,
 }
 
 impl Counters {

@@ -176,12 +176,10 @@ fn check_raft_message(msg: &raft::prelude::Message) -> Result<(), TransportError
         return malformed("node id 0");
     }
     if msg.msg_type() == MessageType::MsgAppend {
-        let mut expected = msg.index + 1;
-        for entry in &msg.entries {
+        for (expected, entry) in (msg.index + 1..).zip(&msg.entries) {
             if entry.index != expected || entry.term < msg.log_term || entry.term > msg.term {
                 return malformed("append entries out of sequence");
             }
-            expected += 1;
         }
     }
     Ok(())

@@ -1,0 +1,216 @@
+//! `raft-kv cluster`: a local N-node cluster as child processes, until Ctrl-C.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tokio::process::{Child, Command};
+
+use crate::http::StatusBody;
+use crate::{backends, StorageKind, TransportKind};
+
+/// Flags of `raft-kv cluster`.
+#[derive(clap::Args, Debug)]
+pub struct ClusterArgs {
+    /// How many nodes.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: u64,
+    /// grpc or quic (quic gets generated development certificates).
+    #[arg(long, value_enum, default_value = "grpc")]
+    pub transport: TransportKind,
+    /// rocksdb or memory.
+    #[arg(long, value_enum, default_value = "rocksdb")]
+    pub storage: StorageKind,
+    /// Node i's raft port is base+i, its HTTP port base+100+i.
+    #[arg(long, default_value_t = 7000)]
+    pub base_port: u16,
+    /// Where the nodes keep their state and logs.
+    #[arg(long, default_value = "raft-kv-data")]
+    pub data_dir: PathBuf,
+}
+
+struct NodePlan {
+    id: u64,
+    raft: String,
+    http: String,
+}
+
+fn plan(args: &ClusterArgs) -> Result<Vec<NodePlan>> {
+    if args.nodes == 0 || args.nodes > 50 {
+        bail!("--nodes must be between 1 and 50");
+    }
+    (1..=args.nodes)
+        .map(|id| {
+            let port = |offset: u64| {
+                u16::try_from(u64::from(args.base_port) + offset + id)
+                    .context("--base-port too high for that many nodes")
+            };
+            Ok(NodePlan {
+                id,
+                raft: format!("127.0.0.1:{}", port(0)?),
+                http: format!("127.0.0.1:{}", port(100)?),
+            })
+        })
+        .collect()
+}
+
+pub async fn run(args: ClusterArgs) -> Result<()> {
+    let nodes = plan(&args)?;
+    std::fs::create_dir_all(&args.data_dir)?;
+    let exe = std::env::current_exe().context("locating the raft-kv binary")?;
+    let certs = args.data_dir.join("certs");
+    if args.transport == TransportKind::Quic && !certs.join("ca.pem").exists() {
+        backends::write_dev_certs(&certs, args.nodes)?;
+    }
+    let client = reqwest::Client::new();
+    let mut children: Vec<Child> = Vec::new();
+    for node in &nodes {
+        let dir = args.data_dir.join(format!("node-{}", node.id));
+        std::fs::create_dir_all(&dir)?;
+        let log = std::fs::File::create(args.data_dir.join(format!("node-{}.log", node.id)))?;
+        let mut cmd = Command::new(&exe);
+        cmd.arg("serve")
+            .args(["--id", &node.id.to_string()])
+            .args(["--raft-addr", &node.raft, "--http-addr", &node.http])
+            .arg("--data-dir")
+            .arg(&dir)
+            .args(["--transport", kind_name(args.transport)])
+            .args(["--storage", storage_name(args.storage)]);
+        if args.transport == TransportKind::Quic {
+            cmd.arg("--tls-ca").arg(certs.join("ca.pem"));
+            cmd.arg("--tls-cert")
+                .arg(certs.join(format!("node-{}.pem", node.id)));
+            cmd.arg("--tls-key")
+                .arg(certs.join(format!("node-{}.key", node.id)));
+        }
+        if node.id > 1 {
+            cmd.args(["--join", &nodes[0].raft]);
+        }
+        cmd.stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true);
+        children.push(cmd.spawn().context("starting a node")?);
+        if node.id == 1 {
+            wait_until(&client, &node.http, Duration::from_secs(30), |s| {
+                s.leader_id.is_some()
+            })
+            .await
+            .context("node 1 did not come up; see its log in the data dir")?;
+        }
+    }
+    let want = args.nodes as usize;
+    wait_until(&client, &nodes[0].http, Duration::from_secs(60), |s| {
+        s.voters.len() == want && s.learners.is_empty()
+    })
+    .await
+    .context("the cluster did not form; see the node logs in the data dir")?;
+
+    println!(
+        "raft-kv: {} nodes are voters ({:?} transport, {:?} storage, data in {})",
+        args.nodes,
+        args.transport,
+        args.storage,
+        args.data_dir.display()
+    );
+    for node in &nodes {
+        println!(
+            "  node {}: http://{}  (raft {})",
+            node.id, node.http, node.raft
+        );
+    }
+    let first = &nodes[0].http;
+    let last = &nodes[nodes.len() - 1].http;
+    println!("try:");
+    println!("  curl -X PUT --data-binary world http://{first}/kv/hello");
+    println!("  curl http://{last}/kv/hello");
+    println!("  curl -X POST -H 'content-type: application/json' -d '{{\"expect\":\"world\",\"value\":\"there\"}}' http://{last}/kv/hello/cas");
+    println!("  curl http://{first}/status");
+    println!("Ctrl-C stops the cluster.");
+
+    wait_for_stop(&mut children).await;
+    println!("raft-kv: stopping the nodes");
+    for child in &mut children {
+        if let Some(pid) = child.id() {
+            // SIGTERM: each node finishes in-flight requests and exits cleanly.
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+    }
+    for child in &mut children {
+        match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
+            Ok(_) => {}
+            Err(_) => {
+                let _ = child.kill().await;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn wait_for_stop(children: &mut [Child]) {
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    let child_exit = async {
+        loop {
+            for (i, child) in children.iter_mut().enumerate() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    eprintln!("raft-kv: node {} exited ({status})", i + 1);
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+        _ = child_exit => {}
+    }
+}
+
+async fn wait_until(
+    client: &reqwest::Client,
+    http: &str,
+    timeout: Duration,
+    done: impl Fn(&StatusBody) -> bool,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(response) = client.get(format!("http://{http}/status")).send().await {
+            if let Ok(status) = response.json::<StatusBody>().await {
+                if done(&status) {
+                    return Ok(());
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("timed out waiting for http://{http}/status");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn kind_name(kind: TransportKind) -> &'static str {
+    match kind {
+        TransportKind::Grpc => "grpc",
+        TransportKind::Quic => "quic",
+    }
+}
+
+fn storage_name(kind: StorageKind) -> &'static str {
+    match kind {
+        StorageKind::Rocksdb => "rocksdb",
+        StorageKind::Memory => "memory",
+    }
+}

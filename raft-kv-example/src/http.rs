@@ -1,0 +1,256 @@
+//! The HTTP API every node serves; followers forward to the leader through raft-core.
+
+use std::collections::BTreeMap;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query as UrlQuery, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use raft_core::{Error, Mailbox, ReadConsistency};
+use serde::{Deserialize, Serialize};
+
+use crate::store::{decode, encode, CasOutcome, Command, Query};
+
+/// Longest key accepted, in bytes.
+const MAX_KEY: usize = 1024;
+
+/// The routes of one node.
+pub fn router(mailbox: Mailbox) -> Router {
+    Router::new()
+        .route("/kv/{key}", put(put_key).get(get_key).delete(delete_key))
+        .route("/kv/{key}/cas", post(cas_key))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .route("/cluster/leave", post(leave))
+        .route("/cluster/remove/{id}", post(remove))
+        .route("/cluster/transfer-leader/{id}", post(transfer_leader))
+        .with_state(mailbox)
+}
+
+/// An error answer: a status code and a JSON reason.
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        let status = match &e {
+            Error::Invalid(_) | Error::Store(_) => StatusCode::BAD_REQUEST,
+            Error::NoLeader(_)
+            | Error::Timeout(_)
+            | Error::NotLeader { .. }
+            | Error::ProposalDropped
+            | Error::LeadershipLost
+            | Error::MembershipBusy
+            | Error::Transport(_)
+            | Error::Remote(_)
+            | Error::Shutdown => StatusCode::SERVICE_UNAVAILABLE,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> Self {
+        ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
+    }
+}
+
+fn bad_request(msg: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, msg.into())
+}
+
+fn check_key(key: &str) -> Result<(), ApiError> {
+    if key.is_empty() || key.len() > MAX_KEY {
+        return Err(bad_request(format!("keys must be 1 to {MAX_KEY} bytes")));
+    }
+    Ok(())
+}
+
+async fn propose(mailbox: &Mailbox, command: Command) -> Result<Vec<u8>, ApiError> {
+    Ok(mailbox.send_proposal(encode(&command)?).await?)
+}
+
+async fn put_key(
+    State(mailbox): State<Mailbox>,
+    Path(key): Path<String>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    check_key(&key)?;
+    propose(
+        &mailbox,
+        Command::Put {
+            key,
+            value: body.to_vec(),
+        },
+    )
+    .await?;
+    Ok(StatusCode::OK)
+}
+
+#[derive(Deserialize)]
+struct ReadParams {
+    consistency: Option<String>,
+}
+
+async fn get_key(
+    State(mailbox): State<Mailbox>,
+    Path(key): Path<String>,
+    UrlQuery(params): UrlQuery<ReadParams>,
+) -> Result<Response, ApiError> {
+    check_key(&key)?;
+    let consistency = match params.consistency.as_deref() {
+        None | Some("linearizable") => ReadConsistency::Linearizable,
+        Some("lease") => ReadConsistency::Lease,
+        Some("stale") => ReadConsistency::Stale,
+        Some(other) => {
+            return Err(bad_request(format!(
+                "consistency must be linearizable, lease or stale, not {other:?}"
+            )))
+        }
+    };
+    let answer = mailbox
+        .query_with(encode(&Query::Get { key })?, consistency)
+        .await?;
+    Ok(match decode::<Option<Vec<u8>>>(&answer)? {
+        Some(value) => (StatusCode::OK, value).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": "no such key" })),
+        )
+            .into_response(),
+    })
+}
+
+async fn delete_key(
+    State(mailbox): State<Mailbox>,
+    Path(key): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    check_key(&key)?;
+    let existed: bool = decode(&propose(&mailbox, Command::Delete { key }).await?)?;
+    Ok(if existed {
+        StatusCode::OK
+    } else {
+        StatusCode::NO_CONTENT
+    })
+}
+
+#[derive(Deserialize)]
+struct CasBody {
+    expect: Option<String>,
+    value: String,
+}
+
+async fn cas_key(
+    State(mailbox): State<Mailbox>,
+    Path(key): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    check_key(&key)?;
+    let cas: CasBody = serde_json::from_slice(&body).map_err(|e| {
+        bad_request(format!(
+            "expected {{\"expect\": string|null, \"value\": string}}: {e}"
+        ))
+    })?;
+    let command = Command::Cas {
+        key,
+        expect: cas.expect.map(String::into_bytes),
+        value: cas.value.into_bytes(),
+    };
+    let outcome: CasOutcome = decode(&propose(&mailbox, command).await?)?;
+    let current = outcome
+        .previous
+        .map(|v| String::from_utf8_lossy(&v).into_owned());
+    let status = if outcome.swapped {
+        StatusCode::OK
+    } else {
+        StatusCode::CONFLICT
+    };
+    Ok((
+        status,
+        Json(serde_json::json!({ "swapped": outcome.swapped, "previous": current })),
+    )
+        .into_response())
+}
+
+/// The `/status` document.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StatusBody {
+    /// This node.
+    pub id: u64,
+    /// leader, follower, candidate, pre-candidate or learner.
+    pub role: String,
+    /// The leader this node knows, if any.
+    pub leader_id: Option<u64>,
+    /// Current term.
+    pub term: u64,
+    /// Highest committed index known here.
+    pub commit_index: u64,
+    /// Highest index applied here.
+    pub applied_index: u64,
+    /// Voting members.
+    pub voters: Vec<u64>,
+    /// Learners.
+    pub learners: Vec<u64>,
+    /// Raft address of every member.
+    pub members: BTreeMap<u64, String>,
+}
+
+async fn status(State(mailbox): State<Mailbox>) -> Result<Json<StatusBody>, ApiError> {
+    let s = mailbox.status().await?;
+    Ok(Json(StatusBody {
+        id: s.id,
+        role: s.role.to_string(),
+        leader_id: s.leader_id,
+        term: s.term,
+        commit_index: s.commit_index,
+        applied_index: s.applied_index,
+        voters: s.voters,
+        learners: s.learners,
+        members: s.members,
+    }))
+}
+
+async fn metrics(State(mailbox): State<Mailbox>) -> Result<Response, ApiError> {
+    let mut text = mailbox.metrics().render_prometheus("raftkit");
+    let s = mailbox.status().await?;
+    for (name, value) in [
+        ("term", s.term),
+        ("commit_index", s.commit_index),
+        ("applied_index", s.applied_index),
+        ("is_leader", u64::from(s.role == raft_core::Role::Leader)),
+    ] {
+        text.push_str(&format!(
+            "# TYPE raftkit_{name} gauge\nraftkit_{name} {value}\n"
+        ));
+    }
+    Ok(([("content-type", "text/plain; version=0.0.4")], text).into_response())
+}
+
+async fn leave(State(mailbox): State<Mailbox>) -> Result<StatusCode, ApiError> {
+    mailbox.leave().await?;
+    Ok(StatusCode::OK)
+}
+
+async fn remove(
+    State(mailbox): State<Mailbox>,
+    Path(id): Path<u64>,
+) -> Result<StatusCode, ApiError> {
+    mailbox.remove_node(id).await?;
+    Ok(StatusCode::OK)
+}
+
+async fn transfer_leader(
+    State(mailbox): State<Mailbox>,
+    Path(id): Path<u64>,
+) -> Result<StatusCode, ApiError> {
+    mailbox.transfer_leader(id).await?;
+    Ok(StatusCode::OK)
+}
