@@ -118,6 +118,8 @@ impl Config {
             pre_vote: self.pre_vote,
             max_committed_size_per_ready: self.max_committed_size_per_ready,
             read_only_option: raft::ReadOnlyOption::Safe,
+            // Merge appends queued for the same follower into one message.
+            batch_append: true,
             ..Default::default()
         }
     }

@@ -39,8 +39,20 @@ struct PendingRead {
     query: Vec<u8>,
     deadline: Instant,
     reply: Responder,
+}
+
+/// Reads that share one ReadIndex request.
+struct ReadBatch {
+    reads: Vec<PendingRead>,
     first_issued: Instant,
     last_issued: Instant,
+}
+
+/// A proposal waiting for the end of the turn, when all of them go to raft in one message.
+struct QueuedProposal {
+    data: Vec<u8>,
+    deadline: Instant,
+    reply: Responder,
 }
 
 /// Everything the driver needs to start.
@@ -72,7 +84,11 @@ pub(crate) struct Driver {
     seq: u64,
     read_nonce: u64,
     read_seq: u64,
-    pending_reads: HashMap<Vec<u8>, PendingRead>,
+    pending_reads: HashMap<Vec<u8>, ReadBatch>,
+    /// Linearizable reads that arrived this turn; they share one ReadIndex.
+    new_reads: Vec<PendingRead>,
+    /// Proposals that arrived this turn; they go to raft as one message.
+    new_proposals: Vec<QueuedProposal>,
     lease_until: Option<Instant>,
     was_leader: bool,
     last_leader: Option<u64>,
@@ -104,6 +120,8 @@ impl Driver {
             read_nonce: rand::random(),
             read_seq: 0,
             pending_reads: HashMap::new(),
+            new_reads: Vec::new(),
+            new_proposals: Vec::new(),
             lease_until: None,
             was_leader: false,
             last_leader: None,
@@ -150,6 +168,8 @@ impl Driver {
                     for msg in inbox.drain(..) {
                         self.handle(msg)?;
                     }
+                    self.flush_proposals();
+                    self.flush_reads();
                 }
             }
         }
@@ -256,14 +276,78 @@ impl Driver {
             let _ = reply.send(Err(self.not_leader()));
             return;
         }
-        let (term, seq, context) = self.next_context(Vec::new());
-        match self.raw.propose(context, data) {
-            Ok(()) => {
-                NodeMetrics::inc(&self.counters.metrics.proposals);
-                self.register(term, seq, deadline, reply);
+        self.new_proposals.push(QueuedProposal {
+            data,
+            deadline,
+            reply,
+        });
+    }
+
+    /// Hands this turn's proposals to raft as one MsgPropose: one append per follower for the
+    /// whole batch instead of one per proposal.
+    fn flush_proposals(&mut self) {
+        if self.new_proposals.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.new_proposals);
+        if !self.is_leader() {
+            let error = self.not_leader();
+            for p in batch {
+                let _ = p.reply.send(Err(error.clone()));
             }
-            Err(e) => {
-                let _ = reply.send(Err(Error::from(e)));
+            return;
+        }
+        let term = self.raw.raft.term;
+        let first_seq = self.seq + 1;
+        let mut entries = Vec::with_capacity(batch.len());
+        let mut waiters = Vec::with_capacity(batch.len());
+        for p in batch {
+            self.seq += 1;
+            let context = EntryContext {
+                origin: self.id,
+                term,
+                seq: self.seq,
+                members: Vec::new(),
+            };
+            entries.push(Entry {
+                data: p.data,
+                context: context.encode_to_vec(),
+                ..Default::default()
+            });
+            waiters.push((p.deadline, p.reply));
+        }
+        let count = entries.len() as u64;
+        let mut msg = Message {
+            from: self.id,
+            entries,
+            ..Default::default()
+        };
+        msg.set_msg_type(raft::prelude::MessageType::MsgPropose);
+        let last_before = self.raw.raft.raft_log.last_index();
+        match self.raw.step(msg) {
+            Ok(()) if self.raw.raft.raft_log.last_index() == last_before + count => {
+                let metrics = &self.counters.metrics;
+                metrics
+                    .proposals
+                    .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+                for (i, (deadline, reply)) in waiters.into_iter().enumerate() {
+                    self.to_apply(ApplyMsg::Register {
+                        index: last_before + 1 + i as u64,
+                        term,
+                        seq: first_seq + i as u64,
+                        deadline,
+                        reply,
+                    });
+                }
+            }
+            result => {
+                let error = match result {
+                    Err(e) => Error::from(e),
+                    Ok(()) => Error::ProposalDropped,
+                };
+                for (_, reply) in waiters {
+                    let _ = reply.send(Err(error.clone()));
+                }
             }
         }
     }
@@ -297,69 +381,80 @@ impl Driver {
             ReadConsistency::Lease if !self.is_leader() => {
                 let _ = reply.send(Err(self.not_leader()));
             }
-            _ => {
-                self.read_seq += 1;
-                let mut ctx = Vec::with_capacity(24);
-                ctx.extend_from_slice(&self.id.to_be_bytes());
-                ctx.extend_from_slice(&self.read_nonce.to_be_bytes());
-                ctx.extend_from_slice(&self.read_seq.to_be_bytes());
-                self.raw.read_index(ctx.clone());
-                let now = Instant::now();
-                self.pending_reads.insert(
-                    ctx,
-                    PendingRead {
-                        query,
-                        deadline,
-                        reply,
-                        first_issued: now,
-                        last_issued: now,
-                    },
-                );
-            }
+            _ => self.new_reads.push(PendingRead {
+                query,
+                deadline,
+                reply,
+            }),
         }
     }
 
+    /// Issues one ReadIndex for all linearizable reads of this turn.
+    fn flush_reads(&mut self) {
+        if self.new_reads.is_empty() {
+            return;
+        }
+        self.read_seq += 1;
+        let mut ctx = Vec::with_capacity(24);
+        ctx.extend_from_slice(&self.id.to_be_bytes());
+        ctx.extend_from_slice(&self.read_nonce.to_be_bytes());
+        ctx.extend_from_slice(&self.read_seq.to_be_bytes());
+        self.raw.read_index(ctx.clone());
+        let now = Instant::now();
+        self.pending_reads.insert(
+            ctx,
+            ReadBatch {
+                reads: std::mem::take(&mut self.new_reads),
+                first_issued: now,
+                last_issued: now,
+            },
+        );
+    }
+
     fn on_read_state(&mut self, state: ReadState) {
-        let Some(read) = self.pending_reads.remove(&state.request_ctx) else {
+        let Some(batch) = self.pending_reads.remove(&state.request_ctx) else {
             return;
         };
         if self.is_leader() {
             // A quorum heard from us after `first_issued`: none of them votes for another
             // candidate within an election timeout of that (check-quorum leases).
             let lease = self.config.min_election_timeout().mul_f64(0.8);
-            let until = read.first_issued + lease;
+            let until = batch.first_issued + lease;
             if self.lease_until.is_none_or(|t| t < until) {
                 self.lease_until = Some(until);
             }
         }
-        self.to_apply(ApplyMsg::Read {
-            index: state.index,
-            query: read.query,
-            deadline: read.deadline,
-            reply: read.reply,
-        });
+        for read in batch.reads {
+            self.to_apply(ApplyMsg::Read {
+                index: state.index,
+                query: read.query,
+                deadline: read.deadline,
+                reply: read.reply,
+            });
+        }
     }
 
     fn on_tick(&mut self) {
         let now = Instant::now();
         let retry = self.config.read_retry_interval;
-        let mut expired = Vec::new();
         let mut reissue = Vec::new();
-        for (ctx, read) in self.pending_reads.iter_mut() {
-            if read.deadline <= now || read.reply.is_closed() {
-                expired.push(ctx.clone());
-            } else if now.duration_since(read.last_issued) >= retry {
+        for (ctx, batch) in self.pending_reads.iter_mut() {
+            let (live, expired): (Vec<_>, Vec<_>) = batch
+                .reads
+                .drain(..)
+                .partition(|r| r.deadline > now && !r.reply.is_closed());
+            for read in expired {
+                let _ = read.reply.send(Err(Error::Timeout(Duration::ZERO)));
+            }
+            batch.reads = live;
+            if !batch.reads.is_empty() && now.duration_since(batch.last_issued) >= retry {
                 // raft-rs drops reads silently (no leader yet, leader without a commit in
                 // its term, lost messages): ask again.
-                read.last_issued = now;
+                batch.last_issued = now;
                 reissue.push(ctx.clone());
             }
         }
-        for ctx in expired {
-            if let Some(read) = self.pending_reads.remove(&ctx) {
-                let _ = read.reply.send(Err(Error::Timeout(Duration::ZERO)));
-            }
-        }
+        self.pending_reads.retain(|_, b| !b.reads.is_empty());
         for ctx in reissue {
             self.raw.read_index(ctx);
         }
@@ -599,7 +694,11 @@ impl Driver {
             first_log_index: storage.first_index().unwrap_or(0),
             last_log_index: raft.raft_log.last_index(),
             pending_proposals: Counters::get(&self.counters.pending_proposals),
-            pending_reads: self.pending_reads.len() as u64
+            pending_reads: self
+                .pending_reads
+                .values()
+                .map(|b| b.reads.len() as u64)
+                .sum::<u64>()
                 + Counters::get(&self.counters.pending_apply_reads),
         }
     }

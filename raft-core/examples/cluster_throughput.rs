@@ -1,0 +1,44 @@
+//! Framework overhead: a 3-node in-process cluster (memory log, `LocalTransport`, empty
+//! payloads) driven by N concurrent proposers. Prints writes/s per client count.
+//!
+//! `cargo run --release -p raft-core --features testing --example cluster_throughput`
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use raft_core::testing::cluster::{test_config, TestCluster};
+
+#[tokio::main]
+async fn main() {
+    let seconds: u64 = std::env::args()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let cluster = TestCluster::start(3, test_config(), 1).await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(5)).await;
+    let mailbox = cluster.mailbox(leader);
+    println!("clients  writes/s");
+    for clients in [1usize, 16, 64, 256] {
+        let done = Arc::new(AtomicU64::new(0));
+        let stop = Instant::now() + Duration::from_secs(seconds);
+        let mut tasks = Vec::new();
+        for _ in 0..clients {
+            let (mailbox, done) = (mailbox.clone(), done.clone());
+            tasks.push(tokio::spawn(async move {
+                while Instant::now() < stop {
+                    if mailbox.send_proposal(Vec::new()).await.is_ok() {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        let started = Instant::now();
+        for t in tasks {
+            let _ = t.await;
+        }
+        let rate = done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64();
+        println!("{clients:>7}  {rate:>9.0}");
+    }
+    cluster.shutdown().await;
+}
