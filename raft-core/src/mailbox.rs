@@ -322,6 +322,8 @@ impl Mailbox {
         let mut target = hint.clone();
         let mut backoff = Duration::from_millis(5);
         let mut leader_seen = false;
+        // A target that just failed to answer: being pointed back at it waits for the backoff.
+        let mut failed_recently: Option<(u64, String)> = None;
         loop {
             let now = Instant::now();
             if now >= deadline {
@@ -340,6 +342,8 @@ impl Mailbox {
                 Ok(v) => return Ok(v),
                 Err(e) => e,
             };
+            // Where the failed attempt went: redirecting there again waits for the backoff.
+            let failed = target.clone();
             match error {
                 Error::NotLeader {
                     leader_id: Some(leader),
@@ -351,17 +355,20 @@ impl Mailbox {
                     } else {
                         leader_addr.map(|a| (leader, a))
                     };
-                    if next.is_some() && next != target {
-                        target = next;
+                    let fresh = next.is_some() && next != failed && next != failed_recently;
+                    target = next.or_else(|| hint.clone());
+                    if fresh {
                         continue;
                     }
-                    target = next.or_else(|| hint.clone());
                 }
                 Error::Timeout(_) if !op.idempotent() => return Err(Error::Timeout(self.timeout)),
-                e if e.is_retryable() => target = hint.clone(),
-                e if op.idempotent()
-                    && !matches!(e, Error::Invalid(_) | Error::Store(_) | Error::Shutdown) =>
+                e if e.is_retryable()
+                    || (op.idempotent()
+                        && !matches!(e, Error::Invalid(_) | Error::Store(_) | Error::Shutdown)) =>
                 {
+                    if failed.is_some() {
+                        failed_recently = failed;
+                    }
                     target = hint.clone();
                 }
                 e => return Err(e),
