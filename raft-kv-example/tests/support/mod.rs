@@ -1,0 +1,384 @@
+//! Runs raft-kv nodes as real processes on loopback for the multi-process tests.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+/// Which raft transport the nodes use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Grpc,
+    Quic,
+}
+
+/// A free loopback port for both TCP and UDP.
+pub fn free_port() -> u16 {
+    loop {
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+pub struct Node {
+    pub id: u64,
+    pub raft: String,
+    pub http: String,
+    pub dir: PathBuf,
+    pub child: Option<Child>,
+}
+
+pub struct KvCluster {
+    pub root: tempfile::TempDir,
+    pub transport: Transport,
+    pub nodes: Vec<Node>,
+    pub http: reqwest::Client,
+}
+
+impl KvCluster {
+    /// Starts `n` nodes: node 1 bootstraps, the others join through it.
+    pub async fn start(n: u64, transport: Transport) -> KvCluster {
+        let root = tempfile::tempdir().unwrap();
+        if transport == Transport::Quic {
+            let status = Command::new(env!("CARGO_BIN_EXE_raft-kv"))
+                .args(["certs", "--nodes", "9", "--out"])
+                .arg(root.path().join("certs"))
+                .status()
+                .unwrap();
+            assert!(status.success(), "raft-kv certs failed");
+        }
+        let mut cluster = KvCluster {
+            root,
+            transport,
+            nodes: Vec::new(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        };
+        for id in 1..=n {
+            cluster.add(id);
+            cluster.spawn(id, if id == 1 { None } else { Some(1) });
+            if id == 1 {
+                cluster
+                    .wait_status(1, Duration::from_secs(30), |s| !s["leader_id"].is_null())
+                    .await;
+            }
+        }
+        let want: Vec<u64> = (1..=n).collect();
+        cluster.wait_voters(&want, Duration::from_secs(60)).await;
+        cluster
+    }
+
+    /// Registers node `id` (ports and data dir) without starting it.
+    pub fn add(&mut self, id: u64) {
+        let dir = self.root.path().join(format!("node-{id}"));
+        self.nodes.push(Node {
+            id,
+            raft: format!("127.0.0.1:{}", free_port()),
+            http: format!("127.0.0.1:{}", free_port()),
+            dir,
+            child: None,
+        });
+    }
+
+    pub fn node(&self, id: u64) -> &Node {
+        self.nodes.iter().find(|n| n.id == id).expect("known node")
+    }
+
+    fn node_mut(&mut self, id: u64) -> &mut Node {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.id == id)
+            .expect("known node")
+    }
+
+    pub fn url(&self, id: u64, path: &str) -> String {
+        format!("http://{}{path}", self.node(id).http)
+    }
+
+    /// Starts node `id`, joining through `via` when given.
+    pub fn spawn(&mut self, id: u64, via: Option<u64>) {
+        let join = via.map(|v| self.node(v).raft.clone());
+        let certs = self.root.path().join("certs");
+        let transport = self.transport;
+        let log_path = self.root.path().join(format!("node-{id}.log"));
+        let node = self.node_mut(id);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_raft-kv"));
+        cmd.arg("serve")
+            .args([
+                "--id",
+                &id.to_string(),
+                "--raft-addr",
+                &node.raft,
+                "--http-addr",
+                &node.http,
+            ])
+            .arg("--data-dir")
+            .arg(&node.dir);
+        if let Some(join) = join {
+            cmd.args(["--join", &join]);
+        }
+        if transport == Transport::Quic {
+            cmd.args(["--transport", "quic"])
+                .arg("--tls-ca")
+                .arg(certs.join("ca.pem"))
+                .arg("--tls-cert")
+                .arg(certs.join(format!("node-{id}.pem")))
+                .arg("--tls-key")
+                .arg(certs.join(format!("node-{id}.key")));
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .unwrap();
+        cmd.stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .env("RUST_LOG", "info,raft=warn");
+        node.child = Some(cmd.spawn().unwrap());
+    }
+
+    pub fn log_tail(&self, id: u64) -> String {
+        let text = std::fs::read_to_string(self.root.path().join(format!("node-{id}.log")))
+            .unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    pub fn signal(&mut self, id: u64, signal: Signal) {
+        if let Some(child) = &self.node(id).child {
+            let _ = kill(Pid::from_raw(child.id() as i32), signal);
+        }
+    }
+
+    /// SIGKILL: the process dies at once, its data dir stays.
+    pub fn kill9(&mut self, id: u64) {
+        self.signal(id, Signal::SIGKILL);
+        if let Some(mut child) = self.node_mut(id).child.take() {
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self, id: u64) -> std::process::ExitStatus {
+        self.signal(id, Signal::SIGTERM);
+        let mut child = self.node_mut(id).child.take().expect("running");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("node {id} ignored SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for node `id` to exit by itself; returns its status.
+    pub async fn wait_exit(&mut self, id: u64, timeout: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = self.node_mut(id).child.as_mut().expect("running");
+            if let Some(status) = child.try_wait().unwrap() {
+                self.node_mut(id).child = None;
+                return status;
+            }
+            assert!(Instant::now() < deadline, "node {id} did not exit");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Panics with the node's log if it exited on its own.
+    pub fn assert_running(&mut self, id: u64) {
+        let exited = self
+            .node_mut(id)
+            .child
+            .as_mut()
+            .map(|c| c.try_wait().unwrap());
+        if let Some(Some(status)) = exited {
+            panic!("node {id} exited ({status}); log:\n{}", self.log_tail(id));
+        }
+    }
+
+    pub async fn status(&self, id: u64) -> Option<Value> {
+        let response = self.http.get(self.url(id, "/status")).send().await.ok()?;
+        response.json().await.ok()
+    }
+
+    pub async fn wait_status(
+        &self,
+        id: u64,
+        timeout: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.status(id).await {
+                if done(&s) {
+                    return s;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "node {id} status never matched: {:?}\nlog:\n{}",
+                    self.status(id).await,
+                    self.log_tail(id)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until some running node leads with exactly `voters` and no learners.
+    pub async fn wait_voters(&self, voters: &[u64], timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for node in &self.nodes {
+                if node.child.is_none() {
+                    continue;
+                }
+                if let Some(s) = self.status(node.id).await {
+                    let got: Vec<u64> =
+                        serde_json::from_value(s["voters"].clone()).unwrap_or_default();
+                    let learners = s["learners"].as_array().map_or(0, Vec::len);
+                    if s["role"] == "leader" && got == voters && learners == 0 {
+                        return;
+                    }
+                }
+            }
+            if Instant::now() > deadline {
+                let mut report = String::new();
+                for node in &self.nodes {
+                    report.push_str(&format!(
+                        "node {}: {:?}\n",
+                        node.id,
+                        self.status(node.id).await
+                    ));
+                }
+                panic!("voters never became {voters:?}:\n{report}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn leader(&self, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            for node in &self.nodes {
+                if node.child.is_some() {
+                    if let Some(s) = self.status(node.id).await {
+                        if s["role"] == "leader" {
+                            return node.id;
+                        }
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no leader");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn put(&self, id: u64, key: &str, value: &str) -> Result<(), String> {
+        let r = self
+            .http
+            .put(self.url(id, &format!("/kv/{key}")))
+            .body(value.to_string())
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if r.status() == 200 {
+            Ok(())
+        } else {
+            Err(format!(
+                "{}: {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            ))
+        }
+    }
+
+    pub async fn get(
+        &self,
+        id: u64,
+        key: &str,
+        consistency: &str,
+    ) -> Result<Option<String>, String> {
+        let r = self
+            .http
+            .get(self.url(id, &format!("/kv/{key}?consistency={consistency}")))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        match r.status().as_u16() {
+            200 => Ok(Some(r.text().await.map_err(|e| e.to_string())?)),
+            404 => Ok(None),
+            s => Err(format!("{s}: {}", r.text().await.unwrap_or_default())),
+        }
+    }
+
+    pub async fn post(&self, id: u64, path: &str) -> Result<(), String> {
+        let r = self
+            .http
+            .post(self.url(id, path))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if r.status() == 200 {
+            Ok(())
+        } else {
+            Err(format!(
+                "{}: {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            ))
+        }
+    }
+
+    /// Waits until every running node holds `value` for `key` in its own state (stale read).
+    pub async fn wait_replicated(&self, key: &str, value: Option<&str>, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        for node in &self.nodes {
+            if node.child.is_none() {
+                continue;
+            }
+            loop {
+                let got = self.get(node.id, key, "stale").await;
+                if got.as_ref().ok().map(|v| v.as_deref()) == Some(value) {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "node {} has {key} = {got:?}, want {value:?}",
+                    node.id
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    pub fn data_dir(&self, id: u64) -> &Path {
+        &self.node(id).dir
+    }
+}
+
+impl Drop for KvCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
