@@ -1,0 +1,621 @@
+//! The client side: per peer address, one QUIC connection (dialled lazily, redialled with
+//! exponential backoff) carrying one long-lived unidirectional raft stream, fed in order by a
+//! bounded queue, and one bidirectional stream per call.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use quinn::{Connection, ConnectionError, Endpoint, ReadError, SendStream, WriteError};
+use raft_core::wire::{self, RaftBatch};
+use raft_core::TransportError;
+use tokio::sync::{mpsc, watch, Notify};
+use tokio::time::Instant;
+
+use crate::endpoint::Settings;
+use crate::frame::{self, code, FrameError};
+
+/// The first pause after a failed dial or a broken stream; doubles up to `max_backoff`.
+const INITIAL_BACKOFF: Duration = Duration::from_millis(20);
+/// A raft stream that stayed up this long resets its backoff.
+const STABLE: Duration = Duration::from_secs(2);
+/// A peer nobody sent to for this long is not redialled until someone does.
+const IDLE: Duration = Duration::from_secs(30);
+/// Most frames written to the raft stream in one go.
+const WRITE_BATCH: usize = 64;
+
+/// The state of the raft stream to one peer.
+#[derive(Clone)]
+enum Link {
+    /// The first attempt to open the stream: `send` waits (up to the connect timeout).
+    Connecting,
+    /// Open: frames go into this queue, which feeds the stream in order.
+    Up(mpsc::Sender<Bytes>),
+    /// Broken or refused, and reconnecting: `send` fails at once with this reason.
+    Down(String),
+}
+
+/// Dial state of one peer, shared by its raft stream and its calls.
+struct Dial {
+    /// No new attempt before this instant (backoff after a failure).
+    not_before: Instant,
+    backoff: Duration,
+    last_error: String,
+}
+
+struct Peer {
+    addr: String,
+    settings: Arc<Settings>,
+    dialer: Arc<Dialer>,
+    /// The live connection, if any.
+    conn: Mutex<Option<Connection>>,
+    /// Held while dialling, so concurrent users share one attempt.
+    dial: tokio::sync::Mutex<Dial>,
+    link_started: AtomicBool,
+    link: watch::Sender<Link>,
+    /// Woken by `send` so a parked (idle) link dials again.
+    demand: Notify,
+    /// When `send` last ran, in ms since `epoch`.
+    last_demand_ms: AtomicU64,
+    epoch: Instant,
+}
+
+fn unreachable(addr: &str, reason: impl Into<String>) -> TransportError {
+    TransportError::Unreachable {
+        addr: addr.to_string(),
+        reason: reason.into(),
+    }
+}
+
+fn failed(addr: &str, reason: impl Into<String>) -> TransportError {
+    TransportError::Failed {
+        addr: addr.to_string(),
+        reason: reason.into(),
+    }
+}
+
+impl Peer {
+    fn touch(&self) {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        self.last_demand_ms.store(now, Ordering::Relaxed);
+        self.demand.notify_one();
+    }
+
+    fn idle_for(&self) -> Duration {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_demand_ms.load(Ordering::Relaxed)))
+    }
+
+    fn live(&self) -> Option<Connection> {
+        let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
+        conn.as_ref()
+            .filter(|c| c.close_reason().is_none())
+            .cloned()
+    }
+
+    /// The live connection, or a new one. With `wait`, sleeps out a running backoff first
+    /// (the raft link); without, fails at once while backing off (calls).
+    async fn connection(&self, wait: bool) -> Result<Connection, TransportError> {
+        loop {
+            if let Some(conn) = self.live() {
+                return Ok(conn);
+            }
+            let mut dial = self.dial.lock().await;
+            if let Some(conn) = self.live() {
+                return Ok(conn);
+            }
+            let now = Instant::now();
+            if now < dial.not_before {
+                if !wait {
+                    return Err(unreachable(
+                        &self.addr,
+                        format!("reconnecting; last attempt: {}", dial.last_error),
+                    ));
+                }
+                let until = dial.not_before;
+                drop(dial);
+                tokio::time::sleep_until(until).await;
+                continue;
+            }
+            let attempt = tokio::time::timeout(
+                self.settings.connect_timeout,
+                self.dialer.connect(&self.addr),
+            )
+            .await;
+            let error = match attempt {
+                Ok(Ok(conn)) => {
+                    dial.backoff = INITIAL_BACKOFF;
+                    dial.not_before = Instant::now();
+                    *self.conn.lock().unwrap_or_else(|e| e.into_inner()) = Some(conn.clone());
+                    tracing::debug!(peer = %self.addr, "QUIC connection established");
+                    return Ok(conn);
+                }
+                Ok(Err(e)) => e,
+                Err(_) => format!(
+                    "no QUIC handshake within {:?}",
+                    self.settings.connect_timeout
+                ),
+            };
+            tracing::debug!(peer = %self.addr, backoff = ?dial.backoff, "dialling failed: {error}");
+            dial.not_before = Instant::now() + dial.backoff;
+            dial.backoff = (dial.backoff * 2).min(self.settings.max_backoff);
+            dial.last_error = error.clone();
+            return Err(unreachable(&self.addr, error));
+        }
+    }
+}
+
+/// Makes outbound connections: one client endpoint (UDP socket) per address family, created
+/// on first use so that building a transport needs no runtime.
+pub(crate) struct Dialer {
+    settings: Arc<Settings>,
+    v4: Mutex<Option<Endpoint>>,
+    v6: Mutex<Option<Endpoint>>,
+}
+
+impl Dialer {
+    pub(crate) fn new(settings: Arc<Settings>) -> Self {
+        Dialer {
+            settings,
+            v4: Mutex::new(None),
+            v6: Mutex::new(None),
+        }
+    }
+
+    fn endpoint(&self, ipv6: bool) -> Result<Endpoint, String> {
+        let slot = if ipv6 { &self.v6 } else { &self.v4 };
+        let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(endpoint) = slot.as_ref() {
+            return Ok(endpoint.clone());
+        }
+        let endpoint = crate::endpoint::client(ipv6)?;
+        *slot = Some(endpoint.clone());
+        Ok(endpoint)
+    }
+
+    async fn connect(&self, addr: &str) -> Result<Connection, String> {
+        let (target, host) = resolve(addr).await?;
+        let endpoint = self.endpoint(target.is_ipv6())?;
+        let name = self.settings.tls.server_name.as_deref().unwrap_or(&host);
+        let connecting = endpoint
+            .connect_with(self.settings.client_config(), target, name)
+            .map_err(|e| format!("cannot dial {target} as {name:?}: {e}"))?;
+        connecting
+            .await
+            .map_err(|e| format!("QUIC handshake with {target} failed: {e}"))
+    }
+
+    /// Closes every outbound connection (the transport is being dropped).
+    fn close(&self) {
+        for slot in [&self.v4, &self.v6] {
+            if let Some(endpoint) = slot.lock().unwrap_or_else(|e| e.into_inner()).take() {
+                endpoint.close(code::CLIENT_CLOSED, b"transport dropped");
+            }
+        }
+    }
+}
+
+/// Resolves `host:port`; returns the socket address and the host part (the TLS server name
+/// to verify, unless one is configured).
+async fn resolve(addr: &str) -> Result<(SocketAddr, String), String> {
+    if let Ok(sock) = addr.parse::<SocketAddr>() {
+        return Ok((sock, sock.ip().to_string()));
+    }
+    let (host, _port) = addr
+        .rsplit_once(':')
+        .ok_or_else(|| format!("{addr:?} is not a host:port address"))?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let mut found = tokio::net::lookup_host(addr)
+        .await
+        .map_err(|e| format!("cannot resolve {addr:?}: {e}"))?;
+    let sock = found
+        .next()
+        .ok_or_else(|| format!("{addr:?} resolves to no address"))?;
+    Ok((sock, host))
+}
+
+/// Outbound connections of one transport, by peer address.
+pub(crate) struct Clients {
+    settings: Arc<Settings>,
+    dialer: Arc<Dialer>,
+    peers: Mutex<HashMap<String, Arc<Peer>>>,
+    /// Dropped with the transport: link tasks see it and stop.
+    closed: watch::Sender<()>,
+}
+
+impl Drop for Clients {
+    fn drop(&mut self) {
+        self.dialer.close();
+    }
+}
+
+impl Clients {
+    pub(crate) fn new(settings: Arc<Settings>) -> Self {
+        Clients {
+            dialer: Arc::new(Dialer::new(settings.clone())),
+            settings,
+            peers: Mutex::new(HashMap::new()),
+            closed: watch::channel(()).0,
+        }
+    }
+
+    fn peer(&self, addr: &str) -> Arc<Peer> {
+        let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
+        peers
+            .entry(addr.to_string())
+            .or_insert_with(|| {
+                Arc::new(Peer {
+                    addr: addr.to_string(),
+                    settings: self.settings.clone(),
+                    dialer: self.dialer.clone(),
+                    conn: Mutex::new(None),
+                    dial: tokio::sync::Mutex::new(Dial {
+                        not_before: Instant::now(),
+                        backoff: INITIAL_BACKOFF,
+                        last_error: String::new(),
+                    }),
+                    link_started: AtomicBool::new(false),
+                    link: watch::channel(Link::Connecting).0,
+                    demand: Notify::new(),
+                    last_demand_ms: AtomicU64::new(0),
+                    epoch: Instant::now(),
+                })
+            })
+            .clone()
+    }
+
+    /// Queues `batch` on the raft stream to `addr`. Fails at once while the stream is down
+    /// (the caller reports the peer unreachable to raft), and after the connect timeout when
+    /// the first connection cannot be made or the queue stays full.
+    pub(crate) async fn send(&self, addr: &str, batch: RaftBatch) -> Result<(), TransportError> {
+        let max = self.settings.max_message_size;
+        // Encode here, on the caller's task, so the link task only writes.
+        let frames = frame::split(batch, max)?
+            .iter()
+            .map(|b| frame::encode(b, max))
+            .collect::<Result<Vec<_>, _>>()?;
+        let peer = self.peer(addr);
+        peer.touch();
+        if !peer.link_started.swap(true, Ordering::AcqRel) {
+            tokio::spawn(run_link(peer.clone(), self.closed.subscribe()));
+        }
+        let queue = self.link(&peer).await?;
+        for frame in frames {
+            self.enqueue(&peer, &queue, frame).await?;
+        }
+        Ok(())
+    }
+
+    async fn link(&self, peer: &Peer) -> Result<mpsc::Sender<Bytes>, TransportError> {
+        match &*peer.link.borrow() {
+            Link::Up(queue) => return Ok(queue.clone()),
+            Link::Down(reason) => return Err(unreachable(&peer.addr, reason.clone())),
+            Link::Connecting => {}
+        }
+        let mut rx = peer.link.subscribe();
+        let waited = tokio::time::timeout(
+            self.settings.connect_timeout,
+            rx.wait_for(|l| !matches!(l, Link::Connecting)),
+        )
+        .await;
+        match waited {
+            Err(_) => Err(unreachable(&peer.addr, "opening the raft stream timed out")),
+            Ok(Err(_)) => Err(unreachable(&peer.addr, "the transport is shutting down")),
+            Ok(Ok(link)) => match &*link {
+                Link::Up(queue) => Ok(queue.clone()),
+                Link::Down(reason) => Err(unreachable(&peer.addr, reason.clone())),
+                Link::Connecting => Err(unreachable(&peer.addr, "still connecting")),
+            },
+        }
+    }
+
+    async fn enqueue(
+        &self,
+        peer: &Peer,
+        queue: &mpsc::Sender<Bytes>,
+        frame: Bytes,
+    ) -> Result<(), TransportError> {
+        let permit = match queue.try_reserve() {
+            Ok(permit) => permit,
+            Err(mpsc::error::TrySendError::Closed(())) => {
+                return Err(unreachable(&peer.addr, "the raft stream closed"))
+            }
+            Err(mpsc::error::TrySendError::Full(())) => {
+                match tokio::time::timeout(self.settings.connect_timeout, queue.reserve()).await {
+                    Ok(Ok(permit)) => permit,
+                    Ok(Err(_)) => return Err(unreachable(&peer.addr, "the raft stream closed")),
+                    Err(_) => {
+                        return Err(unreachable(
+                            &peer.addr,
+                            "the peer does not keep up: its stream queue stayed full",
+                        ))
+                    }
+                }
+            }
+        };
+        permit.send(frame);
+        Ok(())
+    }
+
+    /// One request/response call on its own bidirectional stream.
+    pub(crate) async fn call(
+        &self,
+        addr: &str,
+        request: wire::Request,
+    ) -> Result<wire::Response, TransportError> {
+        let max = self.settings.max_message_size;
+        let request_frame = frame::encode(&request, max)?;
+        let peer = self.peer(addr);
+        let deadline = Instant::now() + call_deadline(&request, self.settings.call_timeout);
+
+        // Until the whole request is handed to QUIC, a failure means it was not delivered.
+        let conn = match tokio::time::timeout_at(deadline, peer.connection(false)).await {
+            Ok(conn) => conn?,
+            Err(_) => return Err(unreachable(addr, "connecting timed out")),
+        };
+        let (mut send, mut recv) = match tokio::time::timeout_at(deadline, conn.open_bi()).await {
+            Ok(Ok(streams)) => streams,
+            Ok(Err(e)) => return Err(unreachable(addr, format!("cannot open a stream: {e}"))),
+            Err(_) => return Err(unreachable(addr, "no stream available before the deadline")),
+        };
+        match tokio::time::timeout_at(deadline, send.write_all(&request_frame)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(write_failed(addr, e)),
+            Err(_) => {
+                let _ = send.reset(code::CANCELLED);
+                return Err(unreachable(addr, "the request could not be sent in time"));
+            }
+        }
+        let _ = send.finish();
+
+        // From here on the peer may have processed the request.
+        match tokio::time::timeout_at(deadline, frame::read::<wire::Response>(&mut recv, max)).await
+        {
+            Ok(Ok(Some(response))) => Ok(response),
+            Ok(Ok(None)) => Err(failed(addr, "the peer closed the stream without answering")),
+            Ok(Err(e)) => Err(read_failed(addr, e)),
+            Err(_) => {
+                let _ = recv.stop(code::CANCELLED);
+                Err(failed(
+                    addr,
+                    format!(
+                        "no answer within {:?}",
+                        call_deadline(&request, self.settings.call_timeout)
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+/// How long a call may take: the transport's call timeout, or longer when the request itself
+/// carries a longer deadline (a forwarded proposal or read).
+fn call_deadline(request: &wire::Request, default: Duration) -> Duration {
+    use wire::request::Kind;
+    let ms = match &request.kind {
+        Some(Kind::Propose(p)) => p.timeout_ms,
+        Some(Kind::Query(q)) => q.timeout_ms,
+        Some(Kind::Membership(m)) => m.timeout_ms,
+        Some(Kind::TransferLeader(t)) => t.timeout_ms,
+        _ => 0,
+    };
+    default.max(Duration::from_millis(ms.saturating_add(1_000)))
+}
+
+/// True when the connection was refused during the handshake (TLS alert): the peer never
+/// accepted a stream, so nothing was processed.
+fn refused_in_handshake(e: &ConnectionError) -> bool {
+    match e {
+        ConnectionError::ConnectionClosed(close) => {
+            let code = u64::from(close.error_code);
+            (0x100..0x200).contains(&code)
+        }
+        ConnectionError::TransportError(_) | ConnectionError::VersionMismatch => true,
+        _ => false,
+    }
+}
+
+/// Writing the request failed before all of it was handed to QUIC: not delivered.
+fn write_failed(addr: &str, e: WriteError) -> TransportError {
+    unreachable(addr, format!("sending the request failed: {e}"))
+}
+
+/// Reading the answer failed: delivered or not?
+fn read_failed(addr: &str, e: FrameError) -> TransportError {
+    match e {
+        FrameError::Stream(ReadError::Reset(c)) if c == code::NOT_PROCESSED => {
+            unreachable(addr, frame::describe_code(c))
+        }
+        FrameError::Stream(ReadError::Reset(c)) if c == code::BAD_FRAME => {
+            TransportError::Malformed(format!("{addr} refused the request as a bad frame"))
+        }
+        FrameError::Stream(ReadError::ConnectionLost(e)) if refused_in_handshake(&e) => {
+            unreachable(addr, format!("the peer refused the connection: {e}"))
+        }
+        FrameError::Stream(ReadError::Reset(c)) => failed(
+            addr,
+            format!(
+                "the peer reset the stream ({}: {c})",
+                frame::describe_code(c)
+            ),
+        ),
+        other => failed(addr, format!("reading the answer failed: {other}")),
+    }
+}
+
+/// Keeps the raft stream to one peer open: dials (sharing the peer's connection and its
+/// backoff), opens a unidirectional stream, writes queued frames in order until the stream or
+/// connection breaks, backs off, and starts over. Parks while the peer is idle; stops when the
+/// transport is dropped.
+async fn run_link(peer: Arc<Peer>, mut closed: watch::Receiver<()>) {
+    let settings = peer.settings.clone();
+    let mut backoff = INITIAL_BACKOFF;
+    let mut was_up = false;
+    loop {
+        if peer.idle_for() > IDLE {
+            tokio::select! {
+                _ = peer.demand.notified() => {}
+                _ = closed.changed() => return,
+            }
+        }
+        let opened = tokio::select! {
+            opened = open_stream(&peer) => opened,
+            _ = closed.changed() => return,
+        };
+        let reason = match opened {
+            Err(reason) => reason,
+            Ok((conn, stream)) => {
+                let (queue, rx) = mpsc::channel(settings.stream_queue);
+                peer.link.send_replace(Link::Up(queue));
+                if was_up {
+                    tracing::info!(peer = %peer.addr, "raft stream open again");
+                } else {
+                    tracing::debug!(peer = %peer.addr, "raft stream open");
+                }
+                was_up = true;
+                let since = Instant::now();
+                let Some(reason) = pump(&conn, stream, rx, &mut closed).await else {
+                    return;
+                };
+                if since.elapsed() >= STABLE {
+                    backoff = INITIAL_BACKOFF;
+                }
+                tracing::info!(peer = %peer.addr, "raft stream broke: {reason}");
+                reason
+            }
+        };
+        tracing::debug!(peer = %peer.addr, ?backoff, "raft stream down: {reason}");
+        peer.link.send_replace(Link::Down(reason));
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = closed.changed() => return,
+        }
+        backoff = (backoff * 2).min(settings.max_backoff);
+    }
+}
+
+async fn open_stream(peer: &Peer) -> Result<(Connection, SendStream), String> {
+    let conn = peer.connection(true).await.map_err(|e| e.to_string())?;
+    let stream = tokio::time::timeout(peer.settings.connect_timeout, conn.open_uni())
+        .await
+        .map_err(|_| "opening the raft stream timed out".to_string())?
+        .map_err(|e| format!("opening the raft stream failed: {e}"))?;
+    Ok((conn, stream))
+}
+
+/// Writes queued frames to the stream in order. Returns why it stopped, or `None` when the
+/// transport was dropped.
+async fn pump(
+    conn: &Connection,
+    mut stream: SendStream,
+    mut rx: mpsc::Receiver<Bytes>,
+    closed: &mut watch::Receiver<()>,
+) -> Option<String> {
+    let mut frames = Vec::with_capacity(WRITE_BATCH);
+    // Created once: both only watch for the end of the connection or the stream.
+    let lost = conn.closed();
+    let stopped = stream.stopped();
+    tokio::pin!(lost, stopped);
+    loop {
+        tokio::select! {
+            biased;
+            _ = closed.changed() => {
+                let _ = stream.finish();
+                return None;
+            }
+            e = &mut lost => return Some(format!("connection lost: {e}")),
+            e = &mut stopped => {
+                return Some(match e {
+                    Ok(Some(c)) => format!("the peer stopped the stream: {}", frame::describe_code(c)),
+                    Ok(None) => "the stream finished".to_string(),
+                    Err(e) => format!("the stream failed: {e}"),
+                });
+            }
+            n = rx.recv_many(&mut frames, WRITE_BATCH) => {
+                if n == 0 {
+                    return Some("the queue closed".to_string());
+                }
+                if let Err(e) = stream.write_all_chunks(&mut frames).await {
+                    return Some(match e {
+                        WriteError::Stopped(c) => {
+                            format!("the peer stopped the stream: {}", frame::describe_code(c))
+                        }
+                        other => format!("writing failed: {other}"),
+                    });
+                }
+                frames.clear();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+
+    #[test]
+    fn calls_with_their_own_deadline_get_at_least_that() {
+        use wire::request::Kind;
+        let propose = wire::Request {
+            kind: Some(Kind::Propose(wire::ProposeRequest {
+                data: Vec::new(),
+                timeout_ms: 60_000,
+            })),
+        };
+        assert_eq!(
+            call_deadline(&propose, Duration::from_secs(30)),
+            Duration::from_secs(61)
+        );
+        let status = wire::Request {
+            kind: Some(Kind::Status(wire::StatusRequest {})),
+        };
+        assert_eq!(
+            call_deadline(&status, Duration::from_secs(30)),
+            Duration::from_secs(30)
+        );
+    }
+
+    #[test]
+    fn not_processed_and_handshake_refusals_mean_not_delivered() {
+        assert!(matches!(
+            read_failed(
+                "a",
+                FrameError::Stream(ReadError::Reset(code::NOT_PROCESSED))
+            ),
+            TransportError::Unreachable { .. }
+        ));
+        assert!(matches!(
+            read_failed("a", FrameError::Stream(ReadError::Reset(code::BAD_FRAME))),
+            TransportError::Malformed(_)
+        ));
+        assert!(matches!(
+            read_failed(
+                "a",
+                FrameError::Stream(ReadError::ConnectionLost(ConnectionError::TimedOut))
+            ),
+            TransportError::Failed { .. }
+        ));
+        assert!(matches!(
+            read_failed("a", FrameError::Truncated { got: 1, want: 2 }),
+            TransportError::Failed { .. }
+        ));
+    }
+
+    #[tokio::test]
+    async fn addresses_resolve_with_their_host_as_server_name() {
+        let (sock, host) = resolve("127.0.0.1:5001").await.unwrap();
+        assert_eq!(sock.port(), 5001);
+        assert_eq!(host, "127.0.0.1");
+        let (sock, host) = resolve("localhost:5002").await.unwrap();
+        assert!(sock.ip().is_loopback());
+        assert_eq!(host, "localhost");
+        assert!(resolve("no-port").await.is_err());
+    }
+}

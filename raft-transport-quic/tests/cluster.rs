@@ -1,0 +1,534 @@
+//! Raft clusters over real QUIC on loopback: the same cluster tests as the gRPC transport
+//! (writes and reads through every node, leader stopped and restarted, a snapshot bigger than
+//! one chunk), the fault-injecting wrapper over QUIC, a peer from another CA, and garbage.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{eventually, init_tracing, QuicCluster};
+use raft_core::testing::cluster::{seed, test_config};
+use raft_core::testing::kv::{decode_value, encode_op, KvClient, KvStore};
+use raft_core::testing::linearizability::{assert_linearizable, History, KvOp, KvOutput};
+use raft_core::wire::{self, request, response};
+use raft_core::{Config, Faults, MemLogStorage, Raft, ReadConsistency, Transport};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn put(key: &str, value: &str) -> Vec<u8> {
+    encode_op(&KvOp::Put {
+        key: key.into(),
+        value: value.into(),
+    })
+}
+
+fn get(key: &str) -> Vec<u8> {
+    encode_op(&KvOp::Get { key: key.into() })
+}
+
+fn status_request() -> wire::Request {
+    wire::Request {
+        kind: Some(request::Kind::Status(wire::StatusRequest {})),
+    }
+}
+
+/// A stale read of `key` on node `id` (its own state machine).
+async fn stale(cluster: &QuicCluster, id: u64, key: &str) -> Option<String> {
+    let bytes = cluster
+        .mailbox(id)
+        .query_with(get(key), ReadConsistency::Stale)
+        .await
+        .unwrap();
+    decode_value(&bytes).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_serve_writes_and_reads_from_every_node() {
+    init_tracing();
+    let cluster = QuicCluster::start(3, test_config(), None).await;
+    for id in 1..=3u64 {
+        for i in 0..5 {
+            cluster
+                .mailbox(id)
+                .send_proposal(put(&format!("n{id}-{i}"), &format!("v{i}")))
+                .await
+                .unwrap();
+        }
+    }
+    // Linearizable reads through every node see every write, whichever node took it.
+    for reader in 1..=3u64 {
+        for writer in 1..=3u64 {
+            let bytes = cluster
+                .mailbox(reader)
+                .query(get(&format!("n{writer}-4")))
+                .await
+                .unwrap();
+            assert_eq!(decode_value(&bytes).unwrap().as_deref(), Some("v4"));
+        }
+    }
+    cluster.wait_converged(Duration::from_secs(5)).await;
+    for id in 1..=3u64 {
+        assert_eq!(stale(&cluster, id, "n2-3").await.as_deref(), Some("v3"));
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_leader_is_replaced_and_rejoins_when_restarted() {
+    init_tracing();
+    let cluster = QuicCluster::start(3, test_config(), None).await;
+    let old = cluster
+        .wait_for_leader(&[1, 2, 3], Duration::from_secs(5))
+        .await;
+    cluster
+        .mailbox(old)
+        .send_proposal(put("before", "1"))
+        .await
+        .unwrap();
+
+    cluster.stop(old).await;
+    let rest: Vec<u64> = (1..=3).filter(|&id| id != old).collect();
+    let new = cluster
+        .wait_for_leader(&rest, Duration::from_secs(10))
+        .await;
+    assert_ne!(new, old);
+    for &id in &rest {
+        cluster
+            .mailbox(id)
+            .send_proposal(put(&format!("during-{id}"), "2"))
+            .await
+            .unwrap();
+    }
+
+    let restarted = Instant::now();
+    cluster.restart(old);
+    cluster
+        .wait_for_leader(&[1, 2, 3], Duration::from_secs(10))
+        .await;
+    cluster.wait_converged(Duration::from_secs(10)).await;
+    eprintln!("restarted leader caught up in {:?}", restarted.elapsed());
+    for &id in &rest {
+        assert_eq!(
+            stale(&cluster, old, &format!("during-{id}"))
+                .await
+                .as_deref(),
+            Some("2")
+        );
+    }
+    // And it serves writes and linearizable reads again.
+    cluster
+        .mailbox(old)
+        .send_proposal(put("after", "3"))
+        .await
+        .unwrap();
+    for id in 1..=3u64 {
+        let bytes = cluster.mailbox(id).query(get("after")).await.unwrap();
+        assert_eq!(decode_value(&bytes).unwrap().as_deref(), Some("3"));
+    }
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_node_catches_up_from_a_snapshot_of_many_chunks() {
+    init_tracing();
+    let config = Config {
+        snapshot_chunk_size: 1024,
+        snapshot_threshold: 50,
+        snapshot_log_tail: 10,
+        ..test_config()
+    };
+    let cluster = QuicCluster::start(3, config, None).await;
+    let leader = cluster
+        .wait_for_leader(&[1, 2, 3], Duration::from_secs(5))
+        .await;
+    let lagging = if leader == 3 { 2 } else { 3 };
+    let before = cluster.status(lagging).await.unwrap();
+    cluster.stop(lagging).await;
+
+    // ~300 keys of 40-byte values: a snapshot of well over ten 1 KiB chunks.
+    let value = "x".repeat(40);
+    let mailbox = cluster.mailbox(leader);
+    let writes: Vec<_> = (0..300)
+        .map(|i| {
+            let mailbox = mailbox.clone();
+            let op = put(&format!("k{i}"), &format!("{i}-{value}"));
+            tokio::spawn(async move { mailbox.send_proposal(op).await })
+        })
+        .collect();
+    for w in writes {
+        w.await.unwrap().unwrap();
+    }
+    let leader_status = eventually("the leader compacts", Duration::from_secs(10), || {
+        let cluster = cluster.clone();
+        async move {
+            let s = cluster.status(leader).await.ok_or("no status")?;
+            if s.first_log_index > before.last_log_index + 1 {
+                Ok(s)
+            } else {
+                Err(format!("first log index {}", s.first_log_index))
+            }
+        }
+    })
+    .await;
+    eprintln!(
+        "leader snapshot at {}, lagging node stopped at {}",
+        leader_status.snapshot_index, before.last_log_index
+    );
+
+    cluster.restart(lagging);
+    cluster.wait_converged(Duration::from_secs(15)).await;
+    let after = cluster.status(lagging).await.unwrap();
+    assert!(
+        after.snapshot_index > before.snapshot_index
+            && after.snapshot_index > before.last_log_index,
+        "no snapshot installed: before {before:?}, after {after:?}"
+    );
+    for i in [0, 150, 299] {
+        assert_eq!(
+            stale(&cluster, lagging, &format!("k{i}")).await,
+            Some(format!("{i}-{value}"))
+        );
+    }
+    cluster.shutdown().await;
+}
+
+/// Clients doing puts, gets and compare-and-swaps through random nodes, recording a history.
+async fn workload(
+    cluster: Arc<QuicCluster>,
+    history: History,
+    clients: u64,
+    keys: usize,
+    duration: Duration,
+    seed: u64,
+) -> u64 {
+    let stop = Instant::now() + duration;
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let cluster = cluster.clone();
+        let client = KvClient::new(c, history.clone());
+        let mut rng = StdRng::seed_from_u64(seed.wrapping_add(c));
+        tasks.push(tokio::spawn(async move {
+            let mut ok = 0u64;
+            let mut n = 0u64;
+            let mut last: Option<String> = None;
+            while Instant::now() < stop {
+                let running = cluster.running();
+                let node = running[rng.gen_range(0..running.len())];
+                let mailbox = cluster.mailbox(node).with_timeout(Duration::from_secs(2));
+                let key = format!("k{}", rng.gen_range(0..keys));
+                n += 1;
+                let value = format!("c{c}-{n}");
+                let op = match rng.gen_range(0..10) {
+                    0..=3 => KvOp::Get { key },
+                    4..=7 => KvOp::Put { key, value },
+                    _ => KvOp::Cas {
+                        key,
+                        expect: last.clone(),
+                        value,
+                    },
+                };
+                if let Ok(out) = client.run(&mailbox, op).await {
+                    ok += 1;
+                    if let KvOutput::Value(v) = out {
+                        last = v;
+                    }
+                }
+            }
+            ok
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        ok += t.await.unwrap();
+    }
+    ok
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histories_stay_linearizable_with_faults_injected_over_quic() {
+    init_tracing();
+    let seed = seed("histories_stay_linearizable_with_faults_injected_over_quic");
+    let faults = Faults::new(seed);
+    let cluster = QuicCluster::start(3, test_config(), Some(faults.clone())).await;
+    let history = History::new();
+
+    faults.set_drop_rate(0.05);
+    faults.set_duplicate_rate(0.05);
+    faults.set_reorder_rate(0.02);
+    faults.set_delay(Duration::from_millis(0), Duration::from_millis(5));
+    let load = tokio::spawn(workload(
+        cluster.clone(),
+        history.clone(),
+        4,
+        3,
+        Duration::from_secs(4),
+        seed,
+    ));
+    // Cut the leader off for a while in the middle.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let leader = cluster
+        .wait_for_leader(&[1, 2, 3], Duration::from_secs(10))
+        .await;
+    faults.isolate(leader);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    faults.heal();
+    let ok = load.await.unwrap();
+    faults.clear();
+
+    // Final linearizable reads, so a lost acknowledged write would show.
+    let reader = KvClient::new(u64::MAX, history.clone());
+    for k in 0..3 {
+        eventually("final read", Duration::from_secs(10), || {
+            let cluster = cluster.clone();
+            let reader = reader.clone();
+            async move {
+                reader
+                    .run(
+                        &cluster.mailbox(1),
+                        KvOp::Get {
+                            key: format!("k{k}"),
+                        },
+                    )
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .await;
+    }
+    eprintln!("{ok} operations succeeded of {}", history.len());
+    assert!(ok > 20, "too few operations succeeded: {ok}");
+    assert_linearizable(&history);
+    cluster.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_with_a_certificate_from_another_ca_is_refused() {
+    init_tracing();
+    let cluster = QuicCluster::start(1, test_config(), None).await;
+    let addr1 = cluster.addr(1);
+    let rogue_certs = common::Certs::new(&[4]);
+    let request = status_request();
+
+    // A node of another CA trusts neither the cluster's servers nor they its certificate.
+    let rogue = rogue_certs.transport(4);
+    let e = rogue.call(&addr1, request.clone()).await.unwrap_err();
+    assert!(common::is_unreachable(&e), "{e}");
+    let batch = wire::RaftBatch {
+        from: 4,
+        to: 1,
+        messages: vec![],
+        from_addr: String::new(),
+    };
+    assert!(rogue.send(&addr1, batch.clone()).await.is_err());
+
+    // An impostor that trusts the cluster CA but holds a certificate from another CA: the
+    // server refuses it during the handshake.
+    let impostor = raft_transport_quic::QuicTransport::new(raft_transport_quic::TlsConfig::mutual(
+        cluster.certs.certs.ca.clone(),
+        rogue_certs.tls(4).cert,
+        rogue_certs.tls(4).key,
+    ))
+    .unwrap();
+    let e = impostor.call(&addr1, request.clone()).await.unwrap_err();
+    assert!(common::is_unreachable(&e), "{e}");
+    // (Its raft stream may look open for a round trip before the refusal arrives.)
+    eventually("the impostor's sends fail", Duration::from_secs(5), || {
+        let impostor = impostor.clone();
+        let addr1 = addr1.clone();
+        let batch = batch.clone();
+        async move {
+            match impostor.send(&addr1, batch).await {
+                Err(_) => Ok(()),
+                Ok(()) => Err("send accepted".to_string()),
+            }
+        }
+    })
+    .await;
+
+    // A rogue node cannot join.
+    let rogue_addr = common::free_addr();
+    let raft = Raft::builder(4, KvStore::new())
+        .raft_addr(rogue_addr.clone())
+        .transport(rogue_certs.transport(4))
+        .log_storage(MemLogStorage::new())
+        .config(test_config())
+        .build()
+        .unwrap();
+    let joining = tokio::spawn(raft.join(1, addr1.clone()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let status = cluster.status(1).await.unwrap();
+    assert!(
+        !status.members.contains_key(&4) && !status.learners.contains(&4),
+        "the rogue got in: {status:?}"
+    );
+    if joining.is_finished() {
+        assert!(joining.await.unwrap().is_err());
+    } else {
+        joining.abort();
+    }
+
+    // And the cluster's nodes cannot call a server whose certificate is from another CA.
+    let server = rogue_certs.transport(4);
+    let rogue_server_addr = common::free_addr();
+    let _guard = server
+        .serve(&rogue_server_addr, Arc::new(Nobody))
+        .await
+        .unwrap();
+    let member = cluster.certs.transport(1);
+    let e = member
+        .call(&rogue_server_addr, request.clone())
+        .await
+        .unwrap_err();
+    assert!(common::is_unreachable(&e), "{e}");
+
+    // The cluster is unharmed.
+    cluster
+        .mailbox(1)
+        .send_proposal(put("still", "ok"))
+        .await
+        .unwrap();
+    cluster.shutdown().await;
+}
+
+/// A handler that must never be reached.
+struct Nobody;
+
+#[raft_core::async_trait]
+impl raft_core::InboundHandler for Nobody {
+    async fn raft_batch(&self, _: wire::RaftBatch) -> Result<(), raft_core::TransportError> {
+        panic!("a refused peer reached the node");
+    }
+    async fn call(&self, _: wire::Request) -> wire::Response {
+        panic!("a refused peer reached the node");
+    }
+}
+
+/// A raw QUIC connection with a valid cluster certificate, for writing arbitrary bytes.
+async fn raw_connection(tls: &raft_transport_quic::TlsConfig, addr: &str) -> quinn::Connection {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(&tls.ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let chain: Vec<_> = CertificateDer::pem_file_iter(&tls.cert)
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(&tls.key).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![raft_transport_quic::ALPN.to_vec()];
+    let config = quinn::crypto::rustls::QuicClientConfig::try_from(Arc::new(config)).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(config)));
+    endpoint
+        .connect(addr.parse().unwrap(), "127.0.0.1")
+        .unwrap()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_datagrams_and_streams_leave_the_cluster_serving() {
+    init_tracing();
+    let cluster = QuicCluster::start(3, test_config(), None).await;
+    let addr1 = cluster.addr(1);
+    let mut rng = StdRng::seed_from_u64(seed("garbage"));
+
+    // 1. UDP junk: random bytes, and random bytes dressed as QUIC long-header packets.
+    let junk = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for i in 0..2000 {
+        let len = rng.gen_range(1..1400);
+        let mut datagram: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+        if i % 2 == 0 {
+            datagram[0] = 0xC0 | (datagram[0] & 0x0F);
+            if len > 5 {
+                datagram[1..5].copy_from_slice(&1u32.to_be_bytes());
+            }
+        }
+        junk.send_to(&datagram, &addr1).await.unwrap();
+    }
+
+    // 2. Streams with a valid certificate but bad frames. Node 9's certificate is from the
+    // cluster CA but node 9 is no member.
+    let certs = raft_transport_quic::dev_certs::generate(cluster.certs.dir.path(), &[9]).unwrap();
+    let conn = raw_connection(&certs.tls(9).unwrap(), &addr1).await;
+    let huge: Vec<u8> = vec![0xFF, 0xFF, 0xFF, 0xFF, 1, 2, 3];
+    let undecodable: Vec<u8> = [0, 0, 0, 8].into_iter().chain([0xFF; 8]).collect();
+    let truncated: Vec<u8> = vec![0, 0, 1, 0, 1, 2, 3];
+    for (what, bytes) in [("huge", &huge), ("undecodable", &undecodable)] {
+        // On a raft stream (left open): the server stops the stream.
+        let mut uni = conn.open_uni().await.unwrap();
+        uni.write_all(bytes).await.unwrap();
+        let stopped = tokio::time::timeout(Duration::from_secs(5), uni.stopped())
+            .await
+            .unwrap();
+        assert!(
+            matches!(stopped, Ok(Some(_))),
+            "a {what} raft frame did not close its stream: {stopped:?}"
+        );
+    }
+    for (what, bytes) in [
+        ("huge", &huge),
+        ("undecodable", &undecodable),
+        ("truncated", &truncated),
+    ] {
+        // On a call stream: the server resets it without answering.
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(bytes).await.unwrap();
+        send.finish().unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(5), recv.read_to_end(1 << 20))
+            .await
+            .unwrap();
+        assert!(
+            answer.is_err(),
+            "a {what} call frame got an answer: {answer:?}"
+        );
+    }
+    // A truncated raft frame ends its stream too (whether the stop or the end arrives first).
+    let mut uni = conn.open_uni().await.unwrap();
+    uni.write_all(&truncated).await.unwrap();
+    uni.finish().unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), uni.stopped())
+        .await
+        .unwrap();
+    // The same connection still answers a good call.
+    let request = prost::Message::encode_to_vec(&status_request());
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    send.write_all(&(request.len() as u32).to_be_bytes())
+        .await
+        .unwrap();
+    send.write_all(&request).await.unwrap();
+    send.finish().unwrap();
+    let answer = recv.read_to_end(1 << 20).await.unwrap();
+    let response: wire::Response = prost::Message::decode(&answer[4..]).unwrap();
+    assert!(
+        matches!(response.kind, Some(response::Kind::Status(_))),
+        "{response:?}"
+    );
+
+    // 3. The cluster still replicates and serves through the attacked node.
+    cluster
+        .mailbox(1)
+        .send_proposal(put("after-garbage", "yes"))
+        .await
+        .unwrap();
+    for id in 1..=3u64 {
+        let bytes = cluster
+            .mailbox(id)
+            .query(get("after-garbage"))
+            .await
+            .unwrap();
+        assert_eq!(decode_value(&bytes).unwrap().as_deref(), Some("yes"));
+    }
+    cluster.shutdown().await;
+}
