@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# raftkit's two commands:  ./dev.sh run   (a local cluster)   ./dev.sh test   (all tests)
+# raftkit's two commands:  ./dev.sh run   (a local raft-kv cluster)   ./dev.sh test   (all tests)
 # Both first install the system packages the build needs (protoc; clang + libclang for
 # RocksDB's bindgen) when they are missing. `./dev.sh setup` does only that.
 set -euo pipefail
@@ -31,7 +31,7 @@ case "$cmd" in
     setup) setup ;;
     run)
         setup
-        exec cargo run --release -p raft-core --example hash_store "$@"
+        exec cargo run --release -p raft-kv-example --bin raft-kv -- cluster "$@"
         ;;
     test)
         setup

@@ -1,5 +1,6 @@
 //! `raft-kv cluster`: a local N-node cluster as child processes, until Ctrl-C.
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -9,6 +10,13 @@ use tokio::process::{Child, Command};
 
 use crate::http::StatusBody;
 use crate::{backends, StorageKind, TransportKind};
+
+/// Prints a line; a closed stdout (the reader went away) must not stop the shutdown.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
 
 /// Flags of `raft-kv cluster`.
 #[derive(clap::Args, Debug)]
@@ -106,7 +114,7 @@ pub async fn run(args: ClusterArgs) -> Result<()> {
     .await
     .context("the cluster did not form; see the node logs in the data dir")?;
 
-    println!(
+    say!(
         "raft-kv: {} nodes are voters ({:?} transport, {:?} storage, data in {})",
         args.nodes,
         args.transport,
@@ -114,22 +122,24 @@ pub async fn run(args: ClusterArgs) -> Result<()> {
         args.data_dir.display()
     );
     for node in &nodes {
-        println!(
+        say!(
             "  node {}: http://{}  (raft {})",
-            node.id, node.http, node.raft
+            node.id,
+            node.http,
+            node.raft
         );
     }
     let first = &nodes[0].http;
     let last = &nodes[nodes.len() - 1].http;
-    println!("try:");
-    println!("  curl -X PUT --data-binary world http://{first}/kv/hello");
-    println!("  curl http://{last}/kv/hello");
-    println!("  curl -X POST -H 'content-type: application/json' -d '{{\"expect\":\"world\",\"value\":\"there\"}}' http://{last}/kv/hello/cas");
-    println!("  curl http://{first}/status");
-    println!("Ctrl-C stops the cluster.");
+    say!("try:");
+    say!("  curl -X PUT --data-binary world http://{first}/kv/hello");
+    say!("  curl http://{last}/kv/hello");
+    say!("  curl -X POST -H 'content-type: application/json' -d '{{\"expect\":\"world\",\"value\":\"there\"}}' http://{last}/kv/hello/cas");
+    say!("  curl http://{first}/status");
+    say!("Ctrl-C stops the cluster.");
 
     wait_for_stop(&mut children).await;
-    println!("raft-kv: stopping the nodes");
+    say!("raft-kv: stopping the nodes");
     for child in &mut children {
         if let Some(pid) = child.id() {
             // SIGTERM: each node finishes in-flight requests and exits cleanly.
@@ -165,7 +175,7 @@ async fn wait_for_stop(children: &mut [Child]) {
         loop {
             for (i, child) in children.iter_mut().enumerate() {
                 if let Ok(Some(status)) = child.try_wait() {
-                    eprintln!("raft-kv: node {} exited ({status})", i + 1);
+                    say!("raft-kv: node {} exited ({status})", i + 1);
                     return;
                 }
             }

@@ -1,0 +1,445 @@
+//! The raft-engine backend (cargo feature `raft-engine`).
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use raft_core::eraftpb::{Entry, HardState, RaftState, Snapshot};
+use raft_core::{limit_size, LogStorage, StorageError};
+use raft_engine::{Command, Config, Engine, LogBatch, MessageExt, ReadableSize};
+
+use crate::codec::{decode_hard_state, decode_truncated, encode, encode_truncated, SnapshotRecord};
+use crate::index::LogIndex;
+use crate::snapshot_file::{prepare_dir, SnapshotFiles};
+use crate::OpenOptions;
+
+/// The raft group holding the entries.
+const ENTRIES: u64 = 1;
+/// The raft group holding our key-values (hard state, compaction point, snapshot record).
+const META: u64 = 2;
+const HARD_STATE_KEY: &[u8] = b"hard_state";
+const TRUNCATED_KEY: &[u8] = b"truncated";
+const SNAPSHOT_KEY: &[u8] = b"snapshot";
+
+/// Tells raft-engine how to find an entry's index. raft-rs's prost types also implement
+/// `protobuf::Message` (protobuf 2), which is what raft-engine encodes with.
+struct EntryExt;
+
+impl MessageExt for EntryExt {
+    type Entry = Entry;
+
+    fn index(e: &Entry) -> u64 {
+        e.index
+    }
+}
+
+fn engine_error(action: &str, path: &Path, e: raft_engine::Error) -> StorageError {
+    let text = e.to_string();
+    match e {
+        raft_engine::Error::Corruption(_)
+        | raft_engine::Error::Codec(_)
+        | raft_engine::Error::Protobuf(_) => {
+            StorageError::Corrupt(format!("{action} {}: {text}", path.display()))
+        }
+        raft_engine::Error::Other(_) if text.contains("Failed to lock file") => {
+            StorageError::Locked(format!(
+                "{} is already open (by another process, or another storage in this process): {text}",
+                path.display()
+            ))
+        }
+        _ => StorageError::Io(format!("{action} {}: {text}", path.display())),
+    }
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+struct State {
+    index: LogIndex,
+    snapshot: Option<SnapshotRecord>,
+}
+
+struct Writer {
+    next_seq: u64,
+    failed: Option<String>,
+}
+
+/// A durable [`LogStorage`] in TiKV's raft-engine (cargo feature `raft-engine`).
+///
+/// raft-engine is a log-structured store made for raft logs: a batch of entries is one
+/// sequential append and one `fdatasync`, with an in-memory index of where each entry lives.
+/// Layout of the data directory: `engine/` holds raft-engine's files (entries in raft group 1;
+/// the hard state, compaction point and snapshot record as key-values of group 2);
+/// `snapshots/` holds the latest snapshot's data, as with [`crate::RocksLogStorage`].
+///
+/// raft-engine panics if `fdatasync` fails; this storage catches that panic and returns
+/// [`StorageError::Io`], after which it refuses every write until reopened. Like RocksDB,
+/// raft-engine locks its directory: a second open fails with [`StorageError::Locked`].
+pub struct RaftEngineLogStorage {
+    engine: Engine,
+    dir: PathBuf,
+    snapshots: SnapshotFiles,
+    state: RwLock<State>,
+    writer: Mutex<Writer>,
+}
+
+impl std::fmt::Debug for RaftEngineLogStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RaftEngineLogStorage")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RaftEngineLogStorage {
+    /// Opens the storage in `dir`, creating the directory and an empty log if needed.
+    pub fn open(dir: impl AsRef<Path>) -> Result<Self, StorageError> {
+        Self::open_with(dir, &OpenOptions::default())
+    }
+
+    /// Opens the storage in `dir` with `options`.
+    pub fn open_with(dir: impl AsRef<Path>, options: &OpenOptions) -> Result<Self, StorageError> {
+        let dir = dir.as_ref().to_path_buf();
+        prepare_dir(&dir, options.create_if_missing)?;
+        let engine_dir = dir.join("engine");
+        if !options.create_if_missing && !engine_dir.is_dir() {
+            return Err(StorageError::Io(format!(
+                "{} holds no raft-engine log (create_if_missing is off)",
+                engine_dir.display()
+            )));
+        }
+        let Some(engine_dir_str) = engine_dir.to_str() else {
+            return Err(StorageError::Io(format!(
+                "raft-engine needs a UTF-8 path: {}",
+                engine_dir.display()
+            )));
+        };
+        let config = Config {
+            dir: engine_dir_str.to_owned(),
+            // Smaller files than TiKV's 128 MiB, so compaction frees disk sooner.
+            target_file_size: ReadableSize::mb(32),
+            recovery_threads: 2,
+            ..Config::default()
+        };
+        let engine = match catch_unwind(|| Engine::open(config)) {
+            Ok(Ok(e)) => e,
+            Ok(Err(e)) => return Err(engine_error("opening", &engine_dir, e)),
+            Err(p) => {
+                return Err(StorageError::Corrupt(format!(
+                    "opening {}: raft-engine failed: {}",
+                    engine_dir.display(),
+                    panic_text(p.as_ref())
+                )))
+            }
+        };
+        let snapshots = SnapshotFiles::open(&dir)?;
+        let (state, max_seq) = load(&engine, &engine_dir, &snapshots)?;
+        snapshots.remove_others(state.snapshot.as_ref().map(|r| r.seq));
+        Ok(Self {
+            engine,
+            dir,
+            snapshots,
+            state: RwLock::new(state),
+            writer: Mutex::new(Writer {
+                next_seq: max_seq + 1,
+                failed: None,
+            }),
+        })
+    }
+
+    /// The data directory.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+
+    fn read_state(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write_state(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn writer(&self) -> Result<MutexGuard<'_, Writer>, StorageError> {
+        let w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(why) = &w.failed {
+            return Err(StorageError::Io(format!(
+                "an earlier write to {} failed ({why}); the storage refuses writes until it is reopened",
+                self.dir.display()
+            )));
+        }
+        Ok(w)
+    }
+
+    /// Writes `batch` durably (one fdatasync); a failure, or a panic inside raft-engine,
+    /// poisons the writer.
+    fn commit(&self, w: &mut Writer, batch: &mut LogBatch) -> Result<(), StorageError> {
+        let result = catch_unwind(AssertUnwindSafe(|| self.engine.write(batch, true)));
+        let err = match result {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) => engine_error("writing to", &self.dir, e),
+            Err(p) => StorageError::Io(format!(
+                "writing to {}: raft-engine failed: {}",
+                self.dir.display(),
+                panic_text(p.as_ref())
+            )),
+        };
+        w.failed = Some(err.to_string());
+        Err(err)
+    }
+
+    fn write_snapshot_file(
+        &self,
+        w: &mut Writer,
+        snapshot: &Snapshot,
+    ) -> Result<SnapshotRecord, StorageError> {
+        let seq = w.next_seq;
+        w.next_seq += 1;
+        let (len, crc) = self.snapshots.write(seq, &snapshot.data).map_err(|e| {
+            w.failed = Some(e.to_string());
+            e
+        })?;
+        Ok(SnapshotRecord {
+            seq,
+            len,
+            crc,
+            meta: snapshot.metadata.clone().unwrap_or_default(),
+        })
+    }
+}
+
+fn put(batch: &mut LogBatch, key: &[u8], value: Vec<u8>) -> Result<(), StorageError> {
+    batch
+        .put(META, key.to_vec(), value)
+        .map_err(|e| StorageError::Invalid(format!("raft-engine refused a key: {e}")))
+}
+
+fn load(
+    engine: &Engine,
+    path: &Path,
+    snapshots: &SnapshotFiles,
+) -> Result<(State, u64), StorageError> {
+    let hard_state = match engine.get(META, HARD_STATE_KEY) {
+        Some(b) => decode_hard_state(&b)?,
+        None => HardState::default(),
+    };
+    let (truncated_index, truncated_term) = match engine.get(META, TRUNCATED_KEY) {
+        Some(b) => decode_truncated(&b)?,
+        None => (0, 0),
+    };
+    let snapshot = match engine.get(META, SNAPSHOT_KEY) {
+        Some(b) => {
+            let record = SnapshotRecord::decode(&b)?;
+            snapshots.read(&record)?;
+            Some(record)
+        }
+        None => None,
+    };
+    let mut index = LogIndex::new(
+        truncated_index,
+        truncated_term,
+        hard_state,
+        snapshot
+            .as_ref()
+            .map(|r| r.meta.clone())
+            .unwrap_or_default(),
+    );
+    if let (Some(first), Some(last)) = (engine.first_index(ENTRIES), engine.last_index(ENTRIES)) {
+        if first > truncated_index + 1 {
+            return Err(StorageError::Corrupt(format!(
+                "{}: the log starts at {first} but was compacted only to {truncated_index}",
+                path.display()
+            )));
+        }
+        let mut next = truncated_index + 1;
+        // Read in chunks to bound memory.
+        while next <= last {
+            let high = (next + 1024).min(last + 1);
+            let mut chunk = Vec::new();
+            engine
+                .fetch_entries_to::<EntryExt>(ENTRIES, next, high, None, &mut chunk)
+                .map_err(|e| engine_error("reading the log in", path, e))?;
+            for e in &chunk {
+                index.push_loaded(e.index, e.term)?;
+            }
+            next = high;
+        }
+    }
+    let max_seq = snapshots
+        .max_seq()?
+        .max(snapshot.as_ref().map_or(0, |r| r.seq));
+    Ok((State { index, snapshot }, max_seq))
+}
+
+impl LogStorage for RaftEngineLogStorage {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        let st = self.read_state();
+        Ok(RaftState::new(
+            st.index.hard_state.clone(),
+            st.index.conf_state(),
+        ))
+    }
+
+    fn entries(&self, low: u64, high: u64, max_size: Option<u64>) -> raft::Result<Vec<Entry>> {
+        let st = self.read_state();
+        if !st.index.check_range(low, high)? {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::with_capacity((high - low).min(1024) as usize);
+        self.engine
+            .fetch_entries_to::<EntryExt>(
+                ENTRIES,
+                low,
+                high,
+                max_size.map(|m| m.min(usize::MAX as u64) as usize),
+                &mut out,
+            )
+            .map_err(|e| raft::Error::from(engine_error("reading", &self.dir, e)))?;
+        if out.is_empty() || out.first().map(|e| e.index) != Some(low) {
+            return Err(StorageError::Corrupt(format!(
+                "{}: entries from {low} are missing from the log",
+                self.dir.display()
+            ))
+            .into());
+        }
+        limit_size(&mut out, max_size);
+        Ok(out)
+    }
+
+    fn term(&self, index: u64) -> raft::Result<u64> {
+        self.read_state().index.term(index)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.read_state().index.first_index())
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.read_state().index.last_index())
+    }
+
+    fn snapshot(&self) -> raft::Result<Snapshot> {
+        let st = self.read_state();
+        let Some(record) = &st.snapshot else {
+            return Ok(Snapshot::default());
+        };
+        let data = self.snapshots.read(record)?;
+        Ok(Snapshot {
+            data,
+            metadata: Some(record.meta.clone()),
+        })
+    }
+
+    fn append(
+        &self,
+        entries: &[Entry],
+        hard_state: Option<&HardState>,
+    ) -> Result<(), StorageError> {
+        let mut w = self.writer()?;
+        let plan = self.read_state().index.plan_append(entries)?;
+        if plan.is_none() && hard_state.is_none() {
+            return Ok(());
+        }
+        let mut batch = LogBatch::with_capacity(entries.len());
+        batch
+            .add_entries::<EntryExt>(ENTRIES, entries)
+            .map_err(|e| StorageError::Invalid(format!("cannot add entries to a batch: {e}")))?;
+        if let Some(hs) = hard_state {
+            put(&mut batch, HARD_STATE_KEY, encode(hs))?;
+        }
+        // raft-engine drops a conflicting suffix itself when entries overwrite it.
+        if plan.is_some_and(|p| p.overwrites) {
+            let mut st = self.write_state();
+            self.commit(&mut w, &mut batch)?;
+            st.index.append(entries, hard_state);
+        } else {
+            self.commit(&mut w, &mut batch)?;
+            self.write_state().index.append(entries, hard_state);
+        }
+        Ok(())
+    }
+
+    fn install_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
+        let mut w = self.writer()?;
+        let meta = snapshot.metadata.clone().unwrap_or_default();
+        if meta.index == 0 {
+            return Err(StorageError::Invalid(
+                "cannot install an empty snapshot".into(),
+            ));
+        }
+        let record = self.write_snapshot_file(&mut w, snapshot)?;
+        let hs = self
+            .read_state()
+            .index
+            .hard_state_after_snapshot(&meta, true);
+        let mut batch = LogBatch::default();
+        // Drops every entry of the log; the next append starts a new one after the snapshot.
+        batch.add_command(ENTRIES, Command::Clean);
+        put(
+            &mut batch,
+            TRUNCATED_KEY,
+            encode_truncated(meta.index, meta.term),
+        )?;
+        put(&mut batch, SNAPSHOT_KEY, record.encode())?;
+        put(&mut batch, HARD_STATE_KEY, encode(&hs))?;
+        {
+            let mut st = self.write_state();
+            if let Err(e) = self.commit(&mut w, &mut batch) {
+                self.snapshots.remove(record.seq);
+                return Err(e);
+            }
+            st.index.set_snapshot(meta, hs, true);
+            st.snapshot = Some(record.clone());
+        }
+        self.snapshots.remove_others(Some(record.seq));
+        Ok(())
+    }
+
+    fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
+        let mut w = self.writer()?;
+        let meta = snapshot.metadata.clone().unwrap_or_default();
+        if !self.read_state().index.plan_save_snapshot(&meta)? {
+            return Ok(());
+        }
+        let record = self.write_snapshot_file(&mut w, snapshot)?;
+        let hs = self
+            .read_state()
+            .index
+            .hard_state_after_snapshot(&meta, false);
+        let mut batch = LogBatch::default();
+        put(&mut batch, SNAPSHOT_KEY, record.encode())?;
+        put(&mut batch, HARD_STATE_KEY, encode(&hs))?;
+        if let Err(e) = self.commit(&mut w, &mut batch) {
+            self.snapshots.remove(record.seq);
+            return Err(e);
+        }
+        {
+            let mut st = self.write_state();
+            st.index.set_snapshot(meta, hs, false);
+            st.snapshot = Some(record.clone());
+        }
+        self.snapshots.remove_others(Some(record.seq));
+        Ok(())
+    }
+
+    fn compact(&self, index: u64) -> Result<(), StorageError> {
+        let mut w = self.writer()?;
+        let Some(term) = self.read_state().index.plan_compact(index)? else {
+            return Ok(());
+        };
+        let mut batch = LogBatch::default();
+        batch.add_command(ENTRIES, Command::Compact { index: index + 1 });
+        put(&mut batch, TRUNCATED_KEY, encode_truncated(index, term))?;
+        self.write_state().index.compact(index, term);
+        self.commit(&mut w, &mut batch)?;
+        // Deletes log files that hold only compacted entries (and rewrites nearly dead ones).
+        if let Err(e) = self.engine.purge_expired_files() {
+            tracing::warn!("raft-engine could not purge old log files: {e}");
+        }
+        Ok(())
+    }
+}
