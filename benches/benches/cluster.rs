@@ -1,15 +1,20 @@
 //! Framework overhead without a network: a 3-node in-process cluster over `LocalTransport`,
 //! proposals of empty payloads from 1, 16, 64 and 256 concurrent proposers through the
-//! leader. Throughput is reported as elements (proposals) per second.
+//! leader, on memory storage and on RocksDB (every log write synced). Throughput is reported
+//! as elements (proposals) per second. Set `RAFTKIT_BENCH_DIR` to put the RocksDB directories
+//! on another disk (default: the system temp directory).
 //!
 //! `cargo bench -p raftkit-benches --bench cluster`
+
+#![allow(clippy::panic)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use raft_core::testing::cluster::{test_config, StorageFactory, TestCluster};
-use raft_core::{Mailbox, MemLogStorage};
+use raft_core::{LogStorage, Mailbox, MemLogStorage};
+use raft_storage::RocksLogStorage;
 
 /// Proposals per measured iteration, spread over the proposers.
 const BATCH: u64 = 2048;
@@ -79,6 +84,27 @@ fn bench_storage(c: &mut Criterion, name: &str, factory: StorageFactory) {
 fn cluster(c: &mut Criterion) {
     let memory: StorageFactory = Arc::new(|_| Arc::new(MemLogStorage::new()));
     bench_storage(c, "memory", memory);
+
+    let root = std::env::var_os("RAFTKIT_BENCH_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let dirs = match tempfile::tempdir_in(&root) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("no directory for RocksDB under {}: {e}", root.display());
+            return;
+        }
+    };
+    let base = dirs.path().to_path_buf();
+    let rocks: StorageFactory = Arc::new(move |id| {
+        let dir = base.join(format!("node-{id}"));
+        match RocksLogStorage::open(&dir) {
+            Ok(log) => Arc::new(log) as Arc<dyn LogStorage>,
+            // The factory cannot return an error; a bench without its storage is meaningless.
+            Err(e) => panic!("opening {}: {e}", dir.display()),
+        }
+    });
+    bench_storage(c, "rocksdb", rocks);
 }
 
 criterion_group!(benches, cluster);

@@ -154,11 +154,18 @@ async fn cas_key(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     check_key(&key)?;
-    let cas: CasBody = serde_json::from_slice(&body).map_err(|e| {
+    let shape = |e: &dyn std::fmt::Display| {
         bad_request(format!(
             "expected {{\"expect\": string|null, \"value\": string}}: {e}"
         ))
-    })?;
+    };
+    // serde would also read a struct from a JSON array (`["old", "new"]`); only an object is
+    // this API's body.
+    let json: serde_json::Value = serde_json::from_slice(&body).map_err(|e| shape(&e))?;
+    if !json.is_object() {
+        return Err(shape(&"the body is not a JSON object"));
+    }
+    let cas: CasBody = serde_json::from_value(json).map_err(|e| shape(&e))?;
     let command = Command::Cas {
         key,
         expect: cas.expect.map(String::into_bytes),

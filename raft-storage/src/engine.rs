@@ -8,7 +8,9 @@ use raft_core::eraftpb::{Entry, HardState, RaftState, Snapshot};
 use raft_core::{limit_size, LogStorage, StorageError};
 use raft_engine::{Command, Config, Engine, LogBatch, MessageExt, ReadableSize};
 
-use crate::codec::{decode_hard_state, decode_truncated, encode, encode_truncated, SnapshotRecord};
+use crate::codec::{
+    decode_entry, decode_hard_state, decode_truncated, encode, encode_truncated, SnapshotRecord,
+};
 use crate::index::LogIndex;
 use crate::snapshot_file::{prepare_dir, SnapshotFiles};
 use crate::OpenOptions;
@@ -21,16 +23,106 @@ const HARD_STATE_KEY: &[u8] = b"hard_state";
 const TRUNCATED_KEY: &[u8] = b"truncated";
 const SNAPSHOT_KEY: &[u8] = b"snapshot";
 
-/// Tells raft-engine how to find an entry's index. raft-rs's prost types also implement
-/// `protobuf::Message` (protobuf 2), which is what raft-engine encodes with.
+/// One entry as raft-engine stores it: its index, then its prost encoding, length-prefixed
+/// (raft-engine checks the index of every entry it reads back).
+///
+/// raft-engine encodes entries through protobuf 2's `Message`; raft-rs's prost types carry a
+/// partial `protobuf::Message` impl whose streaming methods are `unimplemented!()`, so the
+/// engine gets this small message instead.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct EngineEntry {
+    index: u64,
+    bytes: Vec<u8>,
+    unknown: protobuf::UnknownFields,
+}
+
+impl EngineEntry {
+    fn encode(entry: &Entry) -> Self {
+        Self {
+            index: entry.index,
+            bytes: encode(entry),
+            unknown: Default::default(),
+        }
+    }
+}
+
+impl protobuf::Clear for EngineEntry {
+    fn clear(&mut self) {
+        self.index = 0;
+        self.bytes.clear();
+    }
+}
+
+impl protobuf::Message for EngineEntry {
+    fn descriptor(&self) -> &'static protobuf::reflect::MessageDescriptor {
+        // raft-engine never uses reflection; protobuf's default for this panics.
+        Self::descriptor_static()
+    }
+    fn is_initialized(&self) -> bool {
+        true
+    }
+    fn merge_from(
+        &mut self,
+        is: &mut protobuf::CodedInputStream<'_>,
+    ) -> protobuf::ProtobufResult<()> {
+        self.index = is.read_raw_varint64()?;
+        let len = is.read_raw_varint32()?;
+        self.bytes.clear();
+        is.read_raw_bytes_into(len, &mut self.bytes)
+    }
+    fn write_to_with_cached_sizes(
+        &self,
+        os: &mut protobuf::CodedOutputStream<'_>,
+    ) -> protobuf::ProtobufResult<()> {
+        os.write_raw_varint64(self.index)?;
+        os.write_raw_varint32(self.bytes.len() as u32)?;
+        os.write_raw_bytes(&self.bytes)
+    }
+    fn compute_size(&self) -> u32 {
+        let len = self.bytes.len() as u32;
+        protobuf::rt::compute_raw_varint64_size(self.index)
+            + protobuf::rt::compute_raw_varint32_size(len)
+            + len
+    }
+    fn get_cached_size(&self) -> u32 {
+        self.compute_size()
+    }
+    fn get_unknown_fields(&self) -> &protobuf::UnknownFields {
+        &self.unknown
+    }
+    fn mut_unknown_fields(&mut self) -> &mut protobuf::UnknownFields {
+        &mut self.unknown
+    }
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+    fn new() -> Self {
+        Self::default()
+    }
+    fn default_instance() -> &'static Self {
+        static INSTANCE: std::sync::OnceLock<EngineEntry> = std::sync::OnceLock::new();
+        INSTANCE.get_or_init(EngineEntry::default)
+    }
+}
+
+/// Tells raft-engine how to find an entry's index.
 struct EntryExt;
 
 impl MessageExt for EntryExt {
-    type Entry = Entry;
+    type Entry = EngineEntry;
 
-    fn index(e: &Entry) -> u64 {
+    fn index(e: &EngineEntry) -> u64 {
         e.index
     }
+}
+
+/// Decodes entries fetched from raft-engine, the first being `first`.
+fn decode_fetched(fetched: Vec<EngineEntry>, first: u64) -> Result<Vec<Entry>, StorageError> {
+    fetched
+        .iter()
+        .zip(first..)
+        .map(|(e, index)| decode_entry(&e.bytes, index))
+        .collect()
 }
 
 fn engine_error(action: &str, path: &Path, e: raft_engine::Error) -> StorageError {
@@ -199,9 +291,8 @@ impl RaftEngineLogStorage {
     ) -> Result<SnapshotRecord, StorageError> {
         let seq = w.next_seq;
         w.next_seq += 1;
-        let (len, crc) = self.snapshots.write(seq, &snapshot.data).map_err(|e| {
+        let (len, crc) = self.snapshots.write(seq, &snapshot.data).inspect_err(|e| {
             w.failed = Some(e.to_string());
-            e
         })?;
         Ok(SnapshotRecord {
             seq,
@@ -263,7 +354,7 @@ fn load(
             engine
                 .fetch_entries_to::<EntryExt>(ENTRIES, next, high, None, &mut chunk)
                 .map_err(|e| engine_error("reading the log in", path, e))?;
-            for e in &chunk {
+            for e in decode_fetched(chunk, next)? {
                 index.push_loaded(e.index, e.term)?;
             }
             next = high;
@@ -289,17 +380,18 @@ impl LogStorage for RaftEngineLogStorage {
         if !st.index.check_range(low, high)? {
             return Ok(Vec::new());
         }
-        let mut out = Vec::with_capacity((high - low).min(1024) as usize);
+        let mut fetched = Vec::with_capacity((high - low).min(1024) as usize);
         self.engine
             .fetch_entries_to::<EntryExt>(
                 ENTRIES,
                 low,
                 high,
                 max_size.map(|m| m.min(usize::MAX as u64) as usize),
-                &mut out,
+                &mut fetched,
             )
             .map_err(|e| raft::Error::from(engine_error("reading", &self.dir, e)))?;
-        if out.is_empty() || out.first().map(|e| e.index) != Some(low) {
+        let mut out = decode_fetched(fetched, low)?;
+        if out.is_empty() {
             return Err(StorageError::Corrupt(format!(
                 "{}: entries from {low} are missing from the log",
                 self.dir.display()
@@ -344,9 +436,10 @@ impl LogStorage for RaftEngineLogStorage {
         if plan.is_none() && hard_state.is_none() {
             return Ok(());
         }
+        let encoded: Vec<EngineEntry> = entries.iter().map(EngineEntry::encode).collect();
         let mut batch = LogBatch::with_capacity(entries.len());
         batch
-            .add_entries::<EntryExt>(ENTRIES, entries)
+            .add_entries::<EntryExt>(ENTRIES, &encoded)
             .map_err(|e| StorageError::Invalid(format!("cannot add entries to a batch: {e}")))?;
         if let Some(hs) = hard_state {
             put(&mut batch, HARD_STATE_KEY, encode(hs))?;
@@ -434,8 +527,8 @@ impl LogStorage for RaftEngineLogStorage {
         let mut batch = LogBatch::default();
         batch.add_command(ENTRIES, Command::Compact { index: index + 1 });
         put(&mut batch, TRUNCATED_KEY, encode_truncated(index, term))?;
-        self.write_state().index.compact(index, term);
         self.commit(&mut w, &mut batch)?;
+        self.write_state().index.compact(index, term);
         // Deletes log files that hold only compacted entries (and rewrites nearly dead ones).
         if let Err(e) = self.engine.purge_expired_files() {
             tracing::warn!("raft-engine could not purge old log files: {e}");
