@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # raftkit's two commands:  ./dev.sh run   (a local raft-kv cluster)   ./dev.sh test   (all tests)
 # Both first install the system packages the build needs (protoc; clang + libclang for
-# RocksDB's bindgen) when they are missing. `./dev.sh setup` does only that.
+# RocksDB's bindgen; iproute2 for the fault suite's network namespaces) when they are
+# missing. `./dev.sh setup` does only that.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -9,6 +10,8 @@ setup() {
     local missing=()
     command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
     command -v clang >/dev/null 2>&1 || missing+=(clang)
+    # `ip` for the fault suite's network namespaces (raft-kv-jepsen).
+    command -v ip >/dev/null 2>&1 || missing+=(iproute2)
     if ! ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 \
         && ! ls /usr/lib/*/libclang*.so* >/dev/null 2>&1; then
         missing+=(libclang-dev)

@@ -69,7 +69,7 @@ pub async fn run(args: ClusterArgs) -> Result<()> {
     let exe = std::env::current_exe().context("locating the raft-kv binary")?;
     let certs = args.data_dir.join("certs");
     if args.transport == TransportKind::Quic && !certs.join("ca.pem").exists() {
-        backends::write_dev_certs(&certs, args.nodes)?;
+        backends::write_dev_certs(&certs, args.nodes, &[])?;
     }
     let client = reqwest::Client::new();
     let mut children: Vec<Child> = Vec::new();

@@ -114,6 +114,10 @@ enum Cmd {
         /// Number of nodes.
         #[arg(long, default_value_t = 3)]
         nodes: u64,
+        /// Another DNS name or IP address the nodes are dialled at, besides loopback
+        /// (repeatable): QUIC checks the peer's certificate against the address it dials.
+        #[arg(long = "name")]
+        names: Vec<String>,
     },
 }
 
@@ -149,7 +153,7 @@ async fn main() -> std::process::ExitCode {
         } => client::cas(&endpoint, &key, expect, value).await,
         Cmd::Status { endpoint } => client::status(&endpoint).await,
         Cmd::Leave { endpoint } => client::leave(&endpoint).await,
-        Cmd::Certs { out, nodes } => backends::write_dev_certs(&out, nodes),
+        Cmd::Certs { out, nodes, names } => backends::write_dev_certs(&out, nodes, &names),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
