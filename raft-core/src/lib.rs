@@ -45,6 +45,7 @@
 
 mod config;
 mod error;
+mod forwarder;
 mod log_storage;
 mod logging;
 mod mailbox;

@@ -8,6 +8,7 @@ use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::forwarder::Forwarder;
 use crate::metrics::Metrics;
 use crate::node::driver::ask;
 use crate::node::messages::DriverMsg;
@@ -27,6 +28,8 @@ pub(crate) struct NodeHandle {
     pub(crate) config: Config,
     pub(crate) driver_tx: mpsc::Sender<DriverMsg>,
     pub(crate) transport: Arc<dyn Transport>,
+    /// Batches the proposals and reads this node forwards to the leader.
+    pub(crate) forwarder: Forwarder,
     pub(crate) counters: Arc<Counters>,
 }
 
@@ -393,6 +396,19 @@ impl Mailbox {
     }
 
     async fn run_remote(&self, addr: &str, op: &Op, timeout: Duration) -> Result<Vec<u8>> {
+        if let Op::Propose(data) | Op::Read(data, _) = op {
+            let forwarded = self
+                .node
+                .forwarder
+                .call(addr, op.to_request(timeout), data.len(), timeout)
+                .await;
+            return match forwarded {
+                // Timed out, or the call was lost after it may have been sent.
+                None => Err(Error::Timeout(timeout)),
+                Some(Err(e)) => Err(Error::Transport(e)),
+                Some(Ok(response)) => from_response(response),
+            };
+        }
         let call = self.node.transport.call(addr, op.to_request(timeout));
         match tokio::time::timeout(timeout, call).await {
             Err(_) => Err(Error::Timeout(timeout)),

@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::error::{Error, Result, StorageError};
+use crate::forwarder::Forwarder;
 use crate::log_storage::{snapshot_index, LogStorage, RaftStorage};
 use crate::logging::raft_logger;
 use crate::mailbox::{Mailbox, NodeHandle, Op};
@@ -126,6 +127,7 @@ impl RaftBuilder {
             addr,
             config: self.config,
             driver_tx,
+            forwarder: Forwarder::new(transport.clone()),
             transport,
             counters: Arc::new(Counters::default()),
         });

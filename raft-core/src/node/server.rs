@@ -11,9 +11,12 @@ use crate::error::{Error, TransportError};
 use crate::mailbox::NodeHandle;
 use crate::transport::InboundHandler;
 use crate::wire::{
-    self, request, response, ErrorCode, ErrorReply, LeaderInfoResponse, MembershipAction,
-    RaftBatch, Request, Response,
+    self, request, response, BatchRequest, BatchResponse, ErrorCode, ErrorReply,
+    LeaderInfoResponse, MembershipAction, RaftBatch, Request, Response,
 };
+
+/// Most requests accepted in one batch (the forwarding side sends at most 512).
+const MAX_BATCH: usize = 4096;
 
 pub(crate) struct NodeServer {
     pub(crate) node: Arc<NodeHandle>,
@@ -69,9 +72,42 @@ impl InboundHandler for NodeServer {
     }
 
     async fn call(&self, request: Request) -> Response {
+        match request.kind {
+            Some(request::Kind::Batch(batch)) => self.call_batch(batch).await,
+            kind => self.call_one(kind).await,
+        }
+    }
+}
+
+impl NodeServer {
+    /// A follower's forwarded proposals and queries: each handled as if it came alone, all
+    /// at once (the driver then puts them in one raft proposal and one ReadIndex).
+    async fn call_batch(&self, batch: BatchRequest) -> Response {
+        if batch.requests.len() > MAX_BATCH {
+            return reply(response::Kind::Error(error_to_wire(&Error::Invalid(format!(
+                "a batch of {} requests (at most {MAX_BATCH})",
+                batch.requests.len()
+            )))));
+        }
+        let answers = batch.requests.into_iter().map(|r| async move {
+            match r.kind {
+                kind @ Some(request::Kind::Propose(_) | request::Kind::Query(_)) => {
+                    self.call_one(kind).await
+                }
+                _ => reply(response::Kind::Error(error_to_wire(&Error::Invalid(
+                    "only proposals and queries can be batched".into(),
+                )))),
+            }
+        });
+        let responses = futures::future::join_all(answers).await;
+        reply(response::Kind::Batch(BatchResponse { responses }))
+    }
+
+    async fn call_one(&self, kind: Option<request::Kind>) -> Response {
         let default = self.node.config.request_timeout;
-        let result: Result<response::Kind, Error> = match request.kind {
+        let result: Result<response::Kind, Error> = match kind {
             None => Err(Error::Invalid("empty request".into())),
+            Some(request::Kind::Batch(_)) => Err(Error::Invalid("a batch inside a batch".into())),
             Some(request::Kind::Propose(p)) => self
                 .node
                 .propose_local(p.data, timeout_of(p.timeout_ms, default))
