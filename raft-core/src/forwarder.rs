@@ -148,10 +148,8 @@ async fn send(
         }
         return;
     }
-    let (requests, replies): (Vec<Request>, Vec<oneshot::Sender<Answer>>) = batch
-        .into_iter()
-        .map(|p| (p.request, p.reply))
-        .unzip();
+    let (requests, replies): (Vec<Request>, Vec<oneshot::Sender<Answer>>) =
+        batch.into_iter().map(|p| (p.request, p.reply)).unzip();
     let count = requests.len();
     let call = transport.call(
         &addr,

@@ -84,10 +84,12 @@ impl NodeServer {
     /// at once (the driver then puts them in one raft proposal and one ReadIndex).
     async fn call_batch(&self, batch: BatchRequest) -> Response {
         if batch.requests.len() > MAX_BATCH {
-            return reply(response::Kind::Error(error_to_wire(&Error::Invalid(format!(
-                "a batch of {} requests (at most {MAX_BATCH})",
-                batch.requests.len()
-            )))));
+            return reply(response::Kind::Error(error_to_wire(&Error::Invalid(
+                format!(
+                    "a batch of {} requests (at most {MAX_BATCH})",
+                    batch.requests.len()
+                ),
+            ))));
         }
         let answers = batch.requests.into_iter().map(|r| async move {
             match r.kind {
