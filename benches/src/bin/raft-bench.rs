@@ -14,8 +14,13 @@ use std::time::{Duration, Instant};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::{bail, Context, Result};
+use bytes::Bytes;
 use clap::Parser;
 use hdrhistogram::Histogram;
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper::{Method, StatusCode};
+use hyper_util::rt::TokioIo;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -60,16 +65,84 @@ fn histogram() -> Result<Histogram<u64>> {
     Ok(Histogram::new_with_bounds(1, 60_000_000, 3)?)
 }
 
+/// One keep-alive HTTP/1.1 connection to one node, reopened after an error.
+struct Connection {
+    authority: String,
+    sender: Option<SendRequest<Full<Bytes>>>,
+}
+
+impl Connection {
+    fn new(endpoint: &str) -> Result<Self> {
+        let Some(authority) = endpoint.strip_prefix("http://") else {
+            bail!("endpoints must be http://host:port, not {endpoint}");
+        };
+        Ok(Self {
+            authority: authority.trim_end_matches('/').to_string(),
+            sender: None,
+        })
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, String> {
+        let stream = tokio::net::TcpStream::connect(&self.authority)
+            .await
+            .map_err(|e| format!("connecting to {}: {e}", self.authority))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        Ok(sender)
+    }
+
+    /// Sends one request; the answer's status once its body is read.
+    async fn send(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<StatusCode, String> {
+        let result = self.try_send(method, path, body).await;
+        if result.is_err() {
+            self.sender = None;
+        }
+        result
+    }
+
+    async fn try_send(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<StatusCode, String> {
+        if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
+            self.sender = Some(self.connect().await?);
+        }
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(hyper::header::HOST, &self.authority)
+            .body(Full::new(body))
+            .map_err(|e| e.to_string())?;
+        let sender = self.sender.as_mut().ok_or("no connection")?;
+        let exchange = async {
+            sender.ready().await?;
+            let response = sender.send_request(request).await?;
+            let status = response.status();
+            response.into_body().collect().await?;
+            Ok::<_, hyper::Error>(status)
+        };
+        match tokio::time::timeout(Duration::from_secs(10), exchange).await {
+            Err(_) => Err("timed out after 10 s".into()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Ok(status)) => Ok(status),
+        }
+    }
+}
+
 async fn client(args: Args, id: usize, start: Instant) -> Result<ClientResult> {
-    let endpoint = args.endpoints[id % args.endpoints.len()]
-        .trim_end_matches('/')
-        .to_string();
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(1)
-        .timeout(Duration::from_secs(10))
-        .build()?;
+    let mut connection = Connection::new(&args.endpoints[id % args.endpoints.len()])?;
     let mut rng = StdRng::seed_from_u64(args.seed.wrapping_add(id as u64));
-    let value = vec![b'x'; args.value_size];
+    let value = Bytes::from(vec![b'x'; args.value_size]);
     let measure_from = start + Duration::from_secs_f64(args.warmup);
     let stop = measure_from + Duration::from_secs_f64(args.duration);
     let mut result = ClientResult {
@@ -84,25 +157,24 @@ async fn client(args: Args, id: usize, start: Instant) -> Result<ClientResult> {
             return Ok(result);
         }
         let key = rng.gen_range(0..args.keys);
-        let url = format!("{endpoint}/kv/bench-{key}");
+        let path = format!("/kv/bench-{key}");
         let read = rng.gen_bool(args.read_ratio.clamp(0.0, 1.0));
         let began = Instant::now();
         let outcome = if read {
-            http.get(&url).send().await
+            connection.send(Method::GET, &path, Bytes::new()).await
         } else {
-            http.put(&url).body(value.clone()).send().await
+            connection.send(Method::PUT, &path, value.clone()).await
         };
         let ok = match outcome {
-            Ok(response) => {
-                let status = response.status();
-                let _ = response.bytes().await;
-                if status.is_success() || (read && status == reqwest::StatusCode::NOT_FOUND) {
-                    Ok(())
-                } else {
-                    Err(format!("HTTP {status}"))
-                }
+            Ok(status) if status.is_success() || (read && status == StatusCode::NOT_FOUND) => {
+                Ok(())
             }
-            Err(e) => Err(e.to_string()),
+            Ok(status) => Err(format!("HTTP {status}")),
+            Err(e) => {
+                // The node is down or restarting: do not spin on it.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                Err(e)
+            }
         };
         if began < measure_from {
             continue;
