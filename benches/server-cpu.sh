@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# CPU time the three raft-kv servers spend per operation, for one load level. On a shared,
+# noisy machine this is steadier than throughput, so it is what before/after comparisons of
+# the server's code use: build both versions, then alternate runs of each.
+#
+#   benches/server-cpu.sh [BIN_DIR] [CLIENTS] [READ_RATIO] [SECONDS]
+#   benches/server-cpu.sh target/release 256 0 5
+#
+# BIN_DIR holds `raft-kv` and `raft-bench` (default: the release target directory; build it
+# with `cargo build --release --workspace --all-targets`). Prints one line:
+#   clients=256 ratio=0 ops/s=28251 server_cpu_us_per_op=42
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bin="${1:-${CARGO_TARGET_DIR:-target}/release}"
+clients="${2:-256}"
+ratio="${3:-0}"
+secs="${4:-5}"
+base_port="${BASE_PORT:-7800}"
+
+data="$(mktemp -d)"
+"$bin/raft-kv" cluster --nodes 3 --base-port "$base_port" --data-dir "$data" >"$data/out" 2>&1 &
+cluster_pid=$!
+cleanup() {
+    kill -INT "$cluster_pid" 2>/dev/null || true
+    wait "$cluster_pid" 2>/dev/null || true
+    rm -rf "$data"
+}
+trap cleanup EXIT
+for _ in $(seq 1 300); do
+    grep -q "nodes are voters" "$data/out" && break
+    sleep 0.1
+done
+grep -q "nodes are voters" "$data/out" || { cat "$data/out"; exit 1; }
+
+pids="$(pgrep -f "raft-kv serve --id [0-9]+ --raft-addr 127.0.0.1:$((base_port / 10))" | tr '\n' ' ')"
+[ -n "$pids" ] || { echo "no raft-kv servers found" >&2; exit 1; }
+# utime + stime of the servers, in clock ticks.
+ticks() {
+    local total=0 pid
+    for pid in $pids; do
+        total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
+    done
+    echo "$total"
+}
+hz="$(getconf CLK_TCK)"
+endpoints="http://127.0.0.1:$((base_port + 101)),http://127.0.0.1:$((base_port + 102)),http://127.0.0.1:$((base_port + 103))"
+# Warm up (connections, caches, the leader's first log segments) outside the measurement.
+"$bin/raft-bench" --endpoints "$endpoints" --clients "$clients" --duration 2 --warmup 0 \
+    --read-ratio "$ratio" >/dev/null
+before="$(ticks)"
+"$bin/raft-bench" --endpoints "$endpoints" --clients "$clients" --duration "$secs" --warmup 0 \
+    --read-ratio "$ratio" >"$data/bench"
+after="$(ticks)"
+ops="$(tail -n 1 "$data/bench" | python3 -c 'import json, sys; j = json.load(sys.stdin); print(j["put"]["ops"] + j["get"]["ops"])')"
+echo "clients=$clients ratio=$ratio ops/s=$((ops / secs)) server_cpu_us_per_op=$(((after - before) * 1000000 / hz / ops))"
