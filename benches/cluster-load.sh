@@ -20,27 +20,9 @@ target="${CARGO_TARGET_DIR:-target}"
 # The whole workspace, so this build shares its dependencies with `cargo bench`.
 cargo build --release --workspace --all-targets
 
-data="$(mktemp -d)"
-"$target/release/raft-kv" cluster --nodes 3 --transport "$transport" --storage "$storage" \
-    --base-port "$base_port" --data-dir "$data" >"$data/cluster.out" 2>&1 &
-cluster_pid=$!
-cleanup() {
-    kill -INT "$cluster_pid" 2>/dev/null || true
-    wait "$cluster_pid" 2>/dev/null || true
-    rm -rf "$data"
-}
-trap cleanup EXIT
-
-for _ in $(seq 1 600); do
-    grep -q "nodes are voters" "$data/cluster.out" && break
-    if ! kill -0 "$cluster_pid" 2>/dev/null; then
-        cat "$data/cluster.out"
-        exit 1
-    fi
-    sleep 0.1
-done
-grep -q "nodes are voters" "$data/cluster.out" || { cat "$data/cluster.out"; exit 1; }
-endpoints="http://127.0.0.1:$((base_port + 101)),http://127.0.0.1:$((base_port + 102)),http://127.0.0.1:$((base_port + 103))"
+bin="$target/release"
+# shellcheck source=benches/start-cluster.sh
+source benches/start-cluster.sh
 
 # The leader's proposal and log-write (fsync) counters, from /metrics: "proposals writes".
 leader_counters() {
@@ -63,7 +45,7 @@ for mode in write read; do
     for n in $clients; do
         echo "## $mode, $n clients"
         read -r proposals_before writes_before <<<"$(leader_counters)"
-        line="$("$target/release/raft-bench" --endpoints "$endpoints" --clients "$n" \
+        line="$("$bin/raft-bench" --endpoints "$endpoints" --clients "$n" \
             --duration "$duration" --warmup 2 --read-ratio "$ratio" --keys 1000 \
             --value-size 100 | tee /dev/stderr | tail -n 1)"
         read -r proposals_after writes_after <<<"$(leader_counters)"

@@ -18,22 +18,12 @@ ratio="${3:-0}"
 secs="${4:-5}"
 base_port="${BASE_PORT:-7800}"
 
-data="$(mktemp -d)"
-"$bin/raft-kv" cluster --nodes 3 --base-port "$base_port" --data-dir "$data" >"$data/out" 2>&1 &
-cluster_pid=$!
-cleanup() {
-    kill -INT "$cluster_pid" 2>/dev/null || true
-    wait "$cluster_pid" 2>/dev/null || true
-    rm -rf "$data"
-}
-trap cleanup EXIT
-for _ in $(seq 1 300); do
-    grep -q "nodes are voters" "$data/out" && break
-    sleep 0.1
-done
-grep -q "nodes are voters" "$data/out" || { cat "$data/out"; exit 1; }
+transport=grpc
+storage=rocksdb
+# shellcheck source=benches/start-cluster.sh
+source benches/start-cluster.sh
 
-pids="$(pgrep -f "raft-kv serve --id [0-9]+ --raft-addr 127.0.0.1:$((base_port / 10))" | tr '\n' ' ')"
+pids="$(pgrep -f -- "--data-dir $data/node-" | tr '\n' ' ')"
 [ -n "$pids" ] || { echo "no raft-kv servers found" >&2; exit 1; }
 # utime + stime of the servers, in clock ticks.
 ticks() {
@@ -44,7 +34,6 @@ ticks() {
     echo "$total"
 }
 hz="$(getconf CLK_TCK)"
-endpoints="http://127.0.0.1:$((base_port + 101)),http://127.0.0.1:$((base_port + 102)),http://127.0.0.1:$((base_port + 103))"
 # Warm up (connections, caches, the leader's first log segments) outside the measurement.
 "$bin/raft-bench" --endpoints "$endpoints" --clients "$clients" --duration 2 --warmup 0 \
     --read-ratio "$ratio" >/dev/null

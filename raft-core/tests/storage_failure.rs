@@ -4,76 +4,22 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use raft::prelude::{Entry, HardState, Snapshot};
-use raft::RaftState;
+use raft_core::testing::breakable::BreakableLog;
 use raft_core::testing::cluster::test_config;
 use raft_core::testing::kv::{encode_op, KvStore};
 use raft_core::testing::linearizability::KvOp;
-use raft_core::{Error, LocalNetwork, LogStorage, MemLogStorage, Raft, StorageError};
-
-/// A log whose writes fail once `broken` is set, like a full or dying disk.
-#[derive(Clone, Default)]
-struct BreakableLog {
-    inner: MemLogStorage,
-    broken: Arc<AtomicBool>,
-}
-
-impl BreakableLog {
-    fn check(&self) -> Result<(), StorageError> {
-        if self.broken.load(Ordering::SeqCst) {
-            return Err(StorageError::Io(
-                "simulated: no space left on device".into(),
-            ));
-        }
-        Ok(())
-    }
-}
-
-impl LogStorage for BreakableLog {
-    fn initial_state(&self) -> raft::Result<RaftState> {
-        self.inner.initial_state()
-    }
-    fn entries(&self, low: u64, high: u64, max: Option<u64>) -> raft::Result<Vec<Entry>> {
-        self.inner.entries(low, high, max)
-    }
-    fn term(&self, index: u64) -> raft::Result<u64> {
-        self.inner.term(index)
-    }
-    fn first_index(&self) -> raft::Result<u64> {
-        self.inner.first_index()
-    }
-    fn last_index(&self) -> raft::Result<u64> {
-        self.inner.last_index()
-    }
-    fn snapshot(&self) -> raft::Result<Snapshot> {
-        self.inner.snapshot()
-    }
-    fn append(&self, entries: &[Entry], hs: Option<&HardState>) -> Result<(), StorageError> {
-        self.check()?;
-        self.inner.append(entries, hs)
-    }
-    fn install_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
-        self.check()?;
-        self.inner.install_snapshot(snapshot)
-    }
-    fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
-        self.check()?;
-        self.inner.save_snapshot(snapshot)
-    }
-    fn compact(&self, index: u64) -> Result<(), StorageError> {
-        self.check()?;
-        self.inner.compact(index)
-    }
-}
+use raft_core::{Error, LocalNetwork, LogStorage, MemLogStorage, Raft};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_write_stops_the_node_and_acknowledges_nothing() {
     support::init_tracing();
-    let log = BreakableLog::default();
+    let log = BreakableLog::new(
+        Arc::new(MemLogStorage::new()),
+        "simulated: no space left on device",
+    );
     let raft = Raft::builder(1, KvStore::new())
         .raft_addr("node-1")
         .transport(LocalNetwork::new().transport())
@@ -93,9 +39,9 @@ async fn failed_write_stops_the_node_and_acknowledges_nothing() {
         .send_proposal(put("before"))
         .await
         .expect("healthy write");
-    let last_durable = log.inner.last_index().unwrap();
+    let last_durable = log.inner().last_index().unwrap();
 
-    log.broken.store(true, Ordering::SeqCst);
+    log.break_writes();
     let result = mailbox.send_proposal(put("after")).await;
     assert!(
         result.is_err(),
@@ -110,7 +56,7 @@ async fn failed_write_stops_the_node_and_acknowledges_nothing() {
         other => panic!("the node must stop with the storage error, got {other:?}"),
     }
     assert_eq!(
-        log.inner.last_index().unwrap(),
+        log.inner().last_index().unwrap(),
         last_durable,
         "nothing new was written"
     );

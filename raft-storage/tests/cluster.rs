@@ -5,11 +5,11 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use raft_core::eraftpb::{Entry, HardState, RaftState, Snapshot};
+use raft_core::testing::breakable::BreakableLog;
 use raft_core::testing::cluster::{seed, test_config, StorageFactory, TestCluster};
 use raft_core::testing::kv::{encode_op, KvClient, KvStore};
 use raft_core::testing::linearizability::{assert_linearizable, History, KvOp, KvOutput};
@@ -39,54 +39,6 @@ fn open_when_free(dir: &Path) -> RocksLogStorage {
     }
 }
 
-/// Delegates to a RocksDB log and fails every append from the `fail_at`-th on (0: never),
-/// like a disk whose fdatasync starts returning EIO.
-struct FailingLog {
-    inner: Arc<RocksLogStorage>,
-    appends: AtomicU64,
-    fail_at: AtomicU64,
-}
-
-impl LogStorage for FailingLog {
-    fn initial_state(&self) -> raft::Result<RaftState> {
-        self.inner.initial_state()
-    }
-    fn entries(&self, low: u64, high: u64, max: Option<u64>) -> raft::Result<Vec<Entry>> {
-        self.inner.entries(low, high, max)
-    }
-    fn term(&self, index: u64) -> raft::Result<u64> {
-        self.inner.term(index)
-    }
-    fn first_index(&self) -> raft::Result<u64> {
-        self.inner.first_index()
-    }
-    fn last_index(&self) -> raft::Result<u64> {
-        self.inner.last_index()
-    }
-    fn snapshot(&self) -> raft::Result<Snapshot> {
-        self.inner.snapshot()
-    }
-    fn append(&self, entries: &[Entry], hs: Option<&HardState>) -> Result<(), StorageError> {
-        let n = self.appends.fetch_add(1, Ordering::SeqCst) + 1;
-        let fail_at = self.fail_at.load(Ordering::SeqCst);
-        if fail_at != 0 && n >= fail_at {
-            return Err(StorageError::Io(
-                "simulated: fdatasync failed: Input/output error".into(),
-            ));
-        }
-        self.inner.append(entries, hs)
-    }
-    fn install_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
-        self.inner.install_snapshot(snapshot)
-    }
-    fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
-        self.inner.save_snapshot(snapshot)
-    }
-    fn compact(&self, index: u64) -> Result<(), StorageError> {
-        self.inner.compact(index)
-    }
-}
-
 fn put(key: &str, value: &str) -> Vec<u8> {
     encode_op(&KvOp::Put {
         key: key.into(),
@@ -103,11 +55,10 @@ async fn failed_write_stops_the_node_and_acknowledges_nothing() {
     init_tracing();
     let dir = tempfile::tempdir().unwrap();
     let rocks = Arc::new(RocksLogStorage::open(dir.path()).unwrap());
-    let log = Arc::new(FailingLog {
-        inner: rocks.clone(),
-        appends: AtomicU64::new(0),
-        fail_at: AtomicU64::new(0),
-    });
+    let log = BreakableLog::new(
+        rocks.clone(),
+        "simulated: fdatasync failed: Input/output error",
+    );
     let raft = Raft::builder(1, KvStore::new())
         .raft_addr("node-1")
         .transport(LocalNetwork::new().transport())
@@ -126,8 +77,7 @@ async fn failed_write_stops_the_node_and_acknowledges_nothing() {
     let last_durable = rocks.last_index().unwrap();
 
     // The next append fails.
-    log.fail_at
-        .store(log.appends.load(Ordering::SeqCst) + 1, Ordering::SeqCst);
+    log.break_writes();
     let result = mailbox.send_proposal(put("k", "never-durable")).await;
     assert!(
         result.is_err(),
