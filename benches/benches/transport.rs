@@ -33,14 +33,22 @@ struct Sink {
 
 #[async_trait]
 impl InboundHandler for Sink {
-    async fn raft_batch(&self, batch: RaftBatch) -> Result<(), TransportError> {
+    async fn raft_batch(
+        &self,
+        _peer: raft_core::PeerIdentity,
+        batch: RaftBatch,
+    ) -> Result<(), TransportError> {
         self.messages
             .fetch_add(batch.messages.len() as u64, Ordering::Relaxed);
         self.arrived.notify_waiters();
         Ok(())
     }
 
-    async fn call(&self, _request: wire::Request) -> wire::Response {
+    async fn call(
+        &self,
+        _peer: raft_core::PeerIdentity,
+        _request: wire::Request,
+    ) -> wire::Response {
         wire::Response {
             kind: Some(response::Kind::Status(wire::NodeStatus {
                 id: 2,

@@ -52,6 +52,25 @@ pub struct Config {
     /// A learner that joined is promoted once it is at most this many entries behind.
     /// Default 100.
     pub promote_lag: u64,
+    /// Bytes of committed entries waiting for [`crate::Store::apply`] beyond which the leader
+    /// answers new proposals [`crate::Error::Busy`], and beyond twice which a node stops
+    /// taking new committed entries from raft until its store catches up. Default 64 MiB.
+    pub max_apply_backlog_bytes: u64,
+    /// Bytes of proposed but uncommitted entries a leader holds before it answers new
+    /// proposals [`crate::Error::Busy`] (raft-rs's `max_uncommitted_size`). Default 64 MiB;
+    /// at least `max_size_per_msg`.
+    pub max_uncommitted_bytes: u64,
+    /// Largest proposal accepted, in bytes. Default 8 MiB.
+    pub max_proposal_bytes: usize,
+    /// Reads a node keeps waiting (for a read index or for the state machine to catch up)
+    /// before it answers new ones [`crate::Error::Busy`]. Default 65 536.
+    pub max_pending_reads: usize,
+    /// Requests a follower queues for forwarding to one leader before it answers new ones
+    /// [`crate::Error::Busy`]. Default 4 096.
+    pub max_forward_queue: usize,
+    /// A snapshot transfer from the leader that sends no chunk for this long is dropped.
+    /// Default 60 s.
+    pub snapshot_transfer_timeout: Duration,
 }
 
 impl Default for Config {
@@ -72,6 +91,12 @@ impl Default for Config {
             request_timeout: Duration::from_secs(5),
             read_retry_interval: Duration::from_millis(300),
             promote_lag: 100,
+            max_apply_backlog_bytes: 64 * 1024 * 1024,
+            max_uncommitted_bytes: 64 * 1024 * 1024,
+            max_proposal_bytes: 8 * 1024 * 1024,
+            max_pending_reads: 65_536,
+            max_forward_queue: 4_096,
+            snapshot_transfer_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -98,12 +123,42 @@ impl Config {
         if self.request_timeout.is_zero() {
             return fail("request_timeout must be positive");
         }
+        if self.max_uncommitted_bytes < self.max_size_per_msg {
+            return fail("max_uncommitted_bytes must be at least max_size_per_msg");
+        }
+        if self.max_apply_backlog_bytes == 0 {
+            return fail("max_apply_backlog_bytes must be positive");
+        }
+        if self.max_proposal_bytes == 0 || self.max_pending_reads == 0 {
+            return fail("max_proposal_bytes and max_pending_reads must be positive");
+        }
+        if self.max_forward_queue == 0 {
+            return fail("max_forward_queue must be positive");
+        }
+        if self.snapshot_transfer_timeout.is_zero() {
+            return fail("snapshot_transfer_timeout must be positive");
+        }
         Ok(())
     }
 
-    /// The shortest possible election timeout, the basis of leader leases.
+    /// The shortest possible election timeout.
     pub(crate) fn min_election_timeout(&self) -> Duration {
         self.tick_interval * self.election_tick as u32
+    }
+
+    /// How long a leader may serve lease reads after a quorum acknowledged it, counted from
+    /// before it asked: `election_tick - 2` ticks, or zero (no lease reads) when
+    /// `check_quorum` is off or the election timeout is too short to leave a margin.
+    ///
+    /// A follower that heard from the leader refuses to vote for `election_tick` of its own
+    /// ticks; the first of them may come at once after the heartbeat, so the window is at
+    /// least `election_tick - 1` tick intervals. One more tick of margin absorbs clock rate
+    /// differences between the nodes.
+    pub(crate) fn lease_duration(&self) -> Duration {
+        if !self.check_quorum || self.election_tick < 3 {
+            return Duration::ZERO;
+        }
+        self.tick_interval * (self.election_tick - 2) as u32
     }
 
     pub(crate) fn to_raft(&self, id: u64, applied: u64) -> raft::Config {
@@ -120,6 +175,7 @@ impl Config {
             read_only_option: raft::ReadOnlyOption::Safe,
             // Merge appends queued for the same follower into one message.
             batch_append: true,
+            max_uncommitted_size: self.max_uncommitted_bytes,
             ..Default::default()
         }
     }
@@ -148,6 +204,35 @@ mod tests {
             ..Config::default()
         };
         assert!(zero.validate().is_err());
+    }
+
+    /// The lease never outlasts the window in which followers refuse to vote.
+    #[test]
+    fn the_lease_ends_a_tick_before_followers_may_vote() {
+        for election_tick in 2..40 {
+            for check_quorum in [true, false] {
+                let c = Config {
+                    election_tick,
+                    heartbeat_tick: 1,
+                    check_quorum,
+                    ..Config::default()
+                };
+                let lease = c.lease_duration();
+                let no_vote_window = c.tick_interval * (election_tick as u32 - 1);
+                if !check_quorum {
+                    assert_eq!(lease, Duration::ZERO, "no lease without check_quorum");
+                } else {
+                    assert!(
+                        lease + c.tick_interval <= no_vote_window || lease.is_zero(),
+                        "election_tick {election_tick}: lease {lease:?}, window {no_vote_window:?}"
+                    );
+                }
+            }
+        }
+        assert_eq!(
+            Config::default().lease_duration(),
+            Duration::from_millis(800)
+        );
     }
 
     #[test]

@@ -51,6 +51,10 @@ pub enum Error {
     /// Another membership change is in progress; retry once it completes.
     #[error("another membership change is in progress; retry when it completes")]
     MembershipBusy,
+    /// The node is overloaded (a bounded queue is full, or the state machine lags behind
+    /// the log). The request did not take effect; retry after a short pause.
+    #[error("busy: {0}; the request did not take effect, retry shortly")]
+    Busy(String),
     /// The node has stopped (shut down, removed from the cluster, or failed).
     #[error("the raft node is not running (stopped, removed, or failed)")]
     Shutdown,
@@ -87,6 +91,7 @@ impl Error {
                 | Error::NotLeader { .. }
                 | Error::ProposalDropped
                 | Error::MembershipBusy
+                | Error::Busy(_)
                 | Error::Transport(TransportError::Unreachable { .. })
         )
     }

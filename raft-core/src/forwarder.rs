@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::error::TransportError;
+use crate::node::Counters;
 use crate::transport::Transport;
 use crate::wire::{request, response, BatchRequest, Request, Response};
 
@@ -24,8 +25,22 @@ const IN_FLIGHT: usize = 2;
 const MAX_BATCH: usize = 512;
 /// Stop adding requests to a batch once their payloads reach this size (bytes).
 const MAX_BATCH_BYTES: usize = 1 << 20;
+/// Most destinations with a queue at once (leaders come and go; idle queues are dropped).
+const MAX_DESTINATIONS: usize = 64;
 
 type Answer = Result<Response, TransportError>;
+
+/// How a forwarded request ended.
+pub(crate) enum Forwarded {
+    /// The destination answered.
+    Answer(Response),
+    /// The transport failed.
+    Failed(TransportError),
+    /// No answer within the timeout (the request may have been delivered).
+    TimedOut,
+    /// The queue to that destination is full: the request was not sent.
+    Busy,
+}
 
 struct Pending {
     request: Request,
@@ -34,16 +49,26 @@ struct Pending {
     reply: oneshot::Sender<Answer>,
 }
 
-/// Per-destination queues of requests to forward.
+type Queues = HashMap<String, mpsc::Sender<Pending>>;
+
+/// Per-destination queues of requests to forward, each bounded.
 pub(crate) struct Forwarder {
     transport: Arc<dyn Transport>,
-    queues: Mutex<HashMap<String, mpsc::UnboundedSender<Pending>>>,
+    capacity: usize,
+    counters: Arc<Counters>,
+    queues: Mutex<Queues>,
 }
 
 impl Forwarder {
-    pub(crate) fn new(transport: Arc<dyn Transport>) -> Self {
+    pub(crate) fn new(
+        transport: Arc<dyn Transport>,
+        capacity: usize,
+        counters: Arc<Counters>,
+    ) -> Self {
         Self {
             transport,
+            capacity,
+            counters,
             queues: Mutex::new(HashMap::new()),
         }
     }
@@ -56,7 +81,7 @@ impl Forwarder {
         request: Request,
         size: usize,
         timeout: Duration,
-    ) -> Option<Answer> {
+    ) -> Forwarded {
         let (tx, rx) = oneshot::channel();
         let mut pending = Pending {
             request,
@@ -64,67 +89,106 @@ impl Forwarder {
             timeout,
             reply: tx,
         };
+        let depth = &self.counters.metrics.forward_queue;
         // A queue whose task ended (its runtime shut down) is replaced once.
         for _ in 0..2 {
-            let queue = self.queue(addr);
-            match queue.send(pending) {
-                Ok(()) => return tokio::time::timeout(timeout, rx).await.ok()?.ok(),
-                Err(mpsc::error::SendError(p)) => {
+            let Some(queue) = self.queue(addr) else {
+                return Forwarded::Busy;
+            };
+            match queue.try_send(pending) {
+                Ok(()) => {
+                    depth.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return match tokio::time::timeout(timeout, rx).await {
+                        Ok(Ok(Ok(response))) => Forwarded::Answer(response),
+                        Ok(Ok(Err(e))) => Forwarded::Failed(e),
+                        Ok(Err(_)) | Err(_) => Forwarded::TimedOut,
+                    };
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => return Forwarded::Busy,
+                Err(mpsc::error::TrySendError::Closed(p)) => {
                     pending = p;
                     self.lock().remove(addr);
                 }
             }
         }
-        None
+        Forwarded::TimedOut
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, mpsc::UnboundedSender<Pending>>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queues> {
         self.queues.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn queue(&self, addr: &str) -> mpsc::UnboundedSender<Pending> {
+    /// The queue to `addr`, created on first use; `None` when there are too many busy
+    /// destinations to add another.
+    fn queue(&self, addr: &str) -> Option<mpsc::Sender<Pending>> {
         let mut queues = self.lock();
         if let Some(q) = queues.get(addr).filter(|q| !q.is_closed()) {
-            return q.clone();
+            return Some(q.clone());
         }
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(drain(self.transport.clone(), addr.to_string(), rx));
+        if queues.len() >= MAX_DESTINATIONS {
+            // Idle queues go; their drain tasks end when their sender is dropped.
+            let capacity = self.capacity;
+            queues.retain(|_, q| !q.is_closed() && q.capacity() < capacity);
+            if queues.len() >= MAX_DESTINATIONS {
+                return None;
+            }
+        }
+        let (tx, rx) = mpsc::channel(self.capacity);
+        let drain = Drain {
+            transport: self.transport.clone(),
+            addr: addr.to_string(),
+            counters: self.counters.clone(),
+        };
+        tokio::spawn(drain.run(rx));
         queues.insert(addr.to_string(), tx.clone());
-        tx
+        Some(tx)
     }
 }
 
 /// Takes requests off one destination's queue, at most [`IN_FLIGHT`] calls at a time.
-async fn drain(
+struct Drain {
     transport: Arc<dyn Transport>,
     addr: String,
-    mut queue: mpsc::UnboundedReceiver<Pending>,
-) {
-    let permits = Arc::new(Semaphore::new(IN_FLIGHT));
-    loop {
-        let Ok(permit) = permits.clone().acquire_owned().await else {
-            return;
-        };
-        let Some(first) = queue.recv().await else {
-            return;
-        };
-        let mut size = first.size;
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH && size < MAX_BATCH_BYTES {
-            match queue.try_recv() {
-                Ok(p) => {
-                    size += p.size;
-                    batch.push(p);
+    counters: Arc<Counters>,
+}
+
+impl Drain {
+    async fn run(self, mut queue: mpsc::Receiver<Pending>) {
+        let permits = Arc::new(Semaphore::new(IN_FLIGHT));
+        loop {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                return;
+            };
+            let Some(first) = queue.recv().await else {
+                return;
+            };
+            let mut size = first.size;
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH && size < MAX_BATCH_BYTES {
+                match queue.try_recv() {
+                    Ok(p) => {
+                        size += p.size;
+                        batch.push(p);
+                    }
+                    Err(_) => break,
                 }
-                Err(_) => break,
             }
+            self.counters
+                .metrics
+                .forward_queue
+                .fetch_sub(batch.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            // Callers that gave up already need no call.
+            batch.retain(|p| !p.reply.is_closed());
+            if batch.is_empty() {
+                continue;
+            }
+            tokio::spawn(send(
+                self.transport.clone(),
+                self.addr.clone(),
+                batch,
+                permit,
+            ));
         }
-        // Callers that gave up already need no call.
-        batch.retain(|p| !p.reply.is_closed());
-        if batch.is_empty() {
-            continue;
-        }
-        tokio::spawn(send(transport.clone(), addr.clone(), batch, permit));
     }
 }
 
@@ -263,14 +327,29 @@ mod tests {
         }
     }
 
+    /// The old shape of an outcome: an answer, a transport error, or nothing.
+    fn answer(f: Forwarded) -> Option<Answer> {
+        match f {
+            Forwarded::Answer(r) => Some(Ok(r)),
+            Forwarded::Failed(e) => Some(Err(e)),
+            Forwarded::TimedOut | Forwarded::Busy => None,
+        }
+    }
+
     async fn call_many(transport: Arc<Echo>, n: u32) -> Vec<Option<Answer>> {
-        let forwarder = Arc::new(Forwarder::new(transport));
+        let forwarder = Arc::new(Forwarder::new(
+            transport,
+            4096,
+            Arc::new(Counters::default()),
+        ));
         let calls = (0..n).map(|i| {
             let forwarder = forwarder.clone();
             tokio::spawn(async move {
-                forwarder
-                    .call("leader", propose(i), 4, Duration::from_secs(5))
-                    .await
+                answer(
+                    forwarder
+                        .call("leader", propose(i), 4, Duration::from_secs(5))
+                        .await,
+                )
             })
         });
         let mut answers = Vec::new();
@@ -300,13 +379,15 @@ mod tests {
     #[tokio::test]
     async fn a_lone_request_is_a_plain_call() {
         let transport = Arc::new(Echo::default());
-        let forwarder = Forwarder::new(transport.clone());
+        let forwarder = Forwarder::new(transport.clone(), 4096, Arc::new(Counters::default()));
         for i in 0..3 {
-            let answer = forwarder
-                .call("leader", propose(i), 4, Duration::from_secs(5))
-                .await
-                .unwrap()
-                .unwrap();
+            let answer = answer(
+                forwarder
+                    .call("leader", propose(i), 4, Duration::from_secs(5))
+                    .await,
+            )
+            .unwrap()
+            .unwrap();
             assert_eq!(
                 answer.kind,
                 Some(response::Kind::Propose(i.to_be_bytes().to_vec()))
@@ -336,5 +417,39 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A full queue answers at once instead of growing: the caller gets `Busy`.
+    #[tokio::test]
+    async fn a_full_queue_is_busy_not_unbounded() {
+        let transport = Arc::new(Echo::default());
+        let counters = Arc::new(Counters::default());
+        let forwarder = Arc::new(Forwarder::new(transport.clone(), 8, counters.clone()));
+        let calls: Vec<_> = (0..200)
+            .map(|i| {
+                let forwarder = forwarder.clone();
+                tokio::spawn(async move {
+                    forwarder
+                        .call("leader", propose(i), 4, Duration::from_secs(5))
+                        .await
+                })
+            })
+            .collect();
+        let mut busy = 0;
+        let mut answered = 0;
+        for c in calls {
+            match c.await.unwrap() {
+                Forwarded::Busy => busy += 1,
+                Forwarded::Answer(_) => answered += 1,
+                _ => {}
+            }
+        }
+        assert!(busy > 0, "some callers were told busy");
+        assert!(answered >= 8, "the queue still served callers");
+        let depth = counters
+            .metrics
+            .forward_queue
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(depth, 0, "the depth gauge returns to zero");
     }
 }

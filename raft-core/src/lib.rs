@@ -66,12 +66,13 @@ pub use crate::error::{Error, Result, StorageError, TransportError};
 pub use crate::log_storage::{limit_size, LogStorage};
 pub use crate::mailbox::Mailbox;
 pub use crate::mem_log_storage::{check_contiguous, MemLogStorage};
-pub use crate::metrics::{HistogramSnapshot, Metrics};
+pub use crate::metrics::{HistogramSnapshot, Metrics, QueueDepths};
 pub use crate::raft::{Raft, RaftBuilder};
 pub use crate::status::{ReadConsistency, Role, Status};
 pub use crate::store::{Store, StoreResult};
 pub use crate::transport::{
-    Faults, FaultyTransport, InboundHandler, LocalNetwork, LocalTransport, ServerGuard, Transport,
+    Faults, FaultyTransport, InboundHandler, LocalNetwork, LocalTransport, PeerIdentity,
+    ServerGuard, Transport,
 };
 pub use async_trait::async_trait;
 

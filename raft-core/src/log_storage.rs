@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use raft::prelude::{Entry, HardState, Snapshot};
+use raft::prelude::{Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState};
 
 use crate::error::StorageError;
@@ -35,6 +35,13 @@ pub trait LogStorage: Send + Sync + 'static {
     fn last_index(&self) -> raft::Result<u64>;
     /// The latest snapshot, with its data; an empty snapshot (index 0) if there is none.
     fn snapshot(&self) -> raft::Result<Snapshot>;
+    /// The latest snapshot's metadata alone (index 0 if there is none). raft-core asks for it
+    /// on its hot paths (status, "does the snapshot cover this peer"), so backends that keep
+    /// snapshot data in files should answer without reading them; the default reads the
+    /// whole snapshot.
+    fn snapshot_metadata(&self) -> raft::Result<SnapshotMetadata> {
+        Ok(self.snapshot()?.metadata.unwrap_or_default())
+    }
 
     /// Appends `entries`, replacing any existing entries from `entries[0].index` on, and stores
     /// `hard_state` if given, atomically and durably (one batch, one sync).
@@ -59,19 +66,15 @@ pub(crate) struct RaftStorage {
     pub(crate) snapshot_wanted_for: Arc<AtomicU64>,
 }
 
-/// True when `id` is a member in the snapshot's conf state.
-pub(crate) fn snapshot_covers(snapshot: &Snapshot, id: u64) -> bool {
-    snapshot
-        .metadata
-        .as_ref()
-        .and_then(|m| m.conf_state.as_ref())
-        .is_some_and(|cs| {
-            cs.voters
-                .iter()
-                .chain(&cs.learners)
-                .chain(&cs.voters_outgoing)
-                .any(|&v| v == id)
-        })
+/// True when `id` is a member in a snapshot's conf state.
+pub(crate) fn conf_covers(conf_state: Option<&raft::prelude::ConfState>, id: u64) -> bool {
+    conf_state.is_some_and(|cs| {
+        cs.voters
+            .iter()
+            .chain(&cs.learners)
+            .chain(&cs.voters_outgoing)
+            .any(|&v| v == id)
+    })
 }
 
 impl raft::Storage for RaftStorage {
@@ -104,22 +107,28 @@ impl raft::Storage for RaftStorage {
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
         let unavailable = || raft::Error::Store(raft::StorageError::SnapshotTemporarilyUnavailable);
         // raft-rs treats any other error here as fatal: a failed read just means "later".
-        let snapshot = match self.log.snapshot() {
-            Ok(s) => s,
+        let meta = match self.log.snapshot_metadata() {
+            Ok(m) => m,
             Err(e) => {
-                tracing::error!("reading the snapshot failed: {e}");
+                tracing::error!("reading the snapshot's metadata failed: {e}");
                 return Err(unavailable());
             }
         };
-        if snapshot_index(&snapshot) < request_index {
+        if meta.index < request_index {
             return Err(unavailable());
         }
-        if !snapshot_covers(&snapshot, to) {
+        if !conf_covers(meta.conf_state.as_ref(), to) {
             // A new member needs a snapshot that includes it; ask the apply task for one.
             self.snapshot_wanted_for.store(to, Ordering::Relaxed);
             return Err(unavailable());
         }
-        Ok(snapshot)
+        match self.log.snapshot() {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                tracing::error!("reading the snapshot failed: {e}");
+                Err(unavailable())
+            }
+        }
     }
 }
 
@@ -157,6 +166,9 @@ impl<T: LogStorage + ?Sized> LogStorage for Arc<T> {
     }
     fn snapshot(&self) -> raft::Result<Snapshot> {
         (**self).snapshot()
+    }
+    fn snapshot_metadata(&self) -> raft::Result<SnapshotMetadata> {
+        (**self).snapshot_metadata()
     }
     fn append(
         &self,

@@ -8,10 +8,11 @@ use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::forwarder::Forwarder;
+use crate::forwarder::{Forwarded, Forwarder};
 use crate::metrics::Metrics;
+use crate::metrics::NodeMetrics;
 use crate::node::driver::ask;
-use crate::node::messages::DriverMsg;
+use crate::node::messages::{DriverMsg, MembershipChange};
 use crate::node::server::error_from_wire;
 use crate::node::Counters;
 use crate::status::{ReadConsistency, Status};
@@ -55,10 +56,16 @@ impl NodeHandle {
     ) -> Result<Vec<u8>> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         let deadline = Instant::now() + timeout;
-        self.driver_tx
-            .send(make(deadline, reply))
-            .await
-            .map_err(|_| Error::Shutdown)?;
+        // Clients never wait for room in the inbox: a full inbox means the node is behind,
+        // and waiting callers would pile up without bound.
+        match self.driver_tx.try_send(make(deadline, reply)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                NodeMetrics::inc(&self.counters.metrics.busy);
+                return Err(Error::Busy("the node's inbox is full".into()));
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(Error::Shutdown),
+        }
         wait_answer(rx, timeout).await
     }
 
@@ -88,15 +95,11 @@ impl NodeHandle {
 
     pub(crate) async fn membership_local(
         &self,
-        action: MembershipAction,
-        node_id: u64,
-        addr: String,
+        change: MembershipChange,
         timeout: Duration,
     ) -> Result<()> {
         self.submit(timeout, |deadline, reply| DriverMsg::Membership {
-            action,
-            node_id,
-            addr,
+            change,
             deadline,
             reply,
         })
@@ -122,7 +125,7 @@ impl NodeHandle {
 pub(crate) enum Op {
     Propose(Vec<u8>),
     Read(Vec<u8>, ReadConsistency),
-    Membership(MembershipAction, u64, String),
+    Membership(MembershipChange),
     Transfer(u64),
 }
 
@@ -142,11 +145,12 @@ impl Op {
                 consistency: crate::wire::ReadConsistency::from(consistency) as i32,
                 timeout_ms,
             }),
-            Op::Membership(action, node_id, addr) => request::Kind::Membership(MembershipRequest {
-                action: action as i32,
-                node_id,
-                addr,
+            Op::Membership(change) => request::Kind::Membership(MembershipRequest {
+                action: change.action as i32,
+                node_id: change.node_id,
+                addr: change.addr,
                 timeout_ms,
+                empty_storage: change.empty_storage,
             }),
             Op::Transfer(target) => {
                 request::Kind::TransferLeader(TransferLeaderRequest { target, timeout_ms })
@@ -220,6 +224,13 @@ impl Mailbox {
     /// applied (for example after a timeout); [`Error::is_retryable`] errors certainly were
     /// not.
     pub async fn send_proposal(&self, data: Vec<u8>) -> Result<Vec<u8>> {
+        let limit = self.node.config.max_proposal_bytes;
+        if data.len() > limit {
+            return Err(Error::Invalid(format!(
+                "a proposal of {} bytes (at most {limit}, see Config::max_proposal_bytes)",
+                data.len()
+            )));
+        }
         let started = Instant::now();
         let result = self.route(Op::Propose(data), None).await;
         self.node
@@ -253,7 +264,13 @@ impl Mailbox {
 
     /// What this node has done since it started: counters and latency histograms.
     pub fn metrics(&self) -> Metrics {
-        self.node.counters.metrics.snapshot()
+        let metrics = &self.node.counters.metrics;
+        let tx = &self.node.driver_tx;
+        NodeMetrics::set(
+            &metrics.driver_inbox,
+            (tx.max_capacity() - tx.capacity()) as u64,
+        );
+        metrics.snapshot()
     }
 
     /// This node's view of the cluster.
@@ -264,7 +281,11 @@ impl Mailbox {
     /// Removes this node from the cluster (a leader first hands over leadership), then stops
     /// it.
     pub async fn leave(&self) -> Result<()> {
-        let op = Op::Membership(MembershipAction::Remove, self.node.id, String::new());
+        let op = Op::Membership(MembershipChange::new(
+            MembershipAction::Remove,
+            self.node.id,
+            String::new(),
+        ));
         self.route(op, None).await?;
         let _ = self.node.driver_tx.send(DriverMsg::Shutdown).await;
         Ok(())
@@ -272,25 +293,41 @@ impl Mailbox {
 
     /// Adds a node as a voter: it joins as a learner and is promoted once caught up.
     pub async fn add_node(&self, id: u64, addr: impl Into<String>) -> Result<()> {
-        let op = Op::Membership(MembershipAction::Join, id, addr.into());
+        let op = Op::Membership(MembershipChange::new(
+            MembershipAction::Join,
+            id,
+            addr.into(),
+        ));
         self.route(op, None).await.map(drop)
     }
 
     /// Adds a learner: it receives the log but does not vote, until promoted.
     pub async fn add_learner(&self, id: u64, addr: impl Into<String>) -> Result<()> {
-        let op = Op::Membership(MembershipAction::AddLearner, id, addr.into());
+        let op = Op::Membership(MembershipChange::new(
+            MembershipAction::AddLearner,
+            id,
+            addr.into(),
+        ));
         self.route(op, None).await.map(drop)
     }
 
     /// Promotes a learner to voter.
     pub async fn promote(&self, id: u64) -> Result<()> {
-        let op = Op::Membership(MembershipAction::Promote, id, String::new());
+        let op = Op::Membership(MembershipChange::new(
+            MembershipAction::Promote,
+            id,
+            String::new(),
+        ));
         self.route(op, None).await.map(drop)
     }
 
     /// Removes a node from the cluster (the leader too: it hands over leadership first).
     pub async fn remove_node(&self, id: u64) -> Result<()> {
-        let op = Op::Membership(MembershipAction::Remove, id, String::new());
+        let op = Op::Membership(MembershipChange::new(
+            MembershipAction::Remove,
+            id,
+            String::new(),
+        ));
         self.route(op, None).await.map(drop)
     }
 
@@ -365,6 +402,8 @@ impl Mailbox {
                     }
                 }
                 Error::Timeout(_) if !op.idempotent() => return Err(Error::Timeout(self.timeout)),
+                // Overload goes back to the caller at once: retrying here would only add load.
+                e @ Error::Busy(_) => return Err(e),
                 e if e.is_retryable()
                     || (op.idempotent()
                         && !matches!(e, Error::Invalid(_) | Error::Store(_) | Error::Shutdown)) =>
@@ -387,8 +426,8 @@ impl Mailbox {
         match op.clone() {
             Op::Propose(data) => node.propose_local(data, timeout).await,
             Op::Read(query, consistency) => node.read_local(query, consistency, timeout).await,
-            Op::Membership(action, id, addr) => node
-                .membership_local(action, id, addr, timeout)
+            Op::Membership(change) => node
+                .membership_local(change, timeout)
                 .await
                 .map(|()| Vec::new()),
             Op::Transfer(target) => node.transfer_local(target).await.map(|()| Vec::new()),
@@ -404,9 +443,15 @@ impl Mailbox {
                 .await;
             return match forwarded {
                 // Timed out, or the call was lost after it may have been sent.
-                None => Err(Error::Timeout(timeout)),
-                Some(Err(e)) => Err(Error::Transport(e)),
-                Some(Ok(response)) => from_response(response),
+                Forwarded::TimedOut => Err(Error::Timeout(timeout)),
+                Forwarded::Failed(e) => Err(Error::Transport(e)),
+                Forwarded::Answer(response) => from_response(response),
+                Forwarded::Busy => {
+                    NodeMetrics::inc(&self.node.counters.metrics.busy);
+                    Err(Error::Busy(
+                        "too many requests queued for the leader".into(),
+                    ))
+                }
             };
         }
         let call = self.node.transport.call(addr, op.to_request(timeout));

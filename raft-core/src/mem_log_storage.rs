@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use raft::prelude::{Entry, HardState, Snapshot};
+use raft::prelude::{Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::RaftState;
 
 use crate::error::StorageError;
@@ -108,6 +108,10 @@ impl LogStorage for MemLogStorage {
 
     fn snapshot(&self) -> raft::Result<Snapshot> {
         Ok(self.read().snapshot.clone())
+    }
+
+    fn snapshot_metadata(&self) -> raft::Result<SnapshotMetadata> {
+        Ok(self.read().snapshot.metadata.clone().unwrap_or_default())
     }
 
     fn append(

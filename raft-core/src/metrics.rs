@@ -2,7 +2,13 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::node::inbound::Refusal;
+
+/// At most one log line per refusal reason in this interval; the rest are counted.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS: [f64; 14] = [
@@ -59,6 +65,24 @@ pub struct HistogramSnapshot {
 /// The live metrics of a node (shared by its tasks).
 #[derive(Default)]
 pub(crate) struct NodeMetrics {
+    /// Messages refused before raft saw them, by [`Refusal::slot`].
+    refused: [AtomicU64; Refusal::ALL.len()],
+    /// When each refusal reason was last logged, and how many went unlogged since.
+    refusal_log: Mutex<[(Option<Instant>, u64); Refusal::ALL.len()]>,
+    /// Requests answered "busy, retry" because a bound was reached.
+    pub(crate) busy: AtomicU64,
+    /// Bytes of committed entries handed to the apply task and not applied yet.
+    pub(crate) apply_backlog_bytes: AtomicU64,
+    /// Committed entries handed to the apply task and not applied yet.
+    pub(crate) apply_backlog_entries: AtomicU64,
+    /// Raft messages queued for peers, over all peers.
+    pub(crate) peer_queue: AtomicU64,
+    /// Requests queued for forwarding to the leader, over all destinations.
+    pub(crate) forward_queue: AtomicU64,
+    /// Bytes of the snapshot being received.
+    pub(crate) snapshot_receiving_bytes: AtomicU64,
+    /// Messages waiting in the driver's inbox (set when metrics are read).
+    pub(crate) driver_inbox: AtomicU64,
     pub(crate) proposals: AtomicU64,
     pub(crate) applied_entries: AtomicU64,
     pub(crate) leader_changes: AtomicU64,
@@ -75,9 +99,48 @@ impl NodeMetrics {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    pub(crate) fn set(gauge: &AtomicU64, value: u64) {
+        gauge.store(value, Ordering::Relaxed);
+    }
+
+    /// Counts a refused message and logs it, at most once per second per reason.
+    pub(crate) fn refuse(&self, node: u64, reason: Refusal, detail: &dyn std::fmt::Display) {
+        let slot = reason.slot();
+        self.refused[slot].fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let mut log = self.refusal_log.lock().unwrap_or_else(|e| e.into_inner());
+        let (last, unlogged) = &mut log[slot];
+        if last.is_some_and(|t| now.duration_since(t) < REFUSAL_LOG_INTERVAL) {
+            *unlogged += 1;
+            return;
+        }
+        let skipped = std::mem::take(unlogged);
+        *last = Some(now);
+        drop(log);
+        tracing::warn!(
+            node,
+            reason = reason.as_str(),
+            similar_since_last_log = skipped,
+            "refused a message from the network: {detail}"
+        );
+    }
+
     pub(crate) fn snapshot(&self) -> Metrics {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         Metrics {
+            refused_messages: Refusal::ALL
+                .iter()
+                .map(|r| (r.as_str(), get(&self.refused[r.slot()])))
+                .collect(),
+            busy_rejections: get(&self.busy),
+            queues: QueueDepths {
+                driver_inbox: get(&self.driver_inbox),
+                apply_backlog_entries: get(&self.apply_backlog_entries),
+                apply_backlog_bytes: get(&self.apply_backlog_bytes),
+                peer_send: get(&self.peer_queue),
+                forward: get(&self.forward_queue),
+                snapshot_receiving_bytes: get(&self.snapshot_receiving_bytes),
+            },
             proposals: get(&self.proposals),
             applied_entries: get(&self.applied_entries),
             leader_changes: get(&self.leader_changes),
@@ -91,9 +154,34 @@ impl NodeMetrics {
     }
 }
 
+/// How full a node's bounded queues are at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueDepths {
+    /// Messages waiting in the driver's inbox (bounded; a full inbox answers clients "busy").
+    pub driver_inbox: u64,
+    /// Committed entries waiting for [`crate::Store::apply`].
+    pub apply_backlog_entries: u64,
+    /// Bytes of committed entries waiting for [`crate::Store::apply`]
+    /// (bounded by [`crate::Config::max_apply_backlog_bytes`]).
+    pub apply_backlog_bytes: u64,
+    /// Raft messages queued for peers, over all peers.
+    pub peer_send: u64,
+    /// Proposals and reads queued on their way to the leader.
+    pub forward: u64,
+    /// Bytes of a snapshot being received from the leader.
+    pub snapshot_receiving_bytes: u64,
+}
+
 /// What a node has done since it started; see [`crate::Mailbox::metrics`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct Metrics {
+    /// Messages from the network refused before raft saw them, by reason (every reason is
+    /// listed, most with 0).
+    pub refused_messages: Vec<(&'static str, u64)>,
+    /// Requests answered "busy, retry later" because a bound was reached.
+    pub busy_rejections: u64,
+    /// Depths of the node's bounded queues.
+    pub queues: QueueDepths,
     /// Proposals this node appended as leader.
     pub proposals: u64,
     /// Committed entries applied to the state machine.
@@ -151,6 +239,43 @@ impl Metrics {
             let _ = writeln!(out, "# TYPE {prefix}_{name} counter");
             let _ = writeln!(out, "{prefix}_{name} {value}");
         }
+        let _ = writeln!(
+            out,
+            "# HELP {prefix}_busy_rejections_total Requests answered busy because a bound was reached."
+        );
+        let _ = writeln!(out, "# TYPE {prefix}_busy_rejections_total counter");
+        let _ = writeln!(
+            out,
+            "{prefix}_busy_rejections_total {}",
+            self.busy_rejections
+        );
+        let _ = writeln!(
+            out,
+            "# HELP {prefix}_refused_messages_total Messages from the network refused before raft saw them."
+        );
+        let _ = writeln!(out, "# TYPE {prefix}_refused_messages_total counter");
+        for (reason, count) in &self.refused_messages {
+            let _ = writeln!(
+                out,
+                "{prefix}_refused_messages_total{{reason=\"{reason}\"}} {count}"
+            );
+        }
+        let q = &self.queues;
+        let _ = writeln!(
+            out,
+            "# HELP {prefix}_queue_depth Items waiting in a bounded queue (bytes for *_bytes)."
+        );
+        let _ = writeln!(out, "# TYPE {prefix}_queue_depth gauge");
+        for (queue, depth) in [
+            ("driver_inbox", q.driver_inbox),
+            ("apply_backlog_entries", q.apply_backlog_entries),
+            ("apply_backlog_bytes", q.apply_backlog_bytes),
+            ("peer_send", q.peer_send),
+            ("forward", q.forward),
+            ("snapshot_receiving_bytes", q.snapshot_receiving_bytes),
+        ] {
+            let _ = writeln!(out, "{prefix}_queue_depth{{queue=\"{queue}\"}} {depth}");
+        }
         let histograms = [
             (
                 "log_write_seconds",
@@ -201,5 +326,11 @@ mod tests {
         assert!(text.contains("raftkit_proposals_total 1"));
         assert!(text.contains("raftkit_log_write_seconds_bucket{le=\"+Inf\"} 3"));
         assert!(text.contains("raftkit_log_write_seconds_count 3"));
+        m.refuse(1, Refusal::NotMember, &"test");
+        m.refuse(1, Refusal::NotMember, &"test");
+        let text = m.snapshot().render_prometheus("raftkit");
+        assert!(text.contains("raftkit_refused_messages_total{reason=\"not_member\"} 2"));
+        assert!(text.contains("raftkit_refused_messages_total{reason=\"proposal\"} 0"));
+        assert!(text.contains("raftkit_queue_depth{queue=\"apply_backlog_bytes\"} 0"));
     }
 }

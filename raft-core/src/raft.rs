@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use raft::prelude::{ConfState, Snapshot, SnapshotMetadata};
 use raft::RawNode;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
 use crate::error::{Error, Result, StorageError};
@@ -19,7 +19,7 @@ use crate::mem_log_storage::MemLogStorage;
 use crate::node::apply::Applier;
 use crate::node::driver::{Driver, DriverParts};
 use crate::node::membership::{open_envelope, seal_envelope, Members};
-use crate::node::messages::DriverMsg;
+use crate::node::messages::{DriverMsg, MembershipChange};
 use crate::node::peers::Peers;
 use crate::node::server::NodeServer;
 use crate::node::snapshot_transfer::SnapshotAssembler;
@@ -122,14 +122,19 @@ impl RaftBuilder {
             .storage
             .unwrap_or_else(|| Arc::new(MemLogStorage::new()));
         let (driver_tx, inbox) = mpsc::channel(DRIVER_INBOX);
+        let counters = Arc::new(Counters::default());
         let node = Arc::new(NodeHandle {
             id: self.id,
             addr,
+            forwarder: Forwarder::new(
+                transport.clone(),
+                self.config.max_forward_queue,
+                counters.clone(),
+            ),
             config: self.config,
             driver_tx,
-            forwarder: Forwarder::new(transport.clone()),
             transport,
-            counters: Arc::new(Counters::default()),
+            counters,
         });
         Ok(Raft {
             node,
@@ -279,6 +284,7 @@ impl Raft {
         };
 
         let counters = node.counters.clone();
+        let (applied_tx, applied_rx) = watch::channel(snap_index);
         let mut applier = Applier::new(
             id,
             store,
@@ -287,6 +293,7 @@ impl Raft {
             config.snapshot_threshold,
             node.driver_tx.clone(),
             counters.clone(),
+            applied_tx,
         );
         if snap_index > 0 {
             applier.restore_store(&snapshot).await?;
@@ -312,17 +319,26 @@ impl Raft {
             node.driver_tx.clone(),
             config.snapshot_chunk_size,
         );
+        let assembler = Arc::new(SnapshotAssembler::new(
+            id,
+            config.max_snapshot_size,
+            config.snapshot_transfer_timeout,
+            counters.clone(),
+        ));
         let mut driver = Driver::new(DriverParts {
             id,
             config: config.clone(),
             raw,
             storage,
             rx: inbox,
+            driver_tx: node.driver_tx.clone(),
             apply_tx,
+            applied_rx,
             peers,
             members,
             counters,
             snapshot_wanted_for,
+            assembler: assembler.clone(),
         });
         if let Some((leader_id, leader_addr)) = &join {
             if *leader_id != 0 {
@@ -332,7 +348,7 @@ impl Raft {
 
         let server = Arc::new(NodeServer {
             node: node.clone(),
-            assembler: SnapshotAssembler::new(id, config.max_snapshot_size),
+            assembler,
         });
         let _server = node.transport.serve(&node.addr, server).await?;
         tracing::info!(node = id, addr = %node.addr, "raft node running");
@@ -352,13 +368,36 @@ impl Raft {
 /// Asks the cluster to add this node, retrying for a while; a final failure stops the node.
 async fn request_join(node: Arc<NodeHandle>, hint: (u64, String)) {
     let timeout = (node.config.request_timeout * 6).max(Duration::from_secs(30));
-    let mailbox = Mailbox::new(node.clone()).with_timeout(timeout);
-    let op = Op::Membership(MembershipAction::Join, node.id, node.addr.clone());
-    match mailbox.route(op, Some(hint)).await {
-        Ok(_) => tracing::info!(node = node.id, "joined the cluster as a learner"),
-        Err(e) => {
-            tracing::error!(node = node.id, "joining the cluster failed: {e}");
-            let _ = node.driver_tx.send(DriverMsg::Fatal(e)).await;
+    let deadline = std::time::Instant::now() + timeout;
+    // Raft::join runs only on a node whose storage is empty: if the cluster still lists this
+    // id, it lost its disk, and the leader replaces the old incarnation.
+    let op = Op::Membership(MembershipChange {
+        action: MembershipAction::Join,
+        node_id: node.id,
+        addr: node.addr.clone(),
+        empty_storage: true,
+    });
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mailbox = Mailbox::new(node.clone()).with_timeout(left.max(Duration::from_millis(1)));
+        match mailbox.route(op.clone(), Some(hint.clone())).await {
+            Ok(_) => {
+                tracing::info!(node = node.id, "joined the cluster as a learner");
+                return;
+            }
+            // "Busy": the leader is overloaded, or is removing this node's old incarnation
+            // (after a lost disk) before it adds it again.
+            Err(e) if e.is_retryable() && std::time::Instant::now() + pause < deadline => {
+                tracing::info!(node = node.id, "join not done yet: {e}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => {
+                tracing::error!(node = node.id, "joining the cluster failed: {e}");
+                let _ = node.driver_tx.send(DriverMsg::Fatal(e)).await;
+                return;
+            }
         }
     }
 }

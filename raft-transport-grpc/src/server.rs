@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use raft_core::wire::{self, RaftBatch};
-use raft_core::{InboundHandler, ServerGuard, TransportError};
+use raft_core::{InboundHandler, PeerIdentity, ServerGuard, TransportError};
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -249,7 +249,11 @@ impl Raftkit for RaftkitService {
         request: Request<wire::Request>,
     ) -> Result<Response<wire::Response>, Status> {
         let handler = self.shared.handler()?;
-        Ok(Response::new(handler.call(request.into_inner()).await))
+        Ok(Response::new(
+            handler
+                .call(PeerIdentity::Unauthenticated, request.into_inner())
+                .await,
+        ))
     }
 }
 
@@ -299,7 +303,10 @@ async fn pump(
         received += 1;
         let from = batch.from;
         let to = batch.to;
-        if let Err(e) = handler.raft_batch(batch).await {
+        if let Err(e) = handler
+            .raft_batch(PeerIdentity::Unauthenticated, batch)
+            .await
+        {
             rejected += 1;
             if rejected == 1 || rejected % 100 == 0 {
                 tracing::warn!(addr = %addr, %peer, from, to, rejected, "refused a raft batch: {e}");

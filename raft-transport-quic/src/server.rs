@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream};
 use raft_core::wire::{self, RaftBatch};
-use raft_core::{InboundHandler, ServerGuard, TransportError};
+use raft_core::{InboundHandler, PeerIdentity, ServerGuard, TransportError};
 use tokio::sync::watch;
 
 use crate::endpoint::{self, Settings};
@@ -224,7 +224,10 @@ async fn raft_stream(mut recv: RecvStream, shared: Arc<Shared>, peer: SocketAddr
             return;
         };
         let (from, to) = (batch.from, batch.to);
-        if let Err(e) = handler.raft_batch(batch).await {
+        if let Err(e) = handler
+            .raft_batch(PeerIdentity::Unauthenticated, batch)
+            .await
+        {
             rejected += 1;
             if rejected == 1 || rejected % 100 == 0 {
                 tracing::warn!(addr = %shared.addr, %peer, from, to, rejected, "refused a raft batch: {e}");
@@ -272,7 +275,7 @@ async fn call_stream(
         let _ = send.reset(code::NOT_PROCESSED);
         return;
     };
-    let response = handler.call(request).await;
+    let response = handler.call(PeerIdentity::Unauthenticated, request).await;
     let answer = frame::encode(&response, max).or_else(|e| {
         tracing::error!(addr = %shared.addr, %peer, "answer too large: {e}");
         frame::encode(&too_large(e), max)

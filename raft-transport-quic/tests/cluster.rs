@@ -398,10 +398,14 @@ struct Nobody;
 
 #[raft_core::async_trait]
 impl raft_core::InboundHandler for Nobody {
-    async fn raft_batch(&self, _: wire::RaftBatch) -> Result<(), raft_core::TransportError> {
+    async fn raft_batch(
+        &self,
+        _: raft_core::PeerIdentity,
+        _: wire::RaftBatch,
+    ) -> Result<(), raft_core::TransportError> {
         panic!("a refused peer reached the node");
     }
-    async fn call(&self, _: wire::Request) -> wire::Response {
+    async fn call(&self, _: raft_core::PeerIdentity, _: wire::Request) -> wire::Response {
         panic!("a refused peer reached the node");
     }
 }

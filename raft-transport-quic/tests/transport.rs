@@ -21,7 +21,11 @@ struct Echo {
 
 #[async_trait]
 impl InboundHandler for Echo {
-    async fn raft_batch(&self, batch: RaftBatch) -> Result<(), TransportError> {
+    async fn raft_batch(
+        &self,
+        _peer: raft_core::PeerIdentity,
+        batch: RaftBatch,
+    ) -> Result<(), TransportError> {
         if batch.to == 99 {
             return Err(TransportError::Malformed("not for this node".into()));
         }
@@ -29,7 +33,7 @@ impl InboundHandler for Echo {
         Ok(())
     }
 
-    async fn call(&self, request: wire::Request) -> wire::Response {
+    async fn call(&self, _peer: raft_core::PeerIdentity, request: wire::Request) -> wire::Response {
         let kind = match request.kind {
             Some(request::Kind::Propose(p)) => response::Kind::Propose(p.data),
             Some(request::Kind::Query(q)) => response::Kind::Query(vec![7; q.query.len() * 1000]),

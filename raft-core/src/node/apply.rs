@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use raft::prelude::{ConfState, EntryType, Snapshot, SnapshotMetadata};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use super::membership::{entry_context, open_envelope, seal_envelope, Members};
 use super::messages::{ApplyMsg, CommittedEntry, DriverMsg, Responder};
@@ -41,6 +41,8 @@ pub(crate) struct Applier {
     pub(crate) snapshot_threshold: u64,
     pub(crate) driver_tx: mpsc::Sender<DriverMsg>,
     pub(crate) counters: Arc<Counters>,
+    /// Tells the driver how far the store has applied.
+    applied_tx: watch::Sender<u64>,
     waiters: BTreeMap<u64, Waiter>,
     reads: BTreeMap<u64, Vec<PendingRead>>,
     /// A peer waiting for a snapshot that includes it.
@@ -57,6 +59,7 @@ impl Applier {
         snapshot_threshold: u64,
         driver_tx: mpsc::Sender<DriverMsg>,
         counters: Arc<Counters>,
+        applied_tx: watch::Sender<u64>,
     ) -> Self {
         let conf_state = snapshot
             .metadata
@@ -74,6 +77,7 @@ impl Applier {
             snapshot_threshold,
             driver_tx,
             counters,
+            applied_tx,
             waiters: BTreeMap::new(),
             reads: BTreeMap::new(),
             snapshot_wanted_for: None,
@@ -121,6 +125,11 @@ impl Applier {
 
     fn publish(&self) {
         Counters::set(&self.counters.applied, self.applied);
+        self.applied_tx.send_if_modified(|a| {
+            let changed = *a != self.applied;
+            *a = self.applied;
+            changed
+        });
         Counters::set(&self.counters.pending_proposals, self.waiters.len() as u64);
         let reads: usize = self.reads.values().map(Vec::len).sum();
         Counters::set(&self.counters.pending_apply_reads, reads as u64);

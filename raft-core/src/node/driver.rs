@@ -6,24 +6,33 @@
 //! of entries + hard state, persisted messages (votes, append responses), advance, light
 //! ready. Proposals that arrive while a write is in flight wait in the channel and all go into
 //! the next `Ready`: N concurrent clients cost one fsync.
+//!
+//! Every raft message from a peer is checked against this node's state before it is stepped
+//! ([`super::inbound`]). The apply task reports its progress back; raft-rs learns the real
+//! applied index, the leader refuses new proposals while the state machine lags too far, and
+//! a follower whose state machine lags stops taking new committed entries until it catches up.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use prost::Message as _;
 use raft::prelude::{
     ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, Entry,
-    EntryType, HardState, Message, Snapshot,
+    EntryType, HardState, Message, MessageType, Snapshot,
 };
-use raft::{RawNode, ReadState, StateRole};
+use raft::{RawNode, ReadState, SnapshotStatus, StateRole};
 use raft_proto::ConfChangeI;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
-use super::membership::{entry_context, open_envelope, Members};
-use super::messages::{ApplyMsg, CommittedEntry, ConfOutcome, DriverMsg, Responder};
+use super::inbound::{check_local, LocalView, MAX_ADDR};
+use super::membership::{entry_context, open_members, Members};
+use super::messages::{
+    ApplyMsg, CommittedEntry, ConfOutcome, DriverMsg, MembershipChange, Responder,
+};
 use super::peers::Peers;
+use super::snapshot_transfer::SnapshotAssembler;
 use super::Counters;
 use crate::config::Config;
 use crate::error::{Error, Result, StorageError};
@@ -34,6 +43,10 @@ use crate::wire::{self, EntryContext, Member, MembershipAction};
 
 /// Most driver messages handled in one turn before the next `Ready`.
 const MAX_MESSAGES_PER_TURN: usize = 4096;
+/// Most addresses a node without configuration keeps for nodes it heard from.
+const MAX_LEARNED_ADDRS: usize = 16;
+/// Senders to peers that are no longer members are reaped every this many ticks.
+const REAP_EVERY_TICKS: u64 = 50;
 
 struct PendingRead {
     query: Vec<u8>,
@@ -62,11 +75,48 @@ pub(crate) struct DriverParts {
     pub(crate) raw: RawNode<RaftStorage>,
     pub(crate) storage: Arc<dyn LogStorage>,
     pub(crate) rx: mpsc::Receiver<DriverMsg>,
+    pub(crate) driver_tx: mpsc::Sender<DriverMsg>,
     pub(crate) apply_tx: mpsc::UnboundedSender<ApplyMsg>,
+    pub(crate) applied_rx: watch::Receiver<u64>,
     pub(crate) peers: Peers,
     pub(crate) members: Members,
     pub(crate) counters: Arc<Counters>,
     pub(crate) snapshot_wanted_for: Arc<AtomicU64>,
+    pub(crate) assembler: Arc<SnapshotAssembler>,
+}
+
+/// Committed entries handed to the apply task and not yet applied, for back-pressure.
+#[derive(Default)]
+struct ApplyBacklog {
+    /// `(last index, bytes)` of each batch handed over, oldest first.
+    batches: VecDeque<(u64, u64)>,
+    bytes: u64,
+    /// The last index handed over.
+    handed: u64,
+}
+
+impl ApplyBacklog {
+    fn push(&mut self, last: u64, bytes: u64) {
+        self.batches.push_back((last, bytes));
+        self.bytes += bytes;
+        self.handed = self.handed.max(last);
+    }
+
+    /// Forgets what the apply task has applied.
+    fn applied(&mut self, applied: u64) {
+        while let Some(&(last, bytes)) = self.batches.front() {
+            if last > applied {
+                break;
+            }
+            self.batches.pop_front();
+            self.bytes -= bytes;
+        }
+        self.handed = self.handed.max(applied);
+    }
+
+    fn entries(&self, applied: u64) -> u64 {
+        self.handed.saturating_sub(applied)
+    }
 }
 
 pub(crate) struct Driver {
@@ -75,12 +125,21 @@ pub(crate) struct Driver {
     raw: RawNode<RaftStorage>,
     storage: Arc<dyn LogStorage>,
     rx: mpsc::Receiver<DriverMsg>,
+    driver_tx: mpsc::Sender<DriverMsg>,
     apply_tx: mpsc::UnboundedSender<ApplyMsg>,
+    /// Set when a message to the apply task could not be delivered: it died.
+    apply_lost: AtomicBool,
+    applied_rx: watch::Receiver<u64>,
+    /// The applied index raft-rs has been told.
+    raft_applied: u64,
+    backlog: ApplyBacklog,
     peers: Peers,
     members: Members,
-    /// Addresses of nodes that are not (yet) members, learned from their messages.
+    /// Addresses of nodes that are not members, while this node has no configuration yet
+    /// (the leader it joins through). Bounded by [`MAX_LEARNED_ADDRS`].
     learned_addrs: HashMap<u64, String>,
     counters: Arc<Counters>,
+    assembler: Arc<SnapshotAssembler>,
     seq: u64,
     read_nonce: u64,
     read_seq: u64,
@@ -90,32 +149,51 @@ pub(crate) struct Driver {
     /// Proposals that arrived this turn; they go to raft as one message.
     new_proposals: Vec<QueuedProposal>,
     lease_until: Option<Instant>,
+    /// The term in which this node last started a leadership transfer: the transferee may
+    /// lead before this node hears of it, so no lease read is served for the rest of it.
+    transfer_term: Option<u64>,
     was_leader: bool,
     last_leader: Option<u64>,
     persisted_hs: HardState,
     removed: bool,
     stop: bool,
-    /// A snapshot the apply task took, saved at the end of the turn.
+    /// Reports for raft-rs collected while a `Ready` was in hand; stepped after `advance`.
+    unreachable: Vec<u64>,
+    snapshot_failed: Vec<u64>,
+    /// A snapshot the apply task took, waiting for the storage thread.
     snapshot_to_save: Option<Snapshot>,
+    /// A snapshot is being written by a storage thread.
+    saving_snapshot: bool,
     snapshot_wanted_for: Arc<AtomicU64>,
     /// Peer and time of the last snapshot requested from the apply task.
     snapshot_requested: Option<(u64, Instant)>,
+    ticks: u64,
 }
 
 impl Driver {
     pub(crate) fn new(parts: DriverParts) -> Self {
         let persisted_hs = parts.raw.raft.hard_state();
+        let raft_applied = parts.raw.raft.raft_log.applied;
         Driver {
             id: parts.id,
             config: parts.config,
             raw: parts.raw,
             storage: parts.storage,
             rx: parts.rx,
+            driver_tx: parts.driver_tx,
             apply_tx: parts.apply_tx,
+            apply_lost: AtomicBool::new(false),
+            applied_rx: parts.applied_rx,
+            raft_applied,
+            backlog: ApplyBacklog {
+                handed: raft_applied,
+                ..ApplyBacklog::default()
+            },
             peers: parts.peers,
             members: parts.members,
             learned_addrs: HashMap::new(),
             counters: parts.counters,
+            assembler: parts.assembler,
             seq: 0,
             read_nonce: rand::random(),
             read_seq: 0,
@@ -123,20 +201,27 @@ impl Driver {
             new_reads: Vec::new(),
             new_proposals: Vec::new(),
             lease_until: None,
+            transfer_term: None,
             was_leader: false,
             last_leader: None,
             persisted_hs,
             removed: false,
             stop: false,
+            unreachable: Vec::new(),
+            snapshot_failed: Vec::new(),
             snapshot_to_save: None,
+            saving_snapshot: false,
             snapshot_wanted_for: parts.snapshot_wanted_for,
             snapshot_requested: None,
+            ticks: 0,
         }
     }
 
     /// Adds an address for a node that is not a member yet (the leader a joiner contacts).
     pub(crate) fn learn_addr(&mut self, id: u64, addr: String) {
-        self.learned_addrs.insert(id, addr);
+        if self.learned_addrs.len() < MAX_LEARNED_ADDRS && addr.len() <= MAX_ADDR {
+            self.learned_addrs.insert(id, addr);
+        }
     }
 
     /// Runs until shutdown, removal from the cluster, or a fatal error.
@@ -146,10 +231,12 @@ impl Driver {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut inbox = Vec::with_capacity(256);
         loop {
-            if let Some(snapshot) = self.snapshot_to_save.take() {
-                self.save_snapshot(snapshot).await?;
+            self.start_snapshot_save();
+            self.sync_applied();
+            if self.apply_lost.load(Ordering::Relaxed) || self.apply_tx.is_closed() {
+                return Err(apply_task_gone());
             }
-            if self.raw.has_ready() {
+            if self.raw.has_ready() && !self.apply_stalled() {
                 self.on_ready().await?;
             }
             self.after_turn();
@@ -170,6 +257,11 @@ impl Driver {
                     }
                     self.flush_proposals();
                     self.flush_reads();
+                }
+                changed = self.applied_rx.changed() => {
+                    if changed.is_err() {
+                        return Err(apply_task_gone());
+                    }
                 }
             }
         }
@@ -198,23 +290,28 @@ impl Driver {
         }
     }
 
+    fn busy(&self, why: String) -> Error {
+        NodeMetrics::inc(&self.counters.metrics.busy);
+        Error::Busy(why)
+    }
+
     fn to_apply(&self, msg: ApplyMsg) {
-        // The apply task only stops after the driver, or after reporting a fatal error.
-        let _ = self.apply_tx.send(msg);
+        if self.apply_tx.send(msg).is_err() {
+            // The apply task died (a panicking `Store`): the loop stops the node.
+            self.apply_lost.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// True when this node has no configuration: it has not joined a cluster yet, or it lost
+    /// its disk and waits to be re-admitted.
+    fn conf_empty(&self) -> bool {
+        let conf = self.raw.raft.prs().conf();
+        conf.voters().ids().is_empty() && conf.learners().is_empty()
     }
 
     fn handle(&mut self, msg: DriverMsg) -> Result<()> {
         match msg {
-            DriverMsg::Raft(m, from) => {
-                if let Some((id, addr)) = from {
-                    if self.members.get(id).is_none() && !addr.is_empty() {
-                        self.learned_addrs.insert(id, addr);
-                    }
-                }
-                if let Err(e) = self.raw.step(*m) {
-                    tracing::debug!(node = self.id, "ignored raft message: {e}");
-                }
-            }
+            DriverMsg::Raft(m, from_addr) => self.step_remote(*m, from_addr),
             DriverMsg::Propose {
                 data,
                 deadline,
@@ -227,25 +324,74 @@ impl Driver {
                 reply,
             } => self.read(query, consistency, deadline, reply),
             DriverMsg::Membership {
-                action,
-                node_id,
-                addr,
+                change,
                 deadline,
                 reply,
-            } => self.change_membership(action, node_id, addr, deadline, reply),
+            } => self.change_membership(change, deadline, reply),
             DriverMsg::TransferLeader { target, reply } => {
                 let _ = reply.send(self.transfer_leader(target));
             }
             DriverMsg::Status(reply) => {
                 let _ = reply.send(self.status());
             }
-            DriverMsg::SnapshotTaken(snapshot) => self.snapshot_to_save = Some(*snapshot),
+            DriverMsg::SnapshotTaken(snapshot) => {
+                // Only the newest matters: an older one still waiting is superseded.
+                self.snapshot_to_save = Some(*snapshot);
+            }
+            DriverMsg::SnapshotSaved(result) => {
+                self.saving_snapshot = false;
+                let index = result?;
+                tracing::debug!(node = self.id, index, "snapshot saved, log compacted");
+            }
             DriverMsg::Unreachable(id) => self.raw.report_unreachable(id),
             DriverMsg::SnapshotStatus(id, status) => self.raw.report_snapshot(id, status),
             DriverMsg::Fatal(e) => return Err(e),
             DriverMsg::Shutdown => self.stop = true,
         }
         Ok(())
+    }
+
+    /// Steps a peer's message if it is consistent with this node's state.
+    fn step_remote(&mut self, msg: Message, from_addr: Option<String>) {
+        let raft = &self.raw.raft;
+        let conf = raft.prs().conf();
+        let is_member = |id: u64| conf.voters().contains(id) || conf.learners().contains(&id);
+        let empty = conf.voters().ids().is_empty() && conf.learners().is_empty();
+        let view = LocalView {
+            term: raft.term,
+            leader_id: raft.leader_id,
+            last_index: raft.raft_log.last_index(),
+            empty,
+            voter: conf.voters().contains(self.id),
+            is_member: &is_member,
+            local: self.id,
+        };
+        if let Err(reason) = check_local(&msg, &view) {
+            self.counters.metrics.refuse(
+                self.id,
+                reason,
+                &format_args!(
+                    "{:?} from node {} (term {}, index {}, commit {})",
+                    msg.msg_type(),
+                    msg.from,
+                    msg.term,
+                    msg.index,
+                    msg.commit
+                ),
+            );
+            return;
+        }
+        if empty {
+            // Before it has a configuration, a node answers whoever runs the cluster.
+            if let Some(addr) = from_addr {
+                if !self.learned_addrs.contains_key(&msg.from) {
+                    self.learn_addr(msg.from, addr);
+                }
+            }
+        }
+        if let Err(e) = self.raw.step(msg) {
+            tracing::debug!(node = self.id, "ignored raft message: {e}");
+        }
     }
 
     fn next_context(&mut self, members: Vec<Member>) -> (u64, u64, Vec<u8>) {
@@ -283,6 +429,25 @@ impl Driver {
         });
     }
 
+    /// Why the leader cannot take `bytes` more of proposals now, if it cannot.
+    fn overloaded(&self, bytes: u64) -> Option<String> {
+        let max_backlog = self.config.max_apply_backlog_bytes;
+        if self.backlog.bytes > max_backlog {
+            return Some(format!(
+                "the state machine is {} bytes behind the log (at most {max_backlog})",
+                self.backlog.bytes
+            ));
+        }
+        let uncommitted = self.raw.raft.uncommitted_size() as u64;
+        let max_uncommitted = self.config.max_uncommitted_bytes;
+        if uncommitted > 0 && uncommitted + bytes > max_uncommitted {
+            return Some(format!(
+                "{uncommitted} bytes of proposals wait for a quorum (at most {max_uncommitted})"
+            ));
+        }
+        None
+    }
+
     /// Hands this turn's proposals to raft as one MsgPropose: one append per follower for the
     /// whole batch instead of one per proposal.
     fn flush_proposals(&mut self) {
@@ -292,6 +457,14 @@ impl Driver {
         let batch = std::mem::take(&mut self.new_proposals);
         if !self.is_leader() {
             let error = self.not_leader();
+            for p in batch {
+                let _ = p.reply.send(Err(error.clone()));
+            }
+            return;
+        }
+        let bytes = batch.iter().map(|p| p.data.len() as u64).sum();
+        if let Some(why) = self.overloaded(bytes) {
+            let error = self.busy(why);
             for p in batch {
                 let _ = p.reply.send(Err(error.clone()));
             }
@@ -322,14 +495,12 @@ impl Driver {
             entries,
             ..Default::default()
         };
-        msg.set_msg_type(raft::prelude::MessageType::MsgPropose);
+        msg.set_msg_type(MessageType::MsgPropose);
         let last_before = self.raw.raft.raft_log.last_index();
         match self.raw.step(msg) {
             Ok(()) if self.raw.raft.raft_log.last_index() == last_before + count => {
                 let metrics = &self.counters.metrics;
-                metrics
-                    .proposals
-                    .fetch_add(count, std::sync::atomic::Ordering::Relaxed);
+                metrics.proposals.fetch_add(count, Ordering::Relaxed);
                 for (i, (deadline, reply)) in waiters.into_iter().enumerate() {
                     self.to_apply(ApplyMsg::Register {
                         index: last_before + 1 + i as u64,
@@ -353,9 +524,21 @@ impl Driver {
     }
 
     fn lease_valid(&self) -> bool {
+        let raft = &self.raw.raft;
         self.is_leader()
-            && self.raw.raft.lead_transferee.is_none()
+            && raft.lead_transferee.is_none()
+            && self.transfer_term != Some(raft.term)
             && self.lease_until.is_some_and(|t| Instant::now() < t)
+    }
+
+    fn pending_read_count(&self) -> usize {
+        self.new_reads.len()
+            + self
+                .pending_reads
+                .values()
+                .map(|b| b.reads.len())
+                .sum::<usize>()
+            + Counters::get(&self.counters.pending_apply_reads) as usize
     }
 
     fn read(
@@ -365,6 +548,11 @@ impl Driver {
         deadline: Instant,
         reply: Responder,
     ) {
+        let max = self.config.max_pending_reads;
+        if self.pending_read_count() >= max {
+            let _ = reply.send(Err(self.busy(format!("{max} reads are already waiting"))));
+            return;
+        }
         match consistency {
             ReadConsistency::Stale => self.to_apply(ApplyMsg::Read {
                 index: 0,
@@ -415,10 +603,10 @@ impl Driver {
         let Some(batch) = self.pending_reads.remove(&state.request_ctx) else {
             return;
         };
-        if self.is_leader() {
+        let lease = self.config.lease_duration();
+        if self.is_leader() && !lease.is_zero() {
             // A quorum heard from us after `first_issued`: none of them votes for another
             // candidate within an election timeout of that (check-quorum leases).
-            let lease = self.config.min_election_timeout().mul_f64(0.8);
             let until = batch.first_issued + lease;
             if self.lease_until.is_none_or(|t| t < until) {
                 self.lease_until = Some(until);
@@ -435,6 +623,7 @@ impl Driver {
     }
 
     fn on_tick(&mut self) {
+        self.ticks += 1;
         let now = Instant::now();
         let retry = self.config.read_retry_interval;
         let mut reissue = Vec::new();
@@ -458,10 +647,23 @@ impl Driver {
         for ctx in reissue {
             self.raw.read_index(ctx);
         }
+        self.assembler.expire(now);
+        if self.ticks % REAP_EVERY_TICKS == 0 {
+            self.reap_senders();
+        }
+        NodeMetrics::set(&self.counters.metrics.peer_queue, self.peers.queued());
         if self.is_leader() {
             self.maybe_leave_joint();
             self.maybe_promote_learners();
         }
+    }
+
+    /// Stops the sender tasks of nodes that are neither members nor a join in progress.
+    fn reap_senders(&mut self) {
+        let members = &self.members;
+        let learned = &self.learned_addrs;
+        self.peers
+            .retain(|id| members.get(id).is_some() || learned.contains_key(&id));
     }
 
     fn conf_pending(&self) -> bool {
@@ -485,21 +687,24 @@ impl Driver {
         }
     }
 
+    /// The log index a learner has acknowledged (0: nothing yet, or not a member).
+    fn matched(&self, id: u64) -> u64 {
+        self.raw.raft.prs().get(id).map_or(0, |p| p.matched)
+    }
+
     fn maybe_promote_learners(&mut self) {
         if self.conf_pending() {
             return;
         }
         let last = self.raw.raft.raft_log.last_index();
         let cs = self.raw.raft.prs().conf().to_conf_state();
+        // A learner that acknowledged nothing has no state yet (it may not even have its
+        // snapshot): it stays a learner until it caught up, whatever the lag allows.
         let candidate = self.members.iter().find(|m| {
-            m.promote
-                && cs.learners.contains(&m.id)
-                && self
-                    .raw
-                    .raft
-                    .prs()
-                    .get(m.id)
-                    .is_some_and(|p| p.matched + self.config.promote_lag >= last)
+            m.promote && cs.learners.contains(&m.id) && {
+                let matched = self.matched(m.id);
+                matched > 0 && matched + self.config.promote_lag >= last
+            }
         });
         let Some(member) = candidate.cloned() else {
             return;
@@ -521,19 +726,40 @@ impl Driver {
         }
     }
 
-    fn change_membership(
-        &mut self,
-        action: MembershipAction,
-        node_id: u64,
-        addr: String,
-        deadline: Instant,
-        reply: Responder,
-    ) {
-        let outcome = self.plan_membership(action, node_id, addr);
-        let (change, member) = match outcome {
-            Ok(Some(plan)) => plan,
-            Ok(None) => {
+    fn change_membership(&mut self, change: MembershipChange, deadline: Instant, reply: Responder) {
+        let node_id = change.node_id;
+        let (conf_change, member) = match self.plan_membership(change) {
+            Ok(Plan::Done) => {
                 let _ = reply.send(Ok(Vec::new()));
+                return;
+            }
+            Ok(Plan::Change(change, member)) => (change, member),
+            Ok(Plan::Replace) => {
+                // Remove the old incarnation now; the joining node retries its join and is
+                // added again as a learner once the removal applied.
+                if self.conf_pending() {
+                    let _ = reply.send(Err(Error::MembershipBusy));
+                    return;
+                }
+                let (_, _, context) = self.next_context(Vec::new());
+                let cc = single_change(ConfChangeType::RemoveNode, node_id);
+                let answer = match self.raw.propose_conf_change(context, cc) {
+                    Ok(()) => {
+                        tracing::warn!(
+                            node = self.id,
+                            replaced = node_id,
+                            "node {node_id} joined with empty storage: removing its old \
+                             incarnation before it is added again as a learner"
+                        );
+                        Err(Error::Busy(format!(
+                            "node {node_id} lost its state; its old incarnation is being \
+                             removed, retry the join"
+                        )))
+                    }
+                    Err(raft::Error::ProposalDropped) => Err(Error::MembershipBusy),
+                    Err(e) => Err(Error::from(e)),
+                };
+                let _ = reply.send(answer);
                 return;
             }
             Err(e) => {
@@ -548,7 +774,7 @@ impl Driver {
         let (term, seq, context) = self.next_context(member.into_iter().collect());
         match self
             .raw
-            .propose_conf_change(context, single_change(change, node_id))
+            .propose_conf_change(context, single_change(conf_change, node_id))
         {
             Ok(()) => self.register(term, seq, deadline, reply),
             Err(raft::Error::ProposalDropped) => {
@@ -560,21 +786,28 @@ impl Driver {
         }
     }
 
-    /// What conf change a request needs: `None` when it is already in effect.
-    fn plan_membership(
-        &mut self,
-        action: MembershipAction,
-        node_id: u64,
-        addr: String,
-    ) -> Result<Option<(ConfChangeType, Option<Member>)>> {
+    /// What a membership request needs.
+    fn plan_membership(&mut self, change: MembershipChange) -> Result<Plan> {
         if !self.is_leader() {
             return Err(self.not_leader());
         }
+        let MembershipChange {
+            action,
+            node_id,
+            addr,
+            empty_storage,
+        } = change;
         if node_id == 0 {
             return Err(Error::Invalid("node id 0 is reserved".into()));
         }
+        if addr.len() > MAX_ADDR {
+            return Err(Error::Invalid(format!(
+                "an address of {} bytes (at most {MAX_ADDR})",
+                addr.len()
+            )));
+        }
         let cs = self.raw.raft.prs().conf().to_conf_state();
-        let is_voter = cs.voters.contains(&node_id);
+        let is_voter = cs.voters.contains(&node_id) || cs.voters_outgoing.contains(&node_id);
         let is_learner = cs.learners.contains(&node_id);
         let known_addr = self.members.addr(node_id).map(str::to_string);
         let member = |promote| Member {
@@ -588,8 +821,19 @@ impl Driver {
                     return Err(Error::Invalid("a joining node needs an address".into()));
                 }
                 if is_voter || is_learner {
+                    if empty_storage {
+                        // The node lost its disk: its votes and log are gone. Unless it is a
+                        // learner that never acknowledged anything (its earlier join), the
+                        // old incarnation must go before it may count again.
+                        let fresh = is_learner && self.matched(node_id) == 0;
+                        if fresh && known_addr.as_deref() == Some(addr.as_str()) {
+                            return Ok(Plan::Done);
+                        }
+                        self.check_replaceable(node_id, &cs.voters, is_voter)?;
+                        return Ok(Plan::Replace);
+                    }
                     if known_addr.as_deref() == Some(addr.as_str()) {
-                        return Ok(None);
+                        return Ok(Plan::Done);
                     }
                     return Err(Error::Invalid(format!(
                         "node {node_id} is already a member at {}; remove it first",
@@ -597,28 +841,34 @@ impl Driver {
                     )));
                 }
                 let promote = action == MembershipAction::Join;
-                Ok(Some((
+                Ok(Plan::Change(
                     ConfChangeType::AddLearnerNode,
                     Some(member(promote)),
-                )))
+                ))
             }
             MembershipAction::Promote => {
                 if is_voter {
-                    return Ok(None);
+                    return Ok(Plan::Done);
                 }
                 if !is_learner {
                     return Err(Error::Invalid(format!("node {node_id} is not a learner")));
+                }
+                if self.matched(node_id) == 0 {
+                    return Err(Error::Invalid(format!(
+                        "learner {node_id} has not received any of the log yet; promote it \
+                         once it caught up"
+                    )));
                 }
                 let m = Member {
                     id: node_id,
                     addr: known_addr.unwrap_or(addr),
                     promote: false,
                 };
-                Ok(Some((ConfChangeType::AddNode, Some(m))))
+                Ok(Plan::Change(ConfChangeType::AddNode, Some(m)))
             }
             MembershipAction::Remove => {
                 if !is_voter && !is_learner {
-                    return Ok(None);
+                    return Ok(Plan::Done);
                 }
                 if is_voter && cs.voters.len() == 1 {
                     return Err(Error::Invalid(format!(
@@ -633,24 +883,64 @@ impl Driver {
                         .iter()
                         .copied()
                         .filter(|&v| v != self.id)
-                        .max_by_key(|&v| self.raw.raft.prs().get(v).map_or(0, |p| p.matched));
+                        .max_by_key(|&v| self.matched(v));
                     if let Some(target) = target {
                         tracing::info!(
                             node = self.id,
                             target,
                             "transferring leadership before leaving"
                         );
-                        self.lease_until = None;
-                        self.raw.transfer_leader(target);
+                        self.start_transfer(target);
                     }
                     return Err(Error::NotLeader {
                         leader_id: None,
                         leader_addr: None,
                     });
                 }
-                Ok(Some((ConfChangeType::RemoveNode, None)))
+                Ok(Plan::Change(ConfChangeType::RemoveNode, None))
             }
         }
+    }
+
+    /// A voter that lost its disk can be removed only if the other voters still form a
+    /// quorum that this leader reaches; otherwise the removal would never commit.
+    fn check_replaceable(&self, node_id: u64, voters: &[u64], is_voter: bool) -> Result<()> {
+        if !is_voter {
+            return Ok(());
+        }
+        if node_id == self.id {
+            return Err(Error::Invalid(format!(
+                "node {node_id} leads this cluster and cannot be re-admitted by itself"
+            )));
+        }
+        let others: Vec<u64> = voters.iter().copied().filter(|&v| v != node_id).collect();
+        let reachable: Vec<u64> = others
+            .iter()
+            .copied()
+            .filter(|&v| {
+                v == self.id || self.raw.raft.prs().get(v).is_some_and(|p| p.recent_active)
+            })
+            .collect();
+        if reachable.len() < others.len() / 2 + 1 {
+            let unreachable: Vec<u64> = others
+                .iter()
+                .copied()
+                .filter(|v| !reachable.contains(v))
+                .collect();
+            return Err(Error::Invalid(format!(
+                "node {node_id} lost its state and must be re-admitted: its old incarnation is \
+                 removed first, which needs a quorum of the other voters {others:?}, but \
+                 {unreachable:?} are unreachable. Bring them back and retry, or restore the \
+                 cluster from a backup"
+            )));
+        }
+        Ok(())
+    }
+
+    fn start_transfer(&mut self, target: u64) {
+        self.lease_until = None;
+        self.transfer_term = Some(self.raw.raft.term);
+        self.raw.transfer_leader(target);
     }
 
     fn transfer_leader(&mut self, target: u64) -> Result<()> {
@@ -664,8 +954,7 @@ impl Driver {
         if !cs.voters.contains(&target) {
             return Err(Error::Invalid(format!("node {target} is not a voter")));
         }
-        self.lease_until = None;
-        self.raw.transfer_leader(target);
+        self.start_transfer(target);
         Ok(())
     }
 
@@ -690,7 +979,7 @@ impl Driver {
             voters: sorted(cs.voters),
             learners: sorted(cs.learners),
             members: self.members.addresses(),
-            snapshot_index: storage.snapshot().map(|s| snapshot_index(&s)).unwrap_or(0),
+            snapshot_index: storage.snapshot_metadata().map(|m| m.index).unwrap_or(0),
             first_log_index: storage.first_index().unwrap_or(0),
             last_log_index: raft.raft_log.last_index(),
             pending_proposals: Counters::get(&self.counters.pending_proposals),
@@ -725,46 +1014,103 @@ impl Driver {
         })
     }
 
-    async fn save_snapshot(&mut self, snapshot: Snapshot) -> Result<()> {
+    /// Hands the newest snapshot the apply task took to a storage thread, unless one is
+    /// being written already. The driver keeps running meanwhile: a large snapshot never
+    /// delays heartbeats. The result comes back as [`DriverMsg::SnapshotSaved`].
+    fn start_snapshot_save(&mut self) {
+        if self.saving_snapshot {
+            return;
+        }
+        let Some(snapshot) = self.snapshot_to_save.take() else {
+            return;
+        };
+        self.saving_snapshot = true;
         let index = snapshot_index(&snapshot);
-        let compact_to = index.saturating_sub(self.config.snapshot_log_tail);
-        self.write(move |s| {
-            s.save_snapshot(&snapshot)?;
-            if compact_to > 0 {
-                s.compact(compact_to)?;
-            }
-            Ok(())
-        })
-        .await?;
-        tracing::debug!(
-            node = self.id,
-            index,
-            compact_to,
-            "snapshot saved, log compacted"
-        );
-        Ok(())
+        // Never compact past what raft-rs knows is applied: it reads that range to decide
+        // whether it may campaign.
+        let compact_to = index
+            .saturating_sub(self.config.snapshot_log_tail)
+            .min(self.raft_applied);
+        let storage = self.storage.clone();
+        let tx = self.driver_tx.clone();
+        let node = self.id;
+        tokio::spawn(async move {
+            let result = tokio::task::spawn_blocking(move || {
+                storage.save_snapshot(&snapshot)?;
+                if compact_to > 0 {
+                    storage.compact(compact_to)?;
+                }
+                Ok::<_, StorageError>(())
+            })
+            .await
+            .map_err(|e| StorageError::Io(format!("storage thread failed: {e}")))
+            .and_then(|r| r)
+            .map(|()| index)
+            .map_err(|e| {
+                tracing::error!(node, "saving a snapshot failed, stopping the node: {e}");
+                Error::Storage(e)
+            });
+            let _ = tx.send(DriverMsg::SnapshotSaved(result)).await;
+        });
     }
 
     fn send_messages(&mut self, messages: Vec<Message>) {
         for msg in messages {
             let to = msg.to;
+            let is_snapshot = msg.msg_type() == MessageType::MsgSnapshot;
             let addr = self
                 .members
                 .addr(to)
                 .or_else(|| self.learned_addrs.get(&to).map(String::as_str));
-            match addr {
+            let delivered = match addr {
                 Some(addr) => {
-                    if !self.peers.send(msg, addr) {
-                        self.raw.report_unreachable(to);
+                    let queued = self.peers.send(msg, addr);
+                    if !queued {
+                        self.unreachable.push(to);
                     }
+                    queued
                 }
-                None => tracing::debug!(
-                    node = self.id,
-                    peer = to,
-                    "no address for peer; message dropped"
-                ),
+                None => {
+                    tracing::debug!(
+                        node = self.id,
+                        peer = to,
+                        "no address for peer; message dropped"
+                    );
+                    false
+                }
+            };
+            if is_snapshot && !delivered {
+                // raft-rs waits in "snapshot" state until it hears how the transfer went.
+                self.snapshot_failed.push(to);
             }
         }
+    }
+
+    /// Applies what the apply task finished: raft-rs learns the real applied index, and the
+    /// backlog shrinks.
+    fn sync_applied(&mut self) {
+        let applied = *self.applied_rx.borrow_and_update();
+        let log = &self.raw.raft.raft_log;
+        let to = applied.min(log.committed).min(log.persisted);
+        if to > self.raft_applied {
+            self.raw.advance_apply_to(to);
+            self.raft_applied = to;
+        }
+        self.backlog.applied(applied);
+        let metrics = &self.counters.metrics;
+        NodeMetrics::set(&metrics.apply_backlog_bytes, self.backlog.bytes);
+        NodeMetrics::set(
+            &metrics.apply_backlog_entries,
+            self.backlog.entries(applied),
+        );
+    }
+
+    /// A follower whose state machine is far behind takes no new committed entries (and so
+    /// acknowledges nothing new) until it caught up: its apply queue stays bounded. A leader
+    /// bounds its backlog by refusing proposals instead, and never stops sending heartbeats.
+    fn apply_stalled(&self) -> bool {
+        !self.is_leader()
+            && self.backlog.bytes > self.config.max_apply_backlog_bytes.saturating_mul(2)
     }
 
     async fn on_ready(&mut self) -> Result<()> {
@@ -773,20 +1119,22 @@ impl Driver {
         // 1. A leader may send before its own write: followers persist in parallel.
         self.send_messages(ready.take_messages());
 
-        // 2. A snapshot from the leader replaces the log, then the state machine.
+        // 2. A snapshot from the leader replaces the log, then the state machine. It was
+        // checked (conf state, envelope) before raft saw it.
         if !ready.snapshot().is_empty() {
             let snapshot = ready.snapshot().clone();
+            let members = open_members(&snapshot.data).map_err(|e| {
+                Error::Config(format!(
+                    "a snapshot that passed its checks is unreadable: {e}"
+                ))
+            })?;
             let to_store = snapshot.clone();
             self.write(move |s| s.install_snapshot(&to_store)).await?;
-            match open_envelope(&snapshot.data) {
-                Ok(envelope) => self.members = Members::from_list(envelope.members),
-                Err(e) => return Err(Error::Config(format!("received a bad snapshot: {e}"))),
-            }
-            tracing::info!(
-                node = self.id,
-                index = snapshot_index(&snapshot),
-                "installed snapshot from leader"
-            );
+            self.members = Members::from_list(members);
+            let index = snapshot_index(&snapshot);
+            tracing::info!(node = self.id, index, "installed snapshot from leader");
+            self.backlog.applied(index);
+            self.backlog.handed = self.backlog.handed.max(index);
             self.to_apply(ApplyMsg::Restore(Box::new(snapshot)));
         }
 
@@ -810,18 +1158,23 @@ impl Driver {
             self.on_read_state(state);
         }
 
-        // 6. Advance, then the light ready.
-        let mut light = self.raw.advance(ready);
+        // 6. Advance (raft-rs hears the applied index from the apply task, not here), then
+        // the light ready.
+        let mut light = self.raw.advance_append(ready);
         self.send_messages(light.take_messages());
         self.hand_to_apply(light.take_committed_entries());
-        self.raw.advance_apply();
         Ok(())
     }
 
     fn hand_to_apply(&mut self, entries: Vec<Entry>) {
-        if entries.is_empty() {
+        let Some(last) = entries.last().map(|e| e.index) else {
             return;
-        }
+        };
+        let bytes = entries
+            .iter()
+            .map(|e| (e.data.len() + e.context.len()) as u64)
+            .sum();
+        self.backlog.push(last, bytes);
         let mut batch = Vec::with_capacity(entries.len());
         for entry in entries {
             let conf = match entry.get_entry_type() {
@@ -896,6 +1249,13 @@ impl Driver {
     }
 
     fn after_turn(&mut self) {
+        // Reports raft-rs must not hear while a Ready is in hand.
+        for id in std::mem::take(&mut self.unreachable) {
+            self.raw.report_unreachable(id);
+        }
+        for id in std::mem::take(&mut self.snapshot_failed) {
+            self.raw.report_snapshot(id, SnapshotStatus::Failure);
+        }
         let wanted = self.snapshot_wanted_for.swap(0, Ordering::Relaxed);
         if wanted != 0 {
             let recent = self.snapshot_requested.is_some_and(|(peer, at)| {
@@ -905,6 +1265,10 @@ impl Driver {
                 self.snapshot_requested = Some((wanted, Instant::now()));
                 self.to_apply(ApplyMsg::SnapshotFor(wanted));
             }
+        }
+        if !self.learned_addrs.is_empty() && !self.conf_empty() {
+            // Members' addresses come from the configuration from now on.
+            self.learned_addrs.clear();
         }
         let leader = self.is_leader();
         if self.was_leader && !leader {
@@ -917,6 +1281,7 @@ impl Driver {
             NodeMetrics::inc(&self.counters.metrics.leader_changes);
         }
         self.last_leader = leader_id;
+        Counters::set(&self.counters.leader, leader_id.unwrap_or(0));
         if leader && !self.was_leader {
             tracing::info!(node = self.id, term = self.raw.raft.term, "became leader");
         }
@@ -933,6 +1298,22 @@ impl Driver {
             self.removed = false;
         }
     }
+}
+
+/// What a membership request needs.
+enum Plan {
+    /// Already in effect.
+    Done,
+    /// One conf change, with the member's address when it adds one.
+    Change(ConfChangeType, Option<Member>),
+    /// The node lost its disk: remove the old incarnation; it joins again after.
+    Replace,
+}
+
+fn apply_task_gone() -> Error {
+    Error::Store(
+        "the apply task stopped (the state machine panicked?); stopping the node".to_string(),
+    )
 }
 
 fn single_change(change_type: ConfChangeType, node_id: u64) -> ConfChangeV2 {
@@ -962,4 +1343,25 @@ pub(crate) async fn ask<T>(
     let (reply, rx) = oneshot::channel();
     tx.send(make(reply)).await.map_err(|_| Error::Shutdown)?;
     rx.await.map_err(|_| Error::Shutdown)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_apply_backlog_counts_what_is_not_applied() {
+        let mut b = ApplyBacklog {
+            handed: 10,
+            ..ApplyBacklog::default()
+        };
+        b.push(12, 100);
+        b.push(20, 50);
+        assert_eq!((b.bytes, b.entries(10)), (150, 10));
+        b.applied(12);
+        assert_eq!((b.bytes, b.entries(12)), (50, 8));
+        b.applied(25);
+        assert_eq!((b.bytes, b.entries(25)), (0, 0));
+        assert_eq!(b.handed, 25, "a snapshot moves the handed index too");
+    }
 }

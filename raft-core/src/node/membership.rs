@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use prost::Message as _;
 
-use crate::wire::{EntryContext, Member, SnapshotEnvelope};
+use crate::wire::{EntryContext, Member, SnapshotEnvelope, SnapshotMembers};
 
 /// The members this node knows, by id.
 #[derive(Debug, Clone, Default)]
@@ -54,6 +54,13 @@ impl Members {
 /// Splits snapshot data into the membership and the user's state.
 pub(crate) fn open_envelope(data: &[u8]) -> Result<SnapshotEnvelope, String> {
     SnapshotEnvelope::decode(data).map_err(|e| format!("snapshot envelope: {e}"))
+}
+
+/// The membership of a snapshot, without copying the user's state.
+pub(crate) fn open_members(data: &[u8]) -> Result<Vec<Member>, String> {
+    SnapshotMembers::decode(data)
+        .map(|m| m.members)
+        .map_err(|e| format!("snapshot envelope: {e}"))
 }
 
 pub(crate) fn seal_envelope(members: Vec<Member>, user_data: Vec<u8>) -> Vec<u8> {

@@ -13,10 +13,33 @@ use crate::wire::{Member, MembershipAction};
 /// Answers one waiting client, exactly once.
 pub(crate) type Responder = oneshot::Sender<Result<Vec<u8>>>;
 
+/// A membership request.
+#[derive(Debug, Clone)]
+pub(crate) struct MembershipChange {
+    pub(crate) action: MembershipAction,
+    pub(crate) node_id: u64,
+    pub(crate) addr: String,
+    /// Sent by the joining node itself, whose storage is empty.
+    pub(crate) empty_storage: bool,
+}
+
+impl MembershipChange {
+    /// A change requested by an operator (not by the joining node itself).
+    pub(crate) fn new(action: MembershipAction, node_id: u64, addr: String) -> Self {
+        MembershipChange {
+            action,
+            node_id,
+            addr,
+            empty_storage: false,
+        }
+    }
+}
+
 /// Everything the driver task reacts to, besides its tick.
 pub(crate) enum DriverMsg {
-    /// A raft message from a peer, and where that peer listens.
-    Raft(Box<Message>, Option<(u64, String)>),
+    /// A raft message from a peer that passed the wire checks, and where the peer says it
+    /// listens.
+    Raft(Box<Message>, Option<String>),
     Propose {
         data: Vec<u8>,
         deadline: Instant,
@@ -29,9 +52,7 @@ pub(crate) enum DriverMsg {
         reply: Responder,
     },
     Membership {
-        action: MembershipAction,
-        node_id: u64,
-        addr: String,
+        change: MembershipChange,
         deadline: Instant,
         reply: Responder,
     },
@@ -42,6 +63,9 @@ pub(crate) enum DriverMsg {
     Status(oneshot::Sender<Status>),
     /// The apply task took a snapshot of the state machine.
     SnapshotTaken(Box<Snapshot>),
+    /// A snapshot the driver handed to a storage thread was saved (or not), and the log
+    /// compacted behind it.
+    SnapshotSaved(Result<u64>),
     Unreachable(u64),
     SnapshotStatus(u64, SnapshotStatus),
     /// The apply task failed (e.g. `Store::restore` errored): stop the node.

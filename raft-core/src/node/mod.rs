@@ -4,6 +4,7 @@
 
 pub(crate) mod apply;
 pub(crate) mod driver;
+pub(crate) mod inbound;
 pub(crate) mod membership;
 pub(crate) mod messages;
 pub(crate) mod peers;
@@ -16,6 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Default)]
 pub(crate) struct Counters {
     pub(crate) applied: AtomicU64,
+    /// The leader this node follows (0: none known), for the server side's checks.
+    pub(crate) leader: AtomicU64,
     pub(crate) pending_proposals: AtomicU64,
     pub(crate) pending_apply_reads: AtomicU64,
     pub(crate) metrics: crate::metrics::NodeMetrics,

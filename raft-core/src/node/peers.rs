@@ -82,6 +82,20 @@ impl Peers {
     pub(crate) fn remove(&mut self, id: u64) {
         self.senders.remove(&id);
     }
+
+    /// Keeps only the senders of peers for which `keep` holds (their tasks end when their
+    /// queue's sender is dropped).
+    pub(crate) fn retain(&mut self, keep: impl Fn(u64) -> bool) {
+        self.senders.retain(|&id, _| keep(id));
+    }
+
+    /// Messages queued over all peers.
+    pub(crate) fn queued(&self) -> u64 {
+        self.senders
+            .values()
+            .map(|s| (s.tx.max_capacity() - s.tx.capacity()) as u64)
+            .sum()
+    }
 }
 
 struct SenderTask {

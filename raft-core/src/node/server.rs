@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use super::messages::DriverMsg;
+use super::inbound::{check_wire, Refusal, Route, MAX_ADDR};
+use super::messages::{DriverMsg, MembershipChange};
 use super::snapshot_transfer::SnapshotAssembler;
 use crate::error::{Error, TransportError};
 use crate::mailbox::NodeHandle;
-use crate::transport::InboundHandler;
+use crate::transport::{InboundHandler, PeerIdentity};
 use crate::wire::{
     self, request, response, BatchRequest, BatchResponse, ErrorCode, ErrorReply,
     LeaderInfoResponse, MembershipAction, RaftBatch, Request, Response,
@@ -20,7 +21,7 @@ const MAX_BATCH: usize = 4096;
 
 pub(crate) struct NodeServer {
     pub(crate) node: Arc<NodeHandle>,
-    pub(crate) assembler: SnapshotAssembler,
+    pub(crate) assembler: Arc<SnapshotAssembler>,
 }
 
 fn reply(kind: response::Kind) -> Response {
@@ -37,31 +38,56 @@ fn timeout_of(ms: u64, default: Duration) -> Duration {
 
 #[async_trait]
 impl InboundHandler for NodeServer {
-    async fn raft_batch(&self, batch: RaftBatch) -> Result<(), TransportError> {
+    async fn raft_batch(&self, peer: PeerIdentity, batch: RaftBatch) -> Result<(), TransportError> {
         let id = self.node.id;
-        if batch.to != id {
-            return Err(TransportError::Malformed(format!(
-                "raft batch for node {} delivered to node {id}",
-                batch.to
-            )));
+        let metrics = &self.node.counters.metrics;
+        let whole = |reason: Refusal, why: String| {
+            metrics.refuse(id, reason, &why);
+            Err(TransportError::Malformed(why))
+        };
+        if !peer.may_be(batch.from) {
+            return whole(
+                Refusal::Identity,
+                format!("{peer} sent raft messages as node {}", batch.from),
+            );
         }
-        let mut messages = Vec::with_capacity(batch.messages.len());
+        if batch.to != id || batch.from == 0 || batch.from == id {
+            return whole(
+                Refusal::Addressing,
+                format!(
+                    "raft batch {}->{} delivered to node {id}",
+                    batch.from, batch.to
+                ),
+            );
+        }
+        if batch.from_addr.len() > MAX_ADDR {
+            return whole(Refusal::Field, "an oversized sender address".into());
+        }
         for bytes in &batch.messages {
-            let msg = wire::decode_raft_message(bytes)?;
-            check_raft_message(&msg)?;
-            if msg.to != id || msg.from != batch.from {
-                return Err(TransportError::Malformed(format!(
-                    "raft message {}->{} inside a batch {}->{}",
-                    msg.from, msg.to, batch.from, id
-                )));
+            let msg = match wire::decode_raft_message(bytes) {
+                Ok(m) => m,
+                Err(e) => {
+                    metrics.refuse(id, Refusal::Undecodable, &e);
+                    continue;
+                }
+            };
+            let checked = if msg.from != batch.from {
+                Err(Refusal::Addressing)
+            } else {
+                check_wire(&msg, id, Route::Batch)
+            };
+            if let Err(reason) = checked {
+                metrics.refuse(
+                    id,
+                    reason,
+                    &format_args!("{:?} from node {}", msg.msg_type(), batch.from),
+                );
+                continue;
             }
-            messages.push(msg);
-        }
-        for msg in messages {
-            let from = Some((batch.from, batch.from_addr.clone()));
+            let from_addr = (!batch.from_addr.is_empty()).then(|| batch.from_addr.clone());
             self.node
                 .driver_tx
-                .send(DriverMsg::Raft(Box::new(msg), from))
+                .send(DriverMsg::Raft(Box::new(msg), from_addr))
                 .await
                 .map_err(|_| TransportError::Unreachable {
                     addr: self.node.addr.clone(),
@@ -71,10 +97,10 @@ impl InboundHandler for NodeServer {
         Ok(())
     }
 
-    async fn call(&self, request: Request) -> Response {
+    async fn call(&self, peer: PeerIdentity, request: Request) -> Response {
         match request.kind {
-            Some(request::Kind::Batch(batch)) => self.call_batch(batch).await,
-            kind => self.call_one(kind).await,
+            Some(request::Kind::Batch(batch)) => self.call_batch(peer, batch).await,
+            kind => self.call_one(peer, kind).await,
         }
     }
 }
@@ -82,7 +108,7 @@ impl InboundHandler for NodeServer {
 impl NodeServer {
     /// A follower's forwarded proposals and queries: each handled as if it came alone, all
     /// at once (the driver then puts them in one raft proposal and one ReadIndex).
-    async fn call_batch(&self, batch: BatchRequest) -> Response {
+    async fn call_batch(&self, peer: PeerIdentity, batch: BatchRequest) -> Response {
         if batch.requests.len() > MAX_BATCH {
             return reply(response::Kind::Error(error_to_wire(&Error::Invalid(
                 format!(
@@ -94,7 +120,7 @@ impl NodeServer {
         let answers = batch.requests.into_iter().map(|r| async move {
             match r.kind {
                 kind @ Some(request::Kind::Propose(_) | request::Kind::Query(_)) => {
-                    self.call_one(kind).await
+                    self.call_one(peer, kind).await
                 }
                 _ => reply(response::Kind::Error(error_to_wire(&Error::Invalid(
                     "only proposals and queries can be batched".into(),
@@ -105,7 +131,7 @@ impl NodeServer {
         reply(response::Kind::Batch(BatchResponse { responses }))
     }
 
-    async fn call_one(&self, kind: Option<request::Kind>) -> Response {
+    async fn call_one(&self, peer: PeerIdentity, kind: Option<request::Kind>) -> Response {
         let default = self.node.config.request_timeout;
         let result: Result<response::Kind, Error> = match kind {
             None => Err(Error::Invalid("empty request".into())),
@@ -132,13 +158,25 @@ impl NodeServer {
                     "unknown membership action {}",
                     m.action
                 ))),
+                Ok(_) if m.empty_storage && !peer.may_be(m.node_id) => {
+                    let why = format!("{peer} asked to join as node {}", m.node_id);
+                    self.node
+                        .counters
+                        .metrics
+                        .refuse(self.node.id, Refusal::Identity, &why);
+                    Err(Error::Invalid(format!(
+                        "{why}: a node joins only with a certificate naming its own id"
+                    )))
+                }
                 Ok(action) => {
                     let timeout = timeout_of(m.timeout_ms, default);
-                    match self
-                        .node
-                        .membership_local(action, m.node_id, m.addr, timeout)
-                        .await
-                    {
+                    let change = MembershipChange {
+                        action,
+                        node_id: m.node_id,
+                        addr: m.addr,
+                        empty_storage: m.empty_storage,
+                    };
+                    match self.node.membership_local(change, timeout).await {
                         Ok(()) => self
                             .node
                             .status()
@@ -169,6 +207,14 @@ impl NodeServer {
                 .status()
                 .await
                 .map(|s| response::Kind::Status((&s).into())),
+            Some(request::Kind::SnapshotChunk(chunk)) if !peer.may_be(chunk.from) => {
+                let why = format!("{peer} sent a snapshot chunk as node {}", chunk.from);
+                self.node
+                    .counters
+                    .metrics
+                    .refuse(self.node.id, Refusal::Identity, &why);
+                Err(Error::Invalid(why))
+            }
             Some(request::Kind::SnapshotChunk(chunk)) => match self.assembler.accept(chunk) {
                 Ok(None) => Ok(response::Kind::SnapshotChunk(true)),
                 Ok(Some(msg)) => {
@@ -184,9 +230,12 @@ impl NodeServer {
                     }
                     .inspect(|_| tracing::info!(node = self.node.id, from, "received a snapshot"))
                 }
-                Err(e) => {
-                    tracing::warn!(node = self.node.id, "rejected snapshot chunk: {e}");
-                    Err(Error::Invalid(e))
+                Err((reason, why)) => {
+                    self.node
+                        .counters
+                        .metrics
+                        .refuse(self.node.id, reason, &why);
+                    Err(Error::Invalid(why))
                 }
             },
         };
@@ -195,32 +244,6 @@ impl NodeServer {
             Err(e) => reply(response::Kind::Error(error_to_wire(&e))),
         }
     }
-}
-
-/// Refuses raft messages raft-rs would treat as fatal invariant violations rather than
-/// reject: local-only message types, and entries that do not follow the message's index.
-fn check_raft_message(msg: &raft::prelude::Message) -> Result<(), TransportError> {
-    use raft::prelude::MessageType;
-    let malformed = |why: &str| Err(TransportError::Malformed(format!("raft message: {why}")));
-    match msg.msg_type() {
-        MessageType::MsgHup
-        | MessageType::MsgBeat
-        | MessageType::MsgUnreachable
-        | MessageType::MsgSnapStatus
-        | MessageType::MsgCheckQuorum => return malformed("local message type from the network"),
-        _ => {}
-    }
-    if msg.from == 0 || msg.to == 0 {
-        return malformed("node id 0");
-    }
-    if msg.msg_type() == MessageType::MsgAppend {
-        for (expected, entry) in (msg.index + 1..).zip(&msg.entries) {
-            if entry.index != expected || entry.term < msg.log_term || entry.term > msg.term {
-                return malformed("append entries out of sequence");
-            }
-        }
-    }
-    Ok(())
 }
 
 /// Encodes an error for a remote caller.
@@ -242,10 +265,11 @@ pub(crate) fn error_to_wire(e: &Error) -> ErrorReply {
         Error::Invalid(_) => (ErrorCode::Invalid, 0, String::new()),
         Error::Shutdown => (ErrorCode::Shutdown, 0, String::new()),
         Error::MembershipBusy => (ErrorCode::MembershipBusy, 0, String::new()),
+        Error::Busy(_) => (ErrorCode::Busy, 0, String::new()),
         _ => (ErrorCode::Internal, 0, String::new()),
     };
     let message = match e {
-        Error::Store(m) | Error::Invalid(m) => m.clone(),
+        Error::Store(m) | Error::Invalid(m) | Error::Busy(m) => m.clone(),
         other => other.to_string(),
     };
     ErrorReply {
@@ -269,6 +293,7 @@ pub(crate) fn error_from_wire(e: ErrorReply) -> Error {
         Ok(ErrorCode::Store) => Error::Store(e.message),
         Ok(ErrorCode::Invalid) => Error::Invalid(e.message),
         Ok(ErrorCode::MembershipBusy) => Error::MembershipBusy,
+        Ok(ErrorCode::Busy) => Error::Busy(e.message),
         Ok(ErrorCode::Shutdown) => Error::Remote(format!("remote node stopped: {}", e.message)),
         Ok(ErrorCode::Internal) | Err(_) => Error::Remote(e.message),
     }
@@ -278,45 +303,6 @@ pub(crate) fn error_from_wire(e: ErrorReply) -> Error {
 #[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn malformed_raft_messages_are_refused() {
-        use raft::prelude::{Entry, Message, MessageType};
-        let mut append = Message {
-            from: 1,
-            to: 2,
-            term: 3,
-            log_term: 2,
-            index: 10,
-            entries: vec![
-                Entry {
-                    index: 11,
-                    term: 3,
-                    ..Default::default()
-                },
-                Entry {
-                    index: 12,
-                    term: 3,
-                    ..Default::default()
-                },
-            ],
-            ..Default::default()
-        };
-        append.set_msg_type(MessageType::MsgAppend);
-        assert!(check_raft_message(&append).is_ok());
-        let mut gap = append.clone();
-        gap.entries[1].index = 14;
-        assert!(check_raft_message(&gap).is_err());
-        let mut future_term = append.clone();
-        future_term.entries[0].term = 9;
-        assert!(check_raft_message(&future_term).is_err());
-        let mut local = append.clone();
-        local.set_msg_type(MessageType::MsgHup);
-        assert!(check_raft_message(&local).is_err());
-        let mut zero = append;
-        zero.from = 0;
-        assert!(check_raft_message(&zero).is_err());
-    }
 
     #[test]
     fn errors_survive_the_wire_with_their_meaning() {
@@ -330,6 +316,7 @@ mod tests {
             Error::Store("bad command".into()),
             Error::Invalid("no".into()),
             Error::MembershipBusy,
+            Error::Busy("full".into()),
             Error::Timeout(Duration::from_secs(1)),
         ];
         for e in cases {

@@ -138,7 +138,8 @@ impl TestCluster {
             assert!(slot.running.is_none(), "node {id} is already running");
             slot.storage.clone()
         };
-        let transport = FaultyTransport::new(self.network.transport(), self.faults.clone(), &addr);
+        let transport =
+            FaultyTransport::new(self.network.transport_as(id), self.faults.clone(), &addr);
         let raft = Raft::builder(id, KvStore::new())
             .raft_addr(addr)
             .transport(transport)
@@ -225,6 +226,22 @@ impl TestCluster {
     /// Restarts a crashed node from its storage.
     pub async fn restart(&self, id: u64) {
         self.spawn(id, Start::Lead).await;
+    }
+
+    /// Starts a stopped node whose storage was wiped ([`TestCluster::wipe`]) the way an
+    /// operator does after replacing a failed disk: it joins through a running member.
+    pub async fn rejoin(&self, id: u64) {
+        let via = *self
+            .running()
+            .iter()
+            .find(|&&n| n != id)
+            .expect("a running node to join through");
+        self.spawn(id, Start::Join(via)).await;
+    }
+
+    /// The in-process network the nodes talk over (a test can attach its own transports).
+    pub fn network(&self) -> &LocalNetwork {
+        &self.network
     }
 
     /// Replaces node `id`'s storage with an empty one (it must not run).

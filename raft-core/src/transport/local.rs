@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use super::{InboundHandler, ServerGuard, Transport};
+use super::{InboundHandler, PeerIdentity, ServerGuard, Transport};
 use crate::error::TransportError;
 use crate::wire::{RaftBatch, Request, Response};
 
@@ -23,10 +23,21 @@ impl LocalNetwork {
         Self::default()
     }
 
-    /// A transport attached to this network.
+    /// A transport attached to this network. Receivers cannot tell who sends through it
+    /// ([`PeerIdentity::Unauthenticated`]), like a plaintext network transport.
     pub fn transport(&self) -> LocalTransport {
         LocalTransport {
             network: self.clone(),
+            identity: PeerIdentity::Unauthenticated,
+        }
+    }
+
+    /// A transport whose traffic receivers know comes from node `id`
+    /// ([`PeerIdentity::Node`]), like a network transport with node certificates.
+    pub fn transport_as(&self, id: u64) -> LocalTransport {
+        LocalTransport {
+            network: self.clone(),
+            identity: PeerIdentity::Node(id),
         }
     }
 
@@ -52,6 +63,7 @@ impl LocalNetwork {
 #[derive(Clone)]
 pub struct LocalTransport {
     network: LocalNetwork,
+    identity: PeerIdentity,
 }
 
 #[async_trait]
@@ -82,11 +94,14 @@ impl Transport for LocalTransport {
     }
 
     async fn send(&self, addr: &str, batch: RaftBatch) -> Result<(), TransportError> {
-        self.network.lookup(addr)?.raft_batch(batch).await
+        self.network
+            .lookup(addr)?
+            .raft_batch(self.identity, batch)
+            .await
     }
 
     async fn call(&self, addr: &str, request: Request) -> Result<Response, TransportError> {
         let handler = self.network.lookup(addr)?;
-        Ok(handler.call(request).await)
+        Ok(handler.call(self.identity, request).await)
     }
 }

@@ -17,14 +17,52 @@ pub use local::{LocalNetwork, LocalTransport};
 use crate::error::TransportError;
 use crate::wire::{RaftBatch, Request, Response};
 
+/// Who is on the other end of an inbound connection, as the transport established it.
+///
+/// A node checks every node id a message or call claims against this: with
+/// [`PeerIdentity::Node`], a raft batch, snapshot chunk or membership call that claims any
+/// other id is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PeerIdentity {
+    /// The transport authenticates nobody (plaintext): ids are taken at their word.
+    #[default]
+    Unauthenticated,
+    /// The peer proved it is this node (for example by a certificate that names the id).
+    Node(u64),
+    /// The peer proved it belongs to the cluster's trust domain (its certificate chains to
+    /// the CA) but names no node id: a client, never a raft peer.
+    WithoutNodeId,
+}
+
+impl PeerIdentity {
+    /// True when a sender claiming to be node `id` may be who it says.
+    pub fn may_be(self, id: u64) -> bool {
+        match self {
+            PeerIdentity::Unauthenticated => true,
+            PeerIdentity::Node(proven) => proven == id,
+            PeerIdentity::WithoutNodeId => false,
+        }
+    }
+}
+
+impl std::fmt::Display for PeerIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PeerIdentity::Unauthenticated => f.write_str("an unauthenticated peer"),
+            PeerIdentity::Node(id) => write!(f, "node {id}"),
+            PeerIdentity::WithoutNodeId => f.write_str("a peer whose certificate names no node"),
+        }
+    }
+}
+
 /// What a node exposes to its transport's server side.
 #[async_trait]
 pub trait InboundHandler: Send + Sync + 'static {
-    /// Raft messages from a peer. An error (undecodable message, wrong node) is logged by the
-    /// transport; it never stops the server.
-    async fn raft_batch(&self, batch: RaftBatch) -> Result<(), TransportError>;
-    /// A request/response call from a peer or client.
-    async fn call(&self, request: Request) -> Response;
+    /// Raft messages from `peer`. An error (undecodable message, wrong node, an id the
+    /// peer is not) is logged by the transport; it never stops the server.
+    async fn raft_batch(&self, peer: PeerIdentity, batch: RaftBatch) -> Result<(), TransportError>;
+    /// A request/response call from `peer` (another node or a client).
+    async fn call(&self, peer: PeerIdentity, request: Request) -> Response;
 }
 
 /// Moves raftkit's wire messages between nodes.

@@ -160,7 +160,11 @@ impl Recorder {
 
 #[async_trait]
 impl InboundHandler for Recorder {
-    async fn raft_batch(&self, batch: RaftBatch) -> Result<(), TransportError> {
+    async fn raft_batch(
+        &self,
+        _peer: raft_core::PeerIdentity,
+        batch: RaftBatch,
+    ) -> Result<(), TransportError> {
         if batch.to != self.id {
             return Err(TransportError::Malformed(format!(
                 "raft batch for node {} delivered to node {}",
@@ -172,7 +176,7 @@ impl InboundHandler for Recorder {
         Ok(())
     }
 
-    async fn call(&self, request: wire::Request) -> wire::Response {
+    async fn call(&self, _peer: raft_core::PeerIdentity, request: wire::Request) -> wire::Response {
         let kind = match request.kind {
             Some(request::Kind::Status(_)) => response::Kind::Status(wire::NodeStatus {
                 id: self.id,
