@@ -1,5 +1,6 @@
 //! The durable raft log: the reads raft-rs needs plus atomic, durable writes.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -64,6 +65,11 @@ pub(crate) struct RaftStorage {
     pub(crate) log: Arc<dyn LogStorage>,
     /// A peer that needs a snapshot the stored one does not cover (0: none).
     pub(crate) snapshot_wanted_for: Arc<AtomicU64>,
+    /// The oldest snapshot index each peer may be sent: the index at which it was last
+    /// added as a learner. A node that rejoined after losing its disk must get a snapshot of
+    /// its new incarnation (where it is a learner), never an older one that lists it as a
+    /// voter.
+    pub(crate) snapshot_floor: HashMap<u64, u64>,
 }
 
 /// True when `id` is a member in a snapshot's conf state.
@@ -117,7 +123,8 @@ impl raft::Storage for RaftStorage {
         if meta.index < request_index {
             return Err(unavailable());
         }
-        if !conf_covers(meta.conf_state.as_ref(), to) {
+        let floor = self.snapshot_floor.get(&to).copied().unwrap_or(0);
+        if meta.index < floor || !conf_covers(meta.conf_state.as_ref(), to) {
             // A new member needs a snapshot that includes it; ask the apply task for one.
             self.snapshot_wanted_for.store(to, Ordering::Relaxed);
             return Err(unavailable());

@@ -21,6 +21,11 @@ impl Drain for TracingDrain {
     type Err = slog::Never;
 
     fn log(&self, record: &Record<'_>, values: &OwnedKVList) -> Result<(), slog::Never> {
+        // raft-rs attaches whole messages (entries, snapshot data) to its debug records:
+        // format them only when someone listens.
+        if !self.is_enabled(record.level()) {
+            return Ok(());
+        }
         let mut kv = KvText(String::new());
         let _ = record.kv().serialize(record, &mut kv);
         let _ = values.serialize(record, &mut kv);
@@ -35,6 +40,18 @@ impl Drain for TracingDrain {
             slog::Level::Trace => tracing::trace!(target: "raft", "{msg}{}", kv.0),
         }
         Ok(())
+    }
+
+    fn is_enabled(&self, level: slog::Level) -> bool {
+        match level {
+            slog::Level::Critical | slog::Level::Error => {
+                tracing::enabled!(target: "raft", tracing::Level::ERROR)
+            }
+            slog::Level::Warning => tracing::enabled!(target: "raft", tracing::Level::WARN),
+            slog::Level::Info => tracing::enabled!(target: "raft", tracing::Level::INFO),
+            slog::Level::Debug => tracing::enabled!(target: "raft", tracing::Level::DEBUG),
+            slog::Level::Trace => tracing::enabled!(target: "raft", tracing::Level::TRACE),
+        }
     }
 }
 

@@ -105,8 +105,20 @@ impl NodeMetrics {
 
     /// Counts a refused message and logs it, at most once per second per reason.
     pub(crate) fn refuse(&self, node: u64, reason: Refusal, detail: &dyn std::fmt::Display) {
+        self.refuse_many(node, reason, 1, detail);
+    }
+
+    /// Counts `count` messages refused together (a whole batch) and logs it, at most once
+    /// per second per reason.
+    pub(crate) fn refuse_many(
+        &self,
+        node: u64,
+        reason: Refusal,
+        count: u64,
+        detail: &dyn std::fmt::Display,
+    ) {
         let slot = reason.slot();
-        self.refused[slot].fetch_add(1, Ordering::Relaxed);
+        self.refused[slot].fetch_add(count, Ordering::Relaxed);
         let now = Instant::now();
         let mut log = self.refusal_log.lock().unwrap_or_else(|e| e.into_inner());
         let (last, unlogged) = &mut log[slot];

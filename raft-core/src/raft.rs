@@ -304,6 +304,7 @@ impl Raft {
         let raft_storage = RaftStorage {
             log: storage.clone(),
             snapshot_wanted_for: snapshot_wanted_for.clone(),
+            snapshot_floor: Default::default(),
         };
         let raw = RawNode::new(
             &config.to_raft(id, snap_index),
@@ -394,6 +395,17 @@ async fn request_join(node: Arc<NodeHandle>, hint: (u64, String)) {
                 pause = (pause * 2).min(Duration::from_secs(1));
             }
             Err(e) => {
+                let e = match e {
+                    e @ (Error::NoLeader(_) | Error::Timeout(_) | Error::Busy(_)) => {
+                        Error::Config(format!(
+                            "joining the cluster failed: {e}. If node {} was a member that \
+                             lost its disk, the cluster re-admits it only while a quorum of its \
+                             other voters runs: bring them back, then start this node again",
+                            node.id
+                        ))
+                    }
+                    e => e,
+                };
                 tracing::error!(node = node.id, "joining the cluster failed: {e}");
                 let _ = node.driver_tx.send(DriverMsg::Fatal(e)).await;
                 return;

@@ -4,7 +4,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use raft_core::eraftpb::{Entry, HardState, RaftState, Snapshot};
+use raft_core::eraftpb::{Entry, HardState, RaftState, Snapshot, SnapshotMetadata};
 use raft_core::{limit_size, LogStorage, StorageError};
 use raft_engine::{Command, Config, Engine, LogBatch, MessageExt, ReadableSize};
 
@@ -156,7 +156,7 @@ struct State {
 }
 
 struct Writer {
-    next_seq: u64,
+    /// Set by the first failed write: the storage then refuses every write.
     failed: Option<String>,
 }
 
@@ -167,6 +167,8 @@ struct Writer {
 /// Layout of the data directory: `engine/` holds raft-engine's files (entries in raft group 1;
 /// the hard state, compaction point and snapshot record as key-values of group 2);
 /// `snapshots/` holds the latest snapshot's data, as with [`crate::RocksLogStorage`].
+///
+/// Snapshots are saved without holding up appends, as with [`crate::RocksLogStorage`].
 ///
 /// raft-engine panics if `fdatasync` fails; this storage catches that panic and returns
 /// [`StorageError::Io`], after which it refuses every write until reopened. Like RocksDB,
@@ -229,17 +231,14 @@ impl RaftEngineLogStorage {
             }
         };
         let snapshots = SnapshotFiles::open(&dir)?;
-        let (state, max_seq) = load(&engine, &engine_dir, &snapshots)?;
-        snapshots.remove_others(state.snapshot.as_ref().map(|r| r.seq));
+        let state = load(&engine, &engine_dir, &snapshots)?;
+        snapshots.adopt(state.snapshot.as_ref().map(|r| r.seq));
         Ok(Self {
             engine,
             dir,
             snapshots,
             state: RwLock::new(state),
-            writer: Mutex::new(Writer {
-                next_seq: max_seq + 1,
-                failed: None,
-            }),
+            writer: Mutex::new(Writer { failed: None }),
         })
     }
 
@@ -284,22 +283,12 @@ impl RaftEngineLogStorage {
         Err(err)
     }
 
-    fn write_snapshot_file(
-        &self,
-        w: &mut Writer,
-        snapshot: &Snapshot,
-    ) -> Result<SnapshotRecord, StorageError> {
-        let seq = w.next_seq;
-        w.next_seq += 1;
-        let (len, crc) = self.snapshots.write(seq, &snapshot.data).inspect_err(|e| {
-            w.failed = Some(e.to_string());
-        })?;
-        Ok(SnapshotRecord {
-            seq,
-            len,
-            crc,
-            meta: snapshot.metadata.clone().unwrap_or_default(),
-        })
+    /// Poisons the writer: after a failed snapshot file write (why:
+    /// [`SnapshotFiles::write_snapshot`]), which `save_snapshot` does without holding it.
+    fn poison(&self, e: StorageError) -> StorageError {
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        w.failed.get_or_insert_with(|| e.to_string());
+        e
     }
 }
 
@@ -309,11 +298,7 @@ fn put(batch: &mut LogBatch, key: &[u8], value: Vec<u8>) -> Result<(), StorageEr
         .map_err(|e| StorageError::Invalid(format!("raft-engine refused a key: {e}")))
 }
 
-fn load(
-    engine: &Engine,
-    path: &Path,
-    snapshots: &SnapshotFiles,
-) -> Result<(State, u64), StorageError> {
+fn load(engine: &Engine, path: &Path, snapshots: &SnapshotFiles) -> Result<State, StorageError> {
     let hard_state = match engine.get(META, HARD_STATE_KEY) {
         Some(b) => decode_hard_state(&b)?,
         None => HardState::default(),
@@ -360,10 +345,7 @@ fn load(
             next = high;
         }
     }
-    let max_seq = snapshots
-        .max_seq()?
-        .max(snapshot.as_ref().map_or(0, |r| r.seq));
-    Ok((State { index, snapshot }, max_seq))
+    Ok(State { index, snapshot })
 }
 
 impl LogStorage for RaftEngineLogStorage {
@@ -415,15 +397,28 @@ impl LogStorage for RaftEngineLogStorage {
     }
 
     fn snapshot(&self) -> raft::Result<Snapshot> {
-        let st = self.read_state();
-        let Some(record) = &st.snapshot else {
-            return Ok(Snapshot::default());
+        // The file is opened under the state lock (so it is the one the record names) and
+        // read after releasing it: appends need that lock, and a snapshot may be large.
+        let (file, meta) = {
+            let st = self.read_state();
+            let Some(record) = &st.snapshot else {
+                return Ok(Snapshot::default());
+            };
+            (self.snapshots.open_file(record)?, record.meta.clone())
         };
-        let data = self.snapshots.read(record)?;
         Ok(Snapshot {
-            data,
-            metadata: Some(record.meta.clone()),
+            data: file.read()?,
+            metadata: Some(meta),
         })
+    }
+
+    fn snapshot_metadata(&self) -> raft::Result<SnapshotMetadata> {
+        Ok(self
+            .read_state()
+            .snapshot
+            .as_ref()
+            .map(|r| r.meta.clone())
+            .unwrap_or_default())
     }
 
     fn append(
@@ -457,6 +452,8 @@ impl LogStorage for RaftEngineLogStorage {
     }
 
     fn install_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
+        // The writer is held throughout: the follower waits for the install anyway, and the
+        // log is replaced as a whole.
         let mut w = self.writer()?;
         let meta = snapshot.metadata.clone().unwrap_or_default();
         if meta.index == 0 {
@@ -464,7 +461,9 @@ impl LogStorage for RaftEngineLogStorage {
                 "cannot install an empty snapshot".into(),
             ));
         }
-        let record = self.write_snapshot_file(&mut w, snapshot)?;
+        let (file, record) = self.snapshots.write_snapshot(snapshot).inspect_err(|e| {
+            w.failed = Some(e.to_string());
+        })?;
         let hs = self
             .read_state()
             .index
@@ -482,23 +481,39 @@ impl LogStorage for RaftEngineLogStorage {
         {
             let mut st = self.write_state();
             if let Err(e) = self.commit(&mut w, &mut batch) {
-                self.snapshots.remove(record.seq);
+                file.keep_after_failed_commit();
                 return Err(e);
             }
             st.index.set_snapshot(meta, hs, true);
-            st.snapshot = Some(record.clone());
+            st.snapshot = Some(record);
         }
-        self.snapshots.remove_others(Some(record.seq));
+        // Readers now see the new record, so the old file can go.
+        file.commit();
+        drop(w);
+        self.snapshots.remove_others();
         Ok(())
     }
 
     fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
-        let mut w = self.writer()?;
         let meta = snapshot.metadata.clone().unwrap_or_default();
+        {
+            // Checked before writing a possibly large file for nothing.
+            let _w = self.writer()?;
+            if !self.read_state().index.plan_save_snapshot(&meta)? {
+                return Ok(());
+            }
+        }
+        // The data file is written and synced without the writer, so appends go on meanwhile.
+        // Until it is committed the file is pinned; returning early drops (deletes) it.
+        let (file, record) = self
+            .snapshots
+            .write_snapshot(snapshot)
+            .map_err(|e| self.poison(e))?;
+        let mut w = self.writer()?;
+        // The stored snapshot, or the log, may have changed while the file was written.
         if !self.read_state().index.plan_save_snapshot(&meta)? {
             return Ok(());
         }
-        let record = self.write_snapshot_file(&mut w, snapshot)?;
         let hs = self
             .read_state()
             .index
@@ -507,15 +522,18 @@ impl LogStorage for RaftEngineLogStorage {
         put(&mut batch, SNAPSHOT_KEY, record.encode())?;
         put(&mut batch, HARD_STATE_KEY, encode(&hs))?;
         if let Err(e) = self.commit(&mut w, &mut batch) {
-            self.snapshots.remove(record.seq);
+            file.keep_after_failed_commit();
             return Err(e);
         }
         {
             let mut st = self.write_state();
             st.index.set_snapshot(meta, hs, false);
-            st.snapshot = Some(record.clone());
+            st.snapshot = Some(record);
         }
-        self.snapshots.remove_others(Some(record.seq));
+        // Readers now see the new record, so the old file can go.
+        file.commit();
+        drop(w);
+        self.snapshots.remove_others();
         Ok(())
     }
 

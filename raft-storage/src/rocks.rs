@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use raft_core::eraftpb::{Entry, HardState, RaftState, Snapshot};
+use raft_core::eraftpb::{Entry, HardState, RaftState, Snapshot, SnapshotMetadata};
 use raft_core::{LogStorage, StorageError};
 use raft_prost::Message;
 use rocksdb::{ErrorKind, Options, ReadOptions, WriteBatch, WriteOptions, DB};
@@ -71,8 +71,6 @@ struct State {
 /// The single writer's state.
 struct Writer {
     options: WriteOptions,
-    /// The next snapshot file's sequence number.
-    next_seq: u64,
     /// Set by the first failed write: the storage then refuses every write.
     failed: Option<String>,
 }
@@ -85,6 +83,11 @@ struct Writer {
 /// written in one `WriteBatch` with `sync`; compaction deletes the range of compacted keys.
 /// Reads of the log's bounds and terms are answered from memory; entries are read from
 /// RocksDB (its memtable and block cache hold the recent tail).
+///
+/// A snapshot's data file is written and synced before the database record points at it.
+/// [`LogStorage::save_snapshot`] writes that file without holding up appends, and takes the
+/// writer only to check the snapshot is still wanted and to write the record;
+/// [`LogStorage::install_snapshot`] replaces the log, so it holds the writer throughout.
 ///
 /// RocksDB locks the directory: a second open, from another process or this one, fails with
 /// [`StorageError::Locked`] until the first storage is dropped. Dropping the storage closes
@@ -128,8 +131,8 @@ impl RocksLogStorage {
         opts.set_wal_recovery_mode(rocksdb::DBRecoveryMode::PointInTime);
         let db = DB::open(&opts, &db_path).map_err(|e| rocks_error("opening", &db_path, e))?;
         let snapshots = SnapshotFiles::open(&dir)?;
-        let (state, max_seq) = load(&db, &db_path, &snapshots)?;
-        snapshots.remove_others(state.snapshot.as_ref().map(|r| r.seq));
+        let state = load(&db, &db_path, &snapshots)?;
+        snapshots.adopt(state.snapshot.as_ref().map(|r| r.seq));
         let mut write_options = WriteOptions::default();
         write_options.set_sync(true);
         Ok(Self {
@@ -139,7 +142,6 @@ impl RocksLogStorage {
             state: RwLock::new(state),
             writer: Mutex::new(Writer {
                 options: write_options,
-                next_seq: max_seq + 1,
                 failed: None,
             }),
         })
@@ -178,24 +180,12 @@ impl RocksLogStorage {
             .map_err(|e| fail(w, rocks_error("writing to", &self.dir, e)))
     }
 
-    /// Writes a snapshot's data file; returns its record.
-    fn write_snapshot_file(
-        &self,
-        w: &mut Writer,
-        snapshot: &Snapshot,
-    ) -> Result<SnapshotRecord, StorageError> {
-        let seq = w.next_seq;
-        w.next_seq += 1;
-        let (len, crc) = self
-            .snapshots
-            .write(seq, &snapshot.data)
-            .map_err(|e| fail(w, e))?;
-        Ok(SnapshotRecord {
-            seq,
-            len,
-            crc,
-            meta: snapshot.metadata.clone().unwrap_or_default(),
-        })
+    /// Poisons the writer without holding it: after a failed snapshot file write in
+    /// `save_snapshot` (why: [`SnapshotFiles::write_snapshot`]).
+    fn poison(&self, e: StorageError) -> StorageError {
+        let mut w = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        w.failed.get_or_insert_with(|| e.to_string());
+        e
     }
 }
 
@@ -204,8 +194,8 @@ fn fail(w: &mut Writer, e: StorageError) -> StorageError {
     e
 }
 
-/// Reads the stored state and checks it; returns it with the highest snapshot file number.
-fn load(db: &DB, db_path: &Path, snapshots: &SnapshotFiles) -> Result<(State, u64), StorageError> {
+/// Reads the stored state and checks it.
+fn load(db: &DB, db_path: &Path, snapshots: &SnapshotFiles) -> Result<State, StorageError> {
     let get = |key: &[u8]| db.get(key).map_err(|e| rocks_error("reading", db_path, e));
     let hard_state = match get(HARD_STATE_KEY)? {
         Some(b) => decode_hard_state(&b)?,
@@ -251,10 +241,7 @@ fn load(db: &DB, db_path: &Path, snapshots: &SnapshotFiles) -> Result<(State, u6
     }
     it.status()
         .map_err(|e| rocks_error("reading the log in", db_path, e))?;
-    let max_seq = snapshots
-        .max_seq()?
-        .max(snapshot.as_ref().map_or(0, |r| r.seq));
-    Ok((State { index, snapshot }, max_seq))
+    Ok(State { index, snapshot })
 }
 
 impl LogStorage for RocksLogStorage {
@@ -315,16 +302,28 @@ impl LogStorage for RocksLogStorage {
     }
 
     fn snapshot(&self) -> raft::Result<Snapshot> {
-        // Held while reading, so the file is not replaced underneath.
-        let st = self.read_state();
-        let Some(record) = &st.snapshot else {
-            return Ok(Snapshot::default());
+        // The file is opened under the state lock (so it is the one the record names) and
+        // read after releasing it: appends need that lock, and a snapshot may be large.
+        let (file, meta) = {
+            let st = self.read_state();
+            let Some(record) = &st.snapshot else {
+                return Ok(Snapshot::default());
+            };
+            (self.snapshots.open_file(record)?, record.meta.clone())
         };
-        let data = self.snapshots.read(record)?;
         Ok(Snapshot {
-            data,
-            metadata: Some(record.meta.clone()),
+            data: file.read()?,
+            metadata: Some(meta),
         })
+    }
+
+    fn snapshot_metadata(&self) -> raft::Result<SnapshotMetadata> {
+        Ok(self
+            .read_state()
+            .snapshot
+            .as_ref()
+            .map(|r| r.meta.clone())
+            .unwrap_or_default())
     }
 
     fn append(
@@ -367,6 +366,8 @@ impl LogStorage for RocksLogStorage {
     }
 
     fn install_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
+        // The writer is held throughout: the follower waits for the install anyway, and the
+        // log is replaced as a whole.
         let mut w = self.writer()?;
         let meta = snapshot.metadata.clone().unwrap_or_default();
         if meta.index == 0 {
@@ -374,7 +375,10 @@ impl LogStorage for RocksLogStorage {
                 "cannot install an empty snapshot".into(),
             ));
         }
-        let record = self.write_snapshot_file(&mut w, snapshot)?;
+        let (file, record) = self
+            .snapshots
+            .write_snapshot(snapshot)
+            .map_err(|e| fail(&mut w, e))?;
         let hs = self
             .read_state()
             .index
@@ -387,23 +391,39 @@ impl LogStorage for RocksLogStorage {
         {
             let mut st = self.write_state();
             if let Err(e) = self.commit(&mut w, batch) {
-                self.snapshots.remove(record.seq);
+                file.keep_after_failed_commit();
                 return Err(e);
             }
             st.index.set_snapshot(meta, hs, true);
-            st.snapshot = Some(record.clone());
+            st.snapshot = Some(record);
         }
-        self.snapshots.remove_others(Some(record.seq));
+        // Readers now see the new record, so the old file can go.
+        file.commit();
+        drop(w);
+        self.snapshots.remove_others();
         Ok(())
     }
 
     fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
-        let mut w = self.writer()?;
         let meta = snapshot.metadata.clone().unwrap_or_default();
+        {
+            // Checked before writing a possibly large file for nothing.
+            let _w = self.writer()?;
+            if !self.read_state().index.plan_save_snapshot(&meta)? {
+                return Ok(());
+            }
+        }
+        // The data file is written and synced without the writer, so appends go on meanwhile.
+        // Until it is committed the file is pinned; returning early drops (deletes) it.
+        let (file, record) = self
+            .snapshots
+            .write_snapshot(snapshot)
+            .map_err(|e| self.poison(e))?;
+        let mut w = self.writer()?;
+        // The stored snapshot, or the log, may have changed while the file was written.
         if !self.read_state().index.plan_save_snapshot(&meta)? {
             return Ok(());
         }
-        let record = self.write_snapshot_file(&mut w, snapshot)?;
         let hs = self
             .read_state()
             .index
@@ -412,15 +432,18 @@ impl LogStorage for RocksLogStorage {
         batch.put(SNAPSHOT_KEY, record.encode());
         batch.put(HARD_STATE_KEY, encode(&hs));
         if let Err(e) = self.commit(&mut w, batch) {
-            self.snapshots.remove(record.seq);
+            file.keep_after_failed_commit();
             return Err(e);
         }
         {
             let mut st = self.write_state();
             st.index.set_snapshot(meta, hs, false);
-            st.snapshot = Some(record.clone());
+            st.snapshot = Some(record);
         }
-        self.snapshots.remove_others(Some(record.seq));
+        // Readers now see the new record, so the old file can go.
+        file.commit();
+        drop(w);
+        self.snapshots.remove_others();
         Ok(())
     }
 

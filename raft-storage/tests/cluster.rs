@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use raft_core::eraftpb::{Entry, HardState, RaftState, Snapshot};
+use raft_core::eraftpb::{Entry, HardState, RaftState, Snapshot, SnapshotMetadata};
 use raft_core::testing::breakable::BreakableLog;
 use raft_core::testing::cluster::{seed, test_config, StorageFactory, TestCluster};
 use raft_core::testing::kv::{encode_op, KvClient, KvStore};
@@ -178,6 +178,9 @@ impl LogStorage for Reopenable {
     }
     fn snapshot(&self) -> raft::Result<Snapshot> {
         self.get()?.snapshot()
+    }
+    fn snapshot_metadata(&self) -> raft::Result<SnapshotMetadata> {
+        self.get()?.snapshot_metadata()
     }
     fn append(&self, entries: &[Entry], hs: Option<&HardState>) -> Result<(), StorageError> {
         self.get()?.append(entries, hs)

@@ -168,6 +168,12 @@ pub(crate) struct Driver {
     /// Peer and time of the last snapshot requested from the apply task.
     snapshot_requested: Option<(u64, Instant)>,
     ticks: u64,
+    /// The configuration changed this turn: the server side's member list needs updating.
+    conf_changed: bool,
+    /// The store lags so far that Readies are rationed (see [`Driver::apply_stalled`]).
+    stalled: bool,
+    /// A rationed Ready may be handled (set once per tick).
+    ready_this_tick: bool,
 }
 
 impl Driver {
@@ -214,6 +220,9 @@ impl Driver {
             snapshot_wanted_for: parts.snapshot_wanted_for,
             snapshot_requested: None,
             ticks: 0,
+            conf_changed: true,
+            stalled: false,
+            ready_this_tick: false,
         }
     }
 
@@ -236,7 +245,26 @@ impl Driver {
             if self.apply_lost.load(Ordering::Relaxed) || self.apply_tx.is_closed() {
                 return Err(apply_task_gone());
             }
-            if self.raw.has_ready() && !self.apply_stalled() {
+            let stalled = self.apply_stalled();
+            if stalled != self.stalled {
+                // While the store is far behind, each Ready hands over at most one committed
+                // entry (raft-rs always gives one), and Readies come once per tick: the node
+                // still acknowledges and answers heartbeats, but takes new work slowly.
+                self.stalled = stalled;
+                let limit = if stalled {
+                    0
+                } else {
+                    self.config.max_committed_size_per_ready
+                };
+                self.raw.raft.set_max_committed_size_per_ready(limit);
+                tracing::info!(
+                    node = self.id,
+                    backlog = self.backlog.bytes,
+                    "{} taking committed entries at full speed",
+                    if stalled { "stopped" } else { "resumed" }
+                );
+            }
+            if self.raw.has_ready() && (!stalled || std::mem::take(&mut self.ready_this_tick)) {
                 self.on_ready().await?;
             }
             self.after_turn();
@@ -389,6 +417,8 @@ impl Driver {
                 }
             }
         }
+        // A snapshot may replace the configuration.
+        self.conf_changed |= msg.msg_type() == MessageType::MsgSnapshot;
         if let Err(e) = self.raw.step(msg) {
             tracing::debug!(node = self.id, "ignored raft message: {e}");
         }
@@ -624,6 +654,7 @@ impl Driver {
 
     fn on_tick(&mut self) {
         self.ticks += 1;
+        self.ready_this_tick = true;
         let now = Instant::now();
         let retry = self.config.read_retry_interval;
         let mut reissue = Vec::new();
@@ -928,7 +959,7 @@ impl Driver {
                 .filter(|v| !reachable.contains(v))
                 .collect();
             return Err(Error::Invalid(format!(
-                "node {node_id} lost its state and must be re-admitted: its old incarnation is \
+                "node {node_id} lost its disk and must be re-admitted: its old incarnation is \
                  removed first, which needs a quorum of the other voters {others:?}, but \
                  {unreachable:?} are unreachable. Bring them back and retry, or restore the \
                  cluster from a backup"
@@ -1105,9 +1136,10 @@ impl Driver {
         );
     }
 
-    /// A follower whose state machine is far behind takes no new committed entries (and so
-    /// acknowledges nothing new) until it caught up: its apply queue stays bounded. A leader
-    /// bounds its backlog by refusing proposals instead, and never stops sending heartbeats.
+    /// A follower whose state machine is more than twice the bound behind takes committed
+    /// entries slowly (one per tick) until it catches up: its apply queue stays bounded, and
+    /// it becomes a lagging follower rather than a node holding the log in memory. A leader
+    /// bounds its backlog by refusing proposals instead.
     fn apply_stalled(&self) -> bool {
         !self.is_leader()
             && self.backlog.bytes > self.config.max_apply_backlog_bytes.saturating_mul(2)
@@ -1200,6 +1232,7 @@ impl Driver {
 
     fn apply_conf_change(&mut self, entry: &Entry, cc: &ConfChangeV2) -> ConfOutcome {
         let result = self.raw.apply_conf_change(cc).map_err(|e| e.to_string());
+        self.conf_changed = true;
         if result.is_ok() {
             let context = entry_context(&entry.context);
             for change in &cc.changes {
@@ -1207,6 +1240,16 @@ impl Driver {
                 let from_context = context
                     .as_ref()
                     .and_then(|c| c.members.iter().find(|m| m.id == id).cloned());
+                let floors = &mut self.raw.mut_store().snapshot_floor;
+                match change.get_change_type() {
+                    ConfChangeType::AddLearnerNode => {
+                        floors.insert(id, entry.index);
+                    }
+                    ConfChangeType::RemoveNode => {
+                        floors.remove(&id);
+                    }
+                    ConfChangeType::AddNode => {}
+                }
                 match change.get_change_type() {
                     ConfChangeType::AddNode | ConfChangeType::AddLearnerNode => {
                         if let Some(member) = from_context {
@@ -1265,6 +1308,15 @@ impl Driver {
                 self.snapshot_requested = Some((wanted, Instant::now()));
                 self.to_apply(ApplyMsg::SnapshotFor(wanted));
             }
+        }
+        if std::mem::take(&mut self.conf_changed) {
+            let conf = self.raw.raft.prs().conf();
+            self.counters.set_members(
+                conf.voters()
+                    .ids()
+                    .iter()
+                    .chain(conf.learners().iter().copied()),
+            );
         }
         if !self.learned_addrs.is_empty() && !self.conf_empty() {
             // Members' addresses come from the configuration from now on.
@@ -1346,8 +1398,107 @@ pub(crate) async fn ask<T>(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
+    use raft::prelude::{ConfState, SnapshotMetadata};
+    use raft::ProgressState;
+
     use super::*;
+    use crate::logging::raft_logger;
+    use crate::mem_log_storage::MemLogStorage;
+    use crate::node::membership::seal_envelope;
+    use crate::transport::LocalNetwork;
+
+    /// What must outlive a test driver: the apply task's ends of its channels.
+    type ApplySide = (mpsc::UnboundedReceiver<ApplyMsg>, watch::Sender<u64>);
+
+    /// A driver for node 1, the only voter of a cluster whose learner 2 has no known address.
+    fn lone_leader_with_unreachable_learner() -> (Driver, ApplySide) {
+        let storage = MemLogStorage::new();
+        let members = vec![Member {
+            id: 1,
+            addr: "node-1".into(),
+            promote: false,
+        }];
+        let snapshot = Snapshot {
+            data: seal_envelope(members.clone(), Vec::new()),
+            metadata: Some(SnapshotMetadata {
+                conf_state: Some(ConfState::from((vec![1], vec![2]))),
+                index: 1,
+                term: 1,
+            }),
+        };
+        storage.install_snapshot(&snapshot).unwrap();
+        let config = Config::default();
+        let log: Arc<dyn LogStorage> = Arc::new(storage);
+        let raw = RawNode::new(
+            &config.to_raft(1, 1),
+            RaftStorage {
+                log: log.clone(),
+                snapshot_wanted_for: Arc::new(AtomicU64::new(0)),
+                snapshot_floor: HashMap::new(),
+            },
+            &raft_logger(1),
+        )
+        .unwrap();
+        let (driver_tx, rx) = mpsc::channel(16);
+        let (apply_tx, apply_rx) = mpsc::unbounded_channel();
+        let (applied_tx, applied_rx) = watch::channel(1);
+        let counters = Arc::new(Counters::default());
+        let transport = Arc::new(LocalNetwork::new().transport());
+        let peers = Peers::new(1, "node-1".into(), transport, driver_tx.clone(), 1 << 20);
+        let assembler = Arc::new(SnapshotAssembler::new(
+            1,
+            1 << 20,
+            Duration::from_secs(60),
+            counters.clone(),
+        ));
+        let driver = Driver::new(DriverParts {
+            id: 1,
+            config,
+            raw,
+            storage: log,
+            rx,
+            driver_tx,
+            apply_tx,
+            applied_rx,
+            peers,
+            members: Members::from_list(members),
+            counters,
+            snapshot_wanted_for: Arc::new(AtomicU64::new(0)),
+            assembler,
+        });
+        (driver, (apply_rx, applied_tx))
+    }
+
+    /// A snapshot that could not be handed to the peer's sender (here: no address) is
+    /// reported as failed, so raft-rs leaves the "snapshot" state and tries again instead of
+    /// waiting for a report that never comes.
+    #[tokio::test]
+    async fn a_snapshot_that_cannot_be_sent_is_reported_failed() {
+        let (mut driver, _apply_side) = lone_leader_with_unreachable_learner();
+        driver.raw.campaign().unwrap();
+        assert!(driver.is_leader());
+        driver.on_ready().await.unwrap();
+        driver.after_turn();
+        // Make the learner need entries the log no longer has: raft-rs sends a snapshot.
+        let learner = driver.raw.raft.mut_prs().get_mut(2).unwrap();
+        learner.next_idx = 1;
+        learner.recent_active = true;
+        learner.resume();
+        driver.raw.raft.send_append(2);
+        assert_eq!(
+            driver.raw.raft.prs().get(2).unwrap().state,
+            ProgressState::Snapshot
+        );
+        driver.on_ready().await.unwrap();
+        driver.after_turn();
+        assert_eq!(
+            driver.raw.raft.prs().get(2).unwrap().state,
+            ProgressState::Probe,
+            "the undeliverable snapshot was reported"
+        );
+    }
 
     #[test]
     fn the_apply_backlog_counts_what_is_not_applied() {

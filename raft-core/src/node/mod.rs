@@ -22,9 +22,24 @@ pub(crate) struct Counters {
     pub(crate) pending_proposals: AtomicU64,
     pub(crate) pending_apply_reads: AtomicU64,
     pub(crate) metrics: crate::metrics::NodeMetrics,
+    /// The ids in this node's configuration (empty while it has none), so the server side
+    /// refuses outsiders' raft messages before they take room in the driver's inbox.
+    pub(crate) members: std::sync::RwLock<std::collections::HashSet<u64>>,
 }
 
 impl Counters {
+    /// True when raft messages from `id` may be queued for the driver.
+    pub(crate) fn admits(&self, id: u64) -> bool {
+        let members = self.members.read().unwrap_or_else(|e| e.into_inner());
+        members.is_empty() || members.contains(&id)
+    }
+
+    pub(crate) fn set_members(&self, ids: impl Iterator<Item = u64>) {
+        let mut members = self.members.write().unwrap_or_else(|e| e.into_inner());
+        members.clear();
+        members.extend(ids);
+    }
+
     pub(crate) fn get(v: &AtomicU64) -> u64 {
         v.load(Ordering::Relaxed)
     }

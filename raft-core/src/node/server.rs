@@ -41,8 +41,9 @@ impl InboundHandler for NodeServer {
     async fn raft_batch(&self, peer: PeerIdentity, batch: RaftBatch) -> Result<(), TransportError> {
         let id = self.node.id;
         let metrics = &self.node.counters.metrics;
+        let count = batch.messages.len().max(1) as u64;
         let whole = |reason: Refusal, why: String| {
-            metrics.refuse(id, reason, &why);
+            metrics.refuse_many(id, reason, count, &why);
             Err(TransportError::Malformed(why))
         };
         if !peer.may_be(batch.from) {
@@ -73,6 +74,8 @@ impl InboundHandler for NodeServer {
             };
             let checked = if msg.from != batch.from {
                 Err(Refusal::Addressing)
+            } else if !self.node.counters.admits(msg.from) {
+                Err(Refusal::NotMember)
             } else {
                 check_wire(&msg, id, Route::Batch)
             };

@@ -1,10 +1,11 @@
 //! Test support (cargo feature `testing`): the [`LogStorage`](crate::LogStorage) conformance
-//! suite, an in-process cluster harness with fault injection, a replicated KV register store
+//! suite, an in-process cluster harness with fault injection, a hostile peer, a replicated KV register store
 //! with a history-recording client, a linearizability checker for those histories, and a
 //! storage wrapper whose writes can be made to fail.
 
 pub mod breakable;
 pub mod cluster;
 pub mod conformance;
+pub mod hostile;
 pub mod kv;
 pub mod linearizability;

@@ -1,6 +1,6 @@
 //! A fault-injecting wrapper over any transport: drop, delay, duplicate, reorder, partition.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -30,6 +30,14 @@ struct FaultState {
     addrs: HashMap<u64, String>,
     /// When set, only nodes in the same group talk to each other.
     groups: Option<Vec<HashSet<String>>>,
+    /// The most recent traffic, when recording (see [`Faults::record`]).
+    recording: Option<Recording>,
+}
+
+struct Recording {
+    max: usize,
+    batches: VecDeque<RaftBatch>,
+    calls: VecDeque<Request>,
 }
 
 /// What the plan says about one message.
@@ -53,6 +61,7 @@ impl Faults {
                 delay: None,
                 addrs: HashMap::new(),
                 groups: None,
+                recording: None,
             })),
         }
     }
@@ -116,6 +125,54 @@ impl Faults {
             .filter(|&n| n != id)
             .collect();
         self.partition(&[&[id], &others]);
+    }
+
+    /// Keeps a copy of the `max` most recent raft batches and of the `max` most recent calls
+    /// sent through the plan's transports (a hostile-peer test mutates them).
+    pub fn record(&self, max: usize) {
+        self.lock().recording = Some(Recording {
+            max,
+            batches: VecDeque::new(),
+            calls: VecDeque::new(),
+        });
+    }
+
+    /// The raft batches recorded so far, oldest first.
+    pub fn recorded_batches(&self) -> Vec<RaftBatch> {
+        let state = self.lock();
+        state
+            .recording
+            .as_ref()
+            .map(|r| r.batches.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The calls recorded so far, oldest first.
+    pub fn recorded_calls(&self) -> Vec<Request> {
+        let state = self.lock();
+        state
+            .recording
+            .as_ref()
+            .map(|r| r.calls.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn keep_batch(&self, batch: &RaftBatch) {
+        if let Some(r) = self.lock().recording.as_mut() {
+            if r.batches.len() == r.max {
+                r.batches.pop_front();
+            }
+            r.batches.push_back(batch.clone());
+        }
+    }
+
+    fn keep_call(&self, request: &Request) {
+        if let Some(r) = self.lock().recording.as_mut() {
+            if r.calls.len() == r.max {
+                r.calls.pop_front();
+            }
+            r.calls.push_back(request.clone());
+        }
     }
 
     /// Removes every partition; other faults stay.
@@ -205,6 +262,7 @@ impl<T: Transport> Transport for FaultyTransport<T> {
     }
 
     async fn send(&self, addr: &str, batch: RaftBatch) -> Result<(), TransportError> {
+        self.faults.keep_batch(&batch);
         let verdict = self.faults.judge(&self.local_addr, addr);
         if let Some(delay) = verdict.delay {
             tokio::time::sleep(delay).await;
@@ -229,6 +287,7 @@ impl<T: Transport> Transport for FaultyTransport<T> {
     }
 
     async fn call(&self, addr: &str, request: Request) -> Result<Response, TransportError> {
+        self.faults.keep_call(&request);
         let verdict = self.faults.judge(&self.local_addr, addr);
         if let Some(delay) = verdict.delay {
             tokio::time::sleep(delay).await;
