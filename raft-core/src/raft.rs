@@ -341,6 +341,10 @@ impl Raft {
             snapshot_wanted_for,
             assembler: assembler.clone(),
         });
+        // A node that lost its disk may be the leader its peers still remember: it never
+        // joins through itself.
+        let join =
+            join.map(|(leader_id, addr)| (if leader_id == id { 0 } else { leader_id }, addr));
         if let Some((leader_id, leader_addr)) = &join {
             if *leader_id != 0 {
                 driver.learn_addr(*leader_id, leader_addr.clone());
