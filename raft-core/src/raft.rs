@@ -359,6 +359,9 @@ impl Raft {
         tracing::info!(node = id, addr = %node.addr, "raft node running");
 
         if let Some(hint) = join {
+            node.counters
+                .join_pending
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             tokio::spawn(request_join(node.clone(), hint));
         }
         let result = driver.run().await;
@@ -388,12 +391,20 @@ async fn request_join(node: Arc<NodeHandle>, hint: (u64, String)) {
         let mailbox = Mailbox::new(node.clone()).with_timeout(left.max(Duration::from_millis(1)));
         match mailbox.route(op.clone(), Some(hint.clone())).await {
             Ok(_) => {
+                node.counters
+                    .join_pending
+                    .store(false, std::sync::atomic::Ordering::Relaxed);
                 tracing::info!(node = node.id, "joined the cluster as a learner");
                 return;
             }
-            // "Busy": the leader is overloaded, or is removing this node's old incarnation
-            // (after a lost disk) before it adds it again.
-            Err(e) if e.is_retryable() && std::time::Instant::now() + pause < deadline => {
+            // A join from an empty node is safe to repeat, whatever happened to the last
+            // attempt ("busy": the leader is overloaded, or is removing this node's old
+            // incarnation after a lost disk; a lost answer; a leader change). Only an explicit
+            // refusal ends it.
+            Err(e)
+                if !matches!(e, Error::Invalid(_) | Error::Config(_))
+                    && std::time::Instant::now() + pause < deadline =>
+            {
                 tracing::info!(node = node.id, "join not done yet: {e}");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(1));

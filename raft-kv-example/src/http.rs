@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query as UrlQuery, State};
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
@@ -29,12 +29,43 @@ pub fn router(mailbox: Mailbox) -> Router {
         .with_state(mailbox)
 }
 
-/// An error answer: a status code and a JSON reason.
-pub struct ApiError(StatusCode, String);
+/// An error answer: a status code, a JSON reason, and for an overloaded node a
+/// `Retry-After` header.
+pub struct ApiError {
+    status: StatusCode,
+    reason: String,
+    /// Set when the request was refused because the node is overloaded: it did not take
+    /// effect, and the client should come back after a pause rather than at once.
+    retry_after: bool,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, reason: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            reason: reason.into(),
+            retry_after: false,
+        }
+    }
+}
+
+/// Seconds an overloaded node asks clients to wait (`Retry-After`): long enough for a full
+/// queue to drain, short enough that a retrying client barely notices.
+const BUSY_RETRY_AFTER_SECS: &str = "1";
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+        let body = Json(serde_json::json!({ "error": self.reason }));
+        if self.retry_after {
+            (
+                self.status,
+                [(header::RETRY_AFTER, BUSY_RETRY_AFTER_SECS)],
+                body,
+            )
+                .into_response()
+        } else {
+            (self.status, body).into_response()
+        }
     }
 }
 
@@ -48,23 +79,28 @@ impl From<Error> for ApiError {
             | Error::ProposalDropped
             | Error::LeadershipLost
             | Error::MembershipBusy
+            | Error::Busy(_)
             | Error::Transport(_)
             | Error::Remote(_)
             | Error::Shutdown => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        ApiError(status, e.to_string())
+        ApiError {
+            status,
+            reason: e.to_string(),
+            retry_after: matches!(e, Error::Busy(_)),
+        }
     }
 }
 
 impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> Self {
-        ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
     }
 }
 
 fn bad_request(msg: impl Into<String>) -> ApiError {
-    ApiError(StatusCode::BAD_REQUEST, msg.into())
+    ApiError::new(StatusCode::BAD_REQUEST, msg)
 }
 
 fn check_key(key: &str) -> Result<(), ApiError> {
@@ -260,4 +296,59 @@ async fn transfer_leader(
 ) -> Result<StatusCode, ApiError> {
     mailbox.transfer_leader(id).await?;
     Ok(StatusCode::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_json(response: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(response.into_body(), 64 * 1024)
+            .await
+            .unwrap_or_default();
+        serde_json::from_slice(&bytes).unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn busy_is_503_with_retry_after_and_a_reason() {
+        let response =
+            ApiError::from(Error::Busy("the node's inbox is full".into())).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            response
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok()),
+            Some("1")
+        );
+        let body = body_json(response).await;
+        let reason = body["error"].as_str().unwrap_or_default();
+        assert!(
+            reason.starts_with("busy: the node's inbox is full"),
+            "{body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn other_errors_keep_their_status_and_no_retry_after() {
+        for (error, status) in [
+            (Error::Invalid("no".into()), StatusCode::BAD_REQUEST),
+            (Error::Store("bad".into()), StatusCode::BAD_REQUEST),
+            (Error::MembershipBusy, StatusCode::SERVICE_UNAVAILABLE),
+            (Error::ProposalDropped, StatusCode::SERVICE_UNAVAILABLE),
+            (Error::LeadershipLost, StatusCode::SERVICE_UNAVAILABLE),
+            (Error::Shutdown, StatusCode::SERVICE_UNAVAILABLE),
+            (Error::Config("x".into()), StatusCode::INTERNAL_SERVER_ERROR),
+        ] {
+            let what = error.to_string();
+            let response = ApiError::from(error).into_response();
+            assert_eq!(response.status(), status, "{what}");
+            assert!(
+                response.headers().get(header::RETRY_AFTER).is_none(),
+                "{what}"
+            );
+            let body = body_json(response).await;
+            assert_eq!(body["error"].as_str(), Some(what.as_str()));
+        }
+    }
 }

@@ -52,9 +52,13 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let mut node = if raft.has_state()? || args.join.is_empty() {
         tokio::spawn(raft.lead())
     } else {
+        // A node that lost its disk may be the leader its peers still remember (they have
+        // not noticed it died yet): joining through itself would go nowhere, so it then
+        // joins through a peer, which forwards to the leader once the cluster elected one.
         let (leader_id, leader_addr) = raft
             .find_leader_info(args.join.clone())
             .await?
+            .filter(|(leader_id, _)| *leader_id != args.id)
             .unwrap_or_else(|| (0, args.join[0].clone()));
         tracing::info!(leader_id, %leader_addr, "joining the cluster");
         tokio::spawn(raft.join(leader_id, leader_addr))

@@ -48,11 +48,14 @@ fn run_suite(transport: &str, faults: &str) {
 fn grpc_short_profile() {
     run_suite(
         "grpc",
-        "kill-leader,pause,partition-split,restart-all,churn",
+        "kill-leader,pause,partition-split,restart-all,churn,disk-loss",
     );
 }
 
 #[test]
 fn quic_short_profile() {
-    run_suite("quic", "kill,partition-one,restart-all,churn,pause");
+    run_suite(
+        "quic",
+        "kill,partition-one,restart-all,churn,pause,disk-loss",
+    );
 }

@@ -391,6 +391,7 @@ impl Driver {
             last_index: raft.raft_log.last_index(),
             empty,
             voter: conf.voters().contains(self.id),
+            admitted: !self.counters.join_pending.load(Ordering::Relaxed),
             is_member: &is_member,
             local: self.id,
         };

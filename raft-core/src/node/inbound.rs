@@ -77,6 +77,9 @@ pub(crate) enum Refusal {
     NotVoter,
     /// A snapshot that would make a node with no state a voter: nodes (re)join as learners.
     SnapshotAsVoter,
+    /// A snapshot for a node with no state whose join has not been accepted yet: until then
+    /// any snapshot it could get predates its (re-)admission.
+    NotAdmitted,
     /// A snapshot chunk that is out of order, too large, from a node other than the leader,
     /// or of a transfer that expired.
     Chunk,
@@ -84,7 +87,7 @@ pub(crate) enum Refusal {
 
 impl Refusal {
     /// Every reason, in metric order.
-    pub(crate) const ALL: [Refusal; 18] = [
+    pub(crate) const ALL: [Refusal; 19] = [
         Refusal::Undecodable,
         Refusal::LocalType,
         Refusal::Proposal,
@@ -102,6 +105,7 @@ impl Refusal {
         Refusal::NotLeader,
         Refusal::NotVoter,
         Refusal::SnapshotAsVoter,
+        Refusal::NotAdmitted,
         Refusal::Chunk,
     ];
 
@@ -125,6 +129,7 @@ impl Refusal {
             Refusal::NotLeader => "not_leader",
             Refusal::NotVoter => "not_voter",
             Refusal::SnapshotAsVoter => "snapshot_as_voter",
+            Refusal::NotAdmitted => "not_admitted",
             Refusal::Chunk => "chunk",
         }
     }
@@ -366,6 +371,8 @@ pub(crate) struct LocalView<'a> {
     pub(crate) empty: bool,
     /// This node is a voter (incoming or outgoing) in its own configuration.
     pub(crate) voter: bool,
+    /// The cluster accepted this node's join (or it never needed one).
+    pub(crate) admitted: bool,
     pub(crate) is_member: &'a dyn Fn(u64) -> bool,
     pub(crate) local: u64,
 }
@@ -389,6 +396,7 @@ pub(crate) fn check_local(msg: &Message, view: &LocalView<'_>) -> Result<(), Ref
             Err(Refusal::NotLeader)
         }
         MessageType::MsgReadIndexResp if msg.from != view.leader_id => Err(Refusal::NotLeader),
+        MessageType::MsgSnapshot if view.empty && !view.admitted => Err(Refusal::NotAdmitted),
         MessageType::MsgSnapshot if view.empty => {
             let cs = msg
                 .snapshot
@@ -466,6 +474,7 @@ mod tests {
             last_index: 15,
             empty,
             voter,
+            admitted: true,
             is_member: Box::leak(Box::new(move |id| members.contains(&id))),
             local: 2,
         }
@@ -731,6 +740,17 @@ mod tests {
         );
         let as_learner = snapshot_msg(ConfState::from((vec![1], vec![2])));
         assert_eq!(check_local(&as_learner, &empty), Ok(()));
+        // Before its join was accepted, an empty node takes no snapshot at all: an older one
+        // (where it was a learner of its previous incarnation) would make it a voter again
+        // as it replays the log.
+        let waiting = LocalView {
+            admitted: false,
+            ..view(true, false, &[])
+        };
+        assert_eq!(
+            check_local(&as_learner, &waiting),
+            Err(Refusal::NotAdmitted)
+        );
         assert_eq!(check_local(&as_voter, &member), Ok(()));
         let mut ack = msg(MessageType::MsgAppendResponse);
         ack.index = 16;

@@ -25,6 +25,8 @@ pub(crate) struct Counters {
     /// The ids in this node's configuration (empty while it has none), so the server side
     /// refuses outsiders' raft messages before they take room in the driver's inbox.
     pub(crate) members: std::sync::RwLock<std::collections::HashSet<u64>>,
+    /// False while a node with empty storage waits for the cluster to accept its join.
+    pub(crate) join_pending: std::sync::atomic::AtomicBool,
 }
 
 impl Counters {

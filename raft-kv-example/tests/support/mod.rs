@@ -81,10 +81,25 @@ impl KvCluster {
     /// Registers node `id` (ports and data dir) without starting it.
     pub fn add(&mut self, id: u64) {
         let dir = self.root.path().join(format!("node-{id}"));
+        // The probe listener is closed before the next probe, so the OS may hand out the
+        // same port again: never give one to two addresses.
+        let mut taken: Vec<String> = self
+            .nodes
+            .iter()
+            .flat_map(|n| [n.raft.clone(), n.http.clone()])
+            .collect();
+        let mut fresh = || loop {
+            let addr = format!("127.0.0.1:{}", free_port());
+            if !taken.contains(&addr) {
+                taken.push(addr.clone());
+                return addr;
+            }
+        };
+        let (raft, http) = (fresh(), fresh());
         self.nodes.push(Node {
             id,
-            raft: format!("127.0.0.1:{}", free_port()),
-            http: format!("127.0.0.1:{}", free_port()),
+            raft,
+            http,
             dir,
             child: None,
         });
@@ -107,7 +122,14 @@ impl KvCluster {
 
     /// Starts node `id`, joining through `via` when given.
     pub fn spawn(&mut self, id: u64, via: Option<u64>) {
-        let join = via.map(|v| self.node(v).raft.clone());
+        let via: Vec<u64> = via.into_iter().collect();
+        self.spawn_joining(id, &via);
+    }
+
+    /// Starts node `id` with one `--join` per node of `via` (none: it bootstraps or restarts
+    /// from its data dir).
+    pub fn spawn_joining(&mut self, id: u64, via: &[u64]) {
+        let join: Vec<String> = via.iter().map(|&v| self.node(v).raft.clone()).collect();
         let certs = self.root.path().join("certs");
         let transport = self.transport;
         let log_path = self.root.path().join(format!("node-{id}.log"));
@@ -124,8 +146,8 @@ impl KvCluster {
             ])
             .arg("--data-dir")
             .arg(&node.dir);
-        if let Some(join) = join {
-            cmd.args(["--join", &join]);
+        for addr in &join {
+            cmd.args(["--join", addr]);
         }
         if transport == Transport::Quic {
             cmd.args(["--transport", "quic"])
@@ -143,15 +165,44 @@ impl KvCluster {
             .unwrap();
         cmd.stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
-            .env("RUST_LOG", "info,raft=warn");
+            .env(
+                "RUST_LOG",
+                std::env::var("RAFT_KV_LOG").unwrap_or_else(|_| "info,raft=warn".into()),
+            );
         node.child = Some(cmd.spawn().unwrap());
     }
 
+    /// Node `id`'s whole log (every incarnation appends to the same file).
+    pub fn log_text(&self, id: u64) -> String {
+        std::fs::read_to_string(self.root.path().join(format!("node-{id}.log"))).unwrap_or_default()
+    }
+
     pub fn log_tail(&self, id: u64) -> String {
-        let text = std::fs::read_to_string(self.root.path().join(format!("node-{id}.log")))
-            .unwrap_or_default();
+        let text = self.log_text(id);
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Panics with the context if any node's log reports a panic (even one in a task that
+    /// did not take its process down).
+    pub fn assert_no_panics(&self) {
+        for node in &self.nodes {
+            let text = self.log_text(node.id);
+            let lines: Vec<&str> = text.lines().collect();
+            if let Some(i) = lines.iter().position(|l| l.contains("panicked")) {
+                let context = lines[i.saturating_sub(5)..(i + 15).min(lines.len())].join("\n");
+                panic!("node {} panicked:\n{context}", node.id);
+            }
+        }
+    }
+
+    /// Deletes node `id`'s data dir: a lost disk. The node must not be running.
+    pub fn wipe(&mut self, id: u64) {
+        assert!(self.node(id).child.is_none(), "node {id} is running");
+        let dir = self.node(id).dir.clone();
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
     }
 
     pub fn signal(&mut self, id: u64, signal: Signal) {
@@ -374,6 +425,18 @@ impl KvCluster {
 
 impl Drop for KvCluster {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // The data dir and logs go with the temp dir: show the logs while they exist.
+            for node in &self.nodes {
+                let text = self.log_text(node.id);
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!(
+                    "--- node {} log (last 80 lines) ---\n{}",
+                    node.id,
+                    lines[lines.len().saturating_sub(80)..].join("\n")
+                );
+            }
+        }
         for node in &mut self.nodes {
             if let Some(mut child) = node.child.take() {
                 let _ = child.kill();

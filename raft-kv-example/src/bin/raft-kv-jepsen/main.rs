@@ -5,7 +5,7 @@
 //! [`net`]), runs concurrent clients doing put / get / cas / delete on a small key set
 //! against random nodes, and meanwhile injects faults on a seeded schedule (SIGKILL of a
 //! node or of the leader, SIGSTOP pauses, full-cluster SIGKILL, partitions, membership
-//! churn). Then it checks:
+//! churn, a lost disk). Then it checks:
 //!
 //! * **linearizability** of the whole history (every operation with its outcome: ok, failed
 //!   or unknown) with `raft_core::testing`'s checker, key by key. Linearizable reads of every
@@ -85,7 +85,7 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     nodes: u64,
     /// Comma-separated faults: kill, kill-leader, pause, restart-all, partition-one,
-    /// partition-split, churn; "all" or "none".
+    /// partition-split, churn, disk-loss; "all" or "none".
     #[arg(long, default_value = "all")]
     faults: String,
     /// Concurrent clients.
@@ -757,6 +757,7 @@ mod tests {
             vec![Fault::Kill, Fault::PartitionOne]
         );
         assert!(parse_faults("kill,explode").is_err());
+        assert_eq!(parse_faults("disk-loss")?, vec![Fault::DiskLoss]);
         Ok(())
     }
 }

@@ -33,11 +33,15 @@ pub enum Fault {
     PartitionSplit,
     /// Remove a node from the cluster under load, wipe it, add it back under the same id.
     Churn,
+    /// SIGKILL a voter (the leader half of the time), delete its data dir, and start it
+    /// again with the same id and `--join` to the others: a replaced disk. The cluster must
+    /// re-admit it as a voter.
+    DiskLoss,
 }
 
 impl Fault {
     /// Every fault, in `--faults` spelling order.
-    pub const ALL: [Fault; 7] = [
+    pub const ALL: [Fault; 8] = [
         Fault::Kill,
         Fault::KillLeader,
         Fault::Pause,
@@ -45,6 +49,7 @@ impl Fault {
         Fault::PartitionOne,
         Fault::PartitionSplit,
         Fault::Churn,
+        Fault::DiskLoss,
     ];
 
     /// The `--faults` spelling.
@@ -57,6 +62,7 @@ impl Fault {
             Fault::PartitionOne => "partition-one",
             Fault::PartitionSplit => "partition-split",
             Fault::Churn => "churn",
+            Fault::DiskLoss => "disk-loss",
         }
     }
 }
@@ -308,10 +314,13 @@ impl Nemesis {
         };
         for id in down {
             // Only a crash leaves a node down here: it was reported; restart it so that
-            // the run goes on.
+            // the run goes on. With `--join`, because a node that crashed after losing its
+            // disk has no state, and without it would bootstrap a cluster of its own; a node
+            // with state ignores it.
             let at = self.now();
             println!("[{at:7.2}s] restarting node {id}, which is down {when}");
-            self.nodes().start(id, &[])?;
+            let join = self.join_addrs(id);
+            self.nodes().start(id, &join)?;
         }
         let ids = self.nodes().ids();
         if let Err(e) = self.wait_voters(&ids, Duration::from_secs(60)).await {
@@ -426,7 +435,87 @@ impl Nemesis {
                 ))
             }
             Fault::Churn => self.churn().await,
+            Fault::DiskLoss => self.disk_loss().await,
         }
+    }
+
+    /// The raft addresses of every node but `id`: what a restarted node joins through.
+    fn join_addrs(&self, id: u64) -> Vec<String> {
+        self.nodes()
+            .nodes
+            .iter()
+            .filter(|n| n.id != id)
+            .map(|n| n.raft.clone())
+            .collect()
+    }
+
+    /// Waits until node `id` itself, not only the leader, lists every node as a voter and no
+    /// learners: until the leader re-admitted it, a node that lost its disk has no
+    /// configuration, while the leader may still list its old incarnation. Returns its
+    /// applied index against the leader's commit index.
+    async fn wait_readmitted(&self, id: u64, timeout: Duration) -> Result<String> {
+        let ids = self.nodes().ids();
+        let url = self.nodes().node(id)?.url.clone();
+        let full = |s: &Status| {
+            let mut voters = s.voters.clone();
+            voters.sort_unstable();
+            voters == ids && s.learners.is_empty()
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            let own = status(&self.http, &url).await;
+            let leader = self.leader(Duration::ZERO).await;
+            if let (Some(own), Some(leader)) = (&own, &leader) {
+                if full(own) && full(leader) {
+                    return Ok(format!(
+                        "applied {}, leader {} commit {}",
+                        own.applied_index, leader.id, leader.commit_index
+                    ));
+                }
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "node {id} is not a voter in its own and the leader's view within \
+                     {timeout:?}: its status {own:?}, leader {leader:?}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Kills a voter, deletes its data dir, and starts it again with the same id and address
+    /// and `--join` to the others, as an operator does after replacing a failed disk.
+    async fn disk_loss(&mut self) -> Result<String> {
+        let leader = self.rng.gen_bool(0.5);
+        let Some(target) = self.pick(leader).await else {
+            return Ok("no live node".into());
+        };
+        {
+            let mut nodes = self.nodes();
+            nodes.kill(target)?;
+            nodes.wipe(target)?;
+        }
+        let t = self.now();
+        self.hold().await;
+        let join = self.join_addrs(target);
+        self.nodes().start(target, &join)?;
+        let started = Instant::now();
+        let readmitted = match self.wait_readmitted(target, Duration::from_secs(60)).await {
+            Ok(applied) => format!(
+                "a voter again after {:.1} s ({applied})",
+                started.elapsed().as_secs_f64()
+            ),
+            Err(e) => {
+                self.stuck.push(format!(
+                    "disk-loss: node {target} was not re-admitted: {e:#}"
+                ));
+                "not re-admitted".to_string()
+            }
+        };
+        Ok(format!(
+            "SIGKILL node {target}{} at {t:.2}s, wiped its data dir, restarted with --join; {readmitted}",
+            if leader { " (leader)" } else { "" }
+        ))
     }
 
     /// Removes a node, wipes it, and adds it back under the same id.
