@@ -311,6 +311,12 @@ impl Raft {
             raft_storage,
             &raft_logger(id),
         )?;
+        // Unbounded as a channel, bounded by what may enter it: committed entries only while
+        // the apply backlog is under `max_apply_backlog_bytes` (the leader answers Busy past
+        // it; a follower past twice it takes one entry per tick), proposal waiters only for
+        // accepted proposals (bounded by `max_uncommitted_bytes` and the driver's inbox),
+        // reads only under `max_pending_reads`. A bounded channel would make the driver
+        // wait on the apply task, and stop heartbeats with it.
         let (apply_tx, apply_rx) = mpsc::unbounded_channel();
         tokio::spawn(applier.run(apply_rx));
         let peers = Peers::new(
