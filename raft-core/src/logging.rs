@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use slog::{Drain, Key, OwnedKVList, Record, Serializer, KV};
 
-/// An slog drain that re-emits every record as a `tracing` event (target `raft`).
+/// An slog drain that re-emits every record as a `tracing` event (target `raft_rs`).
 struct TracingDrain;
 
 struct KvText(String);
@@ -32,12 +32,12 @@ impl Drain for TracingDrain {
         let msg = record.msg();
         match record.level() {
             slog::Level::Critical | slog::Level::Error => {
-                tracing::error!(target: "raft", "{msg}{}", kv.0)
+                tracing::error!(target: "raft_rs", "{msg}{}", kv.0)
             }
-            slog::Level::Warning => tracing::warn!(target: "raft", "{msg}{}", kv.0),
-            slog::Level::Info => tracing::info!(target: "raft", "{msg}{}", kv.0),
-            slog::Level::Debug => tracing::debug!(target: "raft", "{msg}{}", kv.0),
-            slog::Level::Trace => tracing::trace!(target: "raft", "{msg}{}", kv.0),
+            slog::Level::Warning => tracing::warn!(target: "raft_rs", "{msg}{}", kv.0),
+            slog::Level::Info => tracing::info!(target: "raft_rs", "{msg}{}", kv.0),
+            slog::Level::Debug => tracing::debug!(target: "raft_rs", "{msg}{}", kv.0),
+            slog::Level::Trace => tracing::trace!(target: "raft_rs", "{msg}{}", kv.0),
         }
         Ok(())
     }
@@ -45,12 +45,12 @@ impl Drain for TracingDrain {
     fn is_enabled(&self, level: slog::Level) -> bool {
         match level {
             slog::Level::Critical | slog::Level::Error => {
-                tracing::enabled!(target: "raft", tracing::Level::ERROR)
+                tracing::enabled!(target: "raft_rs", tracing::Level::ERROR)
             }
-            slog::Level::Warning => tracing::enabled!(target: "raft", tracing::Level::WARN),
-            slog::Level::Info => tracing::enabled!(target: "raft", tracing::Level::INFO),
-            slog::Level::Debug => tracing::enabled!(target: "raft", tracing::Level::DEBUG),
-            slog::Level::Trace => tracing::enabled!(target: "raft", tracing::Level::TRACE),
+            slog::Level::Warning => tracing::enabled!(target: "raft_rs", tracing::Level::WARN),
+            slog::Level::Info => tracing::enabled!(target: "raft_rs", tracing::Level::INFO),
+            slog::Level::Debug => tracing::enabled!(target: "raft_rs", tracing::Level::DEBUG),
+            slog::Level::Trace => tracing::enabled!(target: "raft_rs", tracing::Level::TRACE),
         }
     }
 }

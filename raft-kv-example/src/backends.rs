@@ -18,6 +18,46 @@ fn tls_files(tls: &TlsArgs) -> Result<Option<(&Path, &Path, &Path)>> {
     }
 }
 
+/// Whether `addr` (host:port) can only be reached from this machine.
+fn is_loopback(addr: &str) -> bool {
+    let host = match addr.rsplit_once(':') {
+        Some((host, _)) => host.trim_start_matches('[').trim_end_matches(']'),
+        None => addr,
+    };
+    match host.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    }
+}
+
+/// Refuses a plaintext raft transport that other machines can reach, unless the operator
+/// accepted it with `--insecure-transport` (then it warns). Plaintext means anyone who can
+/// reach the port can forge any node's messages and change the membership.
+pub fn check_plaintext(
+    kind: TransportKind,
+    tls: &TlsArgs,
+    raft_addr: &str,
+    insecure: bool,
+) -> Result<()> {
+    let plaintext = kind == TransportKind::Grpc && tls_files(tls)?.is_none();
+    if !plaintext || is_loopback(raft_addr) {
+        return Ok(());
+    }
+    if !insecure {
+        bail!(
+            "refusing plaintext gRPC on {raft_addr}, which other machines can reach: anyone who \
+             can reach it could act as any node. Give --tls-ca, --tls-cert and --tls-key (see \
+             `raft-kv certs`), or accept the risk with --insecure-transport"
+        );
+    }
+    tracing::warn!(
+        raft_addr,
+        "INSECURE: plaintext raft transport on a reachable address (--insecure-transport): \
+         anyone who can reach it can forge any node's messages and change the membership"
+    );
+    Ok(())
+}
+
 /// The raft transport: gRPC (mutual TLS when the TLS flags are given) or QUIC (always mutual
 /// TLS).
 pub fn transport(kind: TransportKind, tls: &TlsArgs) -> Result<Arc<dyn Transport>> {
@@ -76,16 +116,56 @@ pub fn write_dev_certs(out: &Path, nodes: u64, names: &[String]) -> Result<()> {
         let ids: Vec<u64> = (1..=nodes).collect();
         raft_transport_quic::dev_certs::generate_with_names(out, &ids, names)
             .with_context(|| format!("writing certificates to {}", out.display()))?;
-        println!(
-            "wrote {}/ca.pem and node-{{1..{nodes}}}.pem/.key (development use only)",
-            out.display()
-        );
+        let out = out.display();
+        println!("wrote development certificates (not for production) to {out}:");
+        println!("  {out}/ca/ca.pem, ca.key   the CA: keep ca.key where certificates are issued");
+        println!("  {out}/node-<id>/          give node <id> its own directory, nothing else");
+        println!("                            (ca.pem, node.pem, node.key; ids 1..={nodes})");
         Ok(())
     }
     #[cfg(not(feature = "quic"))]
     {
         let _ = (out, nodes, names);
         bail!("this raft-kv was built without certificate generation (feature `quic`)")
+    }
+}
+
+#[cfg(test)]
+mod safety_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn plaintext_is_refused_off_loopback_unless_accepted() {
+        let none = TlsArgs::default();
+        for addr in [
+            "127.0.0.1:7001",
+            "127.3.4.5:1",
+            "[::1]:7001",
+            "localhost:7001",
+        ] {
+            assert!(
+                check_plaintext(TransportKind::Grpc, &none, addr, false).is_ok(),
+                "{addr}"
+            );
+        }
+        for addr in [
+            "0.0.0.0:7001",
+            "10.0.0.1:7001",
+            "[::]:7001",
+            "node1.example:7001",
+        ] {
+            let e = check_plaintext(TransportKind::Grpc, &none, addr, false).unwrap_err();
+            assert!(e.to_string().contains("--insecure-transport"), "{e}");
+            assert!(check_plaintext(TransportKind::Grpc, &none, addr, true).is_ok());
+        }
+        let tls = TlsArgs {
+            tls_ca: Some("ca.pem".into()),
+            tls_cert: Some("node.pem".into()),
+            tls_key: Some("node.key".into()),
+        };
+        assert!(check_plaintext(TransportKind::Grpc, &tls, "10.0.0.1:7001", false).is_ok());
+        assert!(check_plaintext(TransportKind::Quic, &none, "10.0.0.1:7001", false).is_ok());
     }
 }
 
@@ -120,7 +200,7 @@ mod tests {
     fn dev_certs_name_the_extra_addresses() {
         let dir = tempfile::tempdir().unwrap();
         super::write_dev_certs(dir.path(), 2, &["10.77.3.2".to_string()]).unwrap();
-        let pem = std::fs::read_to_string(dir.path().join("node-2.pem")).unwrap();
+        let pem = std::fs::read_to_string(dir.path().join("node-2/node.pem")).unwrap();
         let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
         let der = base64(&body);
         // An iPAddress SAN: context tag [7], length 4, the address.

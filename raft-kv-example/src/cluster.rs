@@ -68,7 +68,7 @@ pub async fn run(args: ClusterArgs) -> Result<()> {
     std::fs::create_dir_all(&args.data_dir)?;
     let exe = std::env::current_exe().context("locating the raft-kv binary")?;
     let certs = args.data_dir.join("certs");
-    if args.transport == TransportKind::Quic && !certs.join("ca.pem").exists() {
+    if args.transport == TransportKind::Quic && !certs.join("ca").join("ca.pem").exists() {
         backends::write_dev_certs(&certs, args.nodes, &[])?;
     }
     let client = reqwest::Client::new();
@@ -86,11 +86,10 @@ pub async fn run(args: ClusterArgs) -> Result<()> {
             .args(["--transport", kind_name(args.transport)])
             .args(["--storage", storage_name(args.storage)]);
         if args.transport == TransportKind::Quic {
-            cmd.arg("--tls-ca").arg(certs.join("ca.pem"));
-            cmd.arg("--tls-cert")
-                .arg(certs.join(format!("node-{}.pem", node.id)));
-            cmd.arg("--tls-key")
-                .arg(certs.join(format!("node-{}.key", node.id)));
+            let own = certs.join(format!("node-{}", node.id));
+            cmd.arg("--tls-ca").arg(own.join("ca.pem"));
+            cmd.arg("--tls-cert").arg(own.join("node.pem"));
+            cmd.arg("--tls-key").arg(own.join("node.key"));
         }
         if node.id > 1 {
             cmd.args(["--join", &nodes[0].raft]);

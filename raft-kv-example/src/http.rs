@@ -1,9 +1,14 @@
 //! The HTTP API every node serves; followers forward to the leader through raft-core.
+//!
+//! The routes here assume an admitted request: TLS, bearer tokens (`/cluster/*` needs an
+//! admin token), body size, concurrency and time limits are enforced in front of them by
+//! [`crate::http_gate`] and [`crate::http_server`].
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query as UrlQuery, State};
+use axum::extract::{FromRef, Path, Query as UrlQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -11,13 +16,27 @@ use axum::{Json, Router};
 use raft_core::{Error, Mailbox, ReadConsistency};
 use serde::{Deserialize, Serialize};
 
+use crate::http_stats::HttpStats;
 use crate::store::{decode, encode, CasOutcome, Command, Query};
 
 /// Longest key accepted, in bytes.
 const MAX_KEY: usize = 1024;
 
-/// The routes of one node.
-pub fn router(mailbox: Mailbox) -> Router {
+/// What the routes share: the node's mailbox and the HTTP front's metrics.
+#[derive(Clone)]
+pub struct ApiState {
+    mailbox: Mailbox,
+    stats: Arc<HttpStats>,
+}
+
+impl FromRef<ApiState> for Mailbox {
+    fn from_ref(state: &ApiState) -> Mailbox {
+        state.mailbox.clone()
+    }
+}
+
+/// The routes of one node; `/metrics` includes `stats`.
+pub fn router(mailbox: Mailbox, stats: Arc<HttpStats>) -> Router {
     Router::new()
         .route("/kv/{key}", put(put_key).get(get_key).delete(delete_key))
         .route("/kv/{key}/cas", post(cas_key))
@@ -26,7 +45,7 @@ pub fn router(mailbox: Mailbox) -> Router {
         .route("/cluster/leave", post(leave))
         .route("/cluster/remove/{id}", post(remove))
         .route("/cluster/transfer-leader/{id}", post(transfer_leader))
-        .with_state(mailbox)
+        .with_state(ApiState { mailbox, stats })
 }
 
 /// An error answer: a status code, a JSON reason, and for an overloaded node a
@@ -261,8 +280,10 @@ async fn status(State(mailbox): State<Mailbox>) -> Result<Json<StatusBody>, ApiE
     }))
 }
 
-async fn metrics(State(mailbox): State<Mailbox>) -> Result<Response, ApiError> {
+async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    let mailbox = &state.mailbox;
     let mut text = mailbox.metrics().render_prometheus("raftkit");
+    state.stats.render_prometheus(&mut text);
     let s = mailbox.status().await?;
     for (name, value) in [
         ("term", s.term),

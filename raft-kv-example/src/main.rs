@@ -3,7 +3,15 @@
 mod backends;
 mod client;
 mod cluster;
+mod files;
 mod http;
+mod http_args;
+mod http_auth;
+mod http_client;
+mod http_gate;
+mod http_server;
+mod http_stats;
+mod http_tls;
 mod serve;
 mod store;
 
@@ -131,7 +139,7 @@ async fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,raft=warn".into()),
+                .unwrap_or_else(|_| "info,raft_rs=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -1,10 +1,14 @@
 //! `raft-kv serve`: one node — raft over the chosen transport and storage, HTTP in front.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use raft_core::{Config, Raft};
-use tokio::net::TcpListener;
+
+use crate::http_args::HttpArgs;
+use crate::http_server::HttpServer;
+use crate::http_stats::HttpStats;
 
 use crate::{backends, http, store::KvStore, StorageKind, TlsArgs, TransportKind};
 
@@ -35,11 +39,28 @@ pub struct ServeArgs {
     pub storage: StorageKind,
     #[command(flatten)]
     pub tls: TlsArgs,
+    /// Allow a plaintext raft transport (gRPC without the TLS flags) on an address other
+    /// machines can reach. Anyone who reaches it can then act as any node; without this flag
+    /// `serve` refuses to start that way (loopback addresses are always allowed).
+    #[arg(long)]
+    pub insecure_transport: bool,
+    /// HTTPS, bearer tokens and limits of the HTTP API.
+    #[command(flatten)]
+    pub http: HttpArgs,
 }
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
-    std::fs::create_dir_all(&args.data_dir)
+    // Certificates, keys and token files first: a mistake there stops the node before it
+    // touches its data.
+    let http_config = args.http.load().context("the HTTP API's settings")?;
+    crate::files::create_private_dir(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    backends::check_plaintext(
+        args.transport,
+        &args.tls,
+        &args.raft_addr,
+        args.insecure_transport,
+    )?;
     let transport = backends::transport(args.transport, &args.tls)?;
     let storage = backends::storage(args.storage, &args.data_dir)?;
     let raft = Raft::builder(args.id, KvStore::default())
@@ -64,18 +85,22 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         tokio::spawn(raft.join(leader_id, leader_addr))
     };
 
-    let listener = TcpListener::bind(&args.http_addr)
-        .await
-        .with_context(|| format!("binding the HTTP API to {}", args.http_addr))?;
+    let stats = Arc::new(HttpStats::default());
+    let server = HttpServer::bind(
+        &args.http_addr,
+        http_config,
+        http::router(mailbox.clone(), stats.clone()),
+        stats,
+    )
+    .await?;
     tracing::info!(id = args.id, http = %args.http_addr, raft = %args.raft_addr, "raft-kv serving");
     let (node_done_tx, node_done_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = axum::serve(listener, http::router(mailbox.clone()))
-        .with_graceful_shutdown(async move {
-            tokio::select! {
-                _ = terminate_signal() => tracing::info!("signal received: finishing in-flight requests"),
-                _ = node_done_rx => {}
-            }
-        });
+    let server = server.run(async move {
+        tokio::select! {
+            _ = terminate_signal() => tracing::info!("signal received: finishing in-flight requests"),
+            _ = node_done_rx => {}
+        }
+    });
     let mut node_result = None;
     tokio::select! {
         served = server => served.context("HTTP server")?,

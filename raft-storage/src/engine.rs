@@ -12,7 +12,8 @@ use crate::codec::{
     decode_entry, decode_hard_state, decode_truncated, encode, encode_truncated, SnapshotRecord,
 };
 use crate::index::LogIndex;
-use crate::snapshot_file::{prepare_dir, SnapshotFiles};
+use crate::perms;
+use crate::snapshot_file::{io_error, prepare_dir, SnapshotFiles};
 use crate::OpenOptions;
 
 /// The raft group holding the entries.
@@ -205,6 +206,11 @@ impl RaftEngineLogStorage {
                 "{} holds no raft-engine log (create_if_missing is off)",
                 engine_dir.display()
             )));
+        }
+        // raft-engine creates its files with the umask; a 0700 `engine/` (and data directory)
+        // keeps them private. See `perms`.
+        if options.create_if_missing && !engine_dir.exists() {
+            perms::create_dir_all(&engine_dir).map_err(|e| io_error("creating", &engine_dir, e))?;
         }
         let Some(engine_dir_str) = engine_dir.to_str() else {
             return Err(StorageError::Io(format!(

@@ -27,6 +27,17 @@
 //!   a file `snapshots/snap-<seq>.bin`, written to a temporary file, synced and renamed before
 //!   the database points at it, with a CRC-32 checked on every read.
 //!
+//! ## Permissions
+//!
+//! The log and the snapshots hold every replicated value, so on Unix everything this crate
+//! creates is private to the user it runs as: directories (the data directory and any missing
+//! parents, `snapshots/`, and the backend's `db/` or `engine/`, created before the backend
+//! opens it) get mode 0700 and the snapshot files 0600. RocksDB and raft-engine create their
+//! own files (WAL, SST, MANIFEST, LOG, LOCK, raft-engine's log files) with the process umask,
+//! typically 0644; the 0700 directories they live in keep other users out. A directory that
+//! already exists keeps its mode: the crate does not tighten it (raft-kv tightens its data
+//! dir at start-up).
+//!
 //! Peers' addresses need no keys of their own: raft-core keeps them inside the snapshot data
 //! (its snapshot envelope) and in the context of conf-change entries, so storing the snapshot
 //! and the entries durably stores the addresses too. Likewise the conf state is the latest
@@ -46,6 +57,7 @@ mod codec;
 #[cfg(feature = "raft-engine")]
 mod engine;
 mod index;
+mod perms;
 mod rocks;
 mod snapshot_file;
 

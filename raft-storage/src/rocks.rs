@@ -12,7 +12,8 @@ use crate::codec::{
     decode_entry, decode_hard_state, decode_truncated, encode, encode_truncated, SnapshotRecord,
 };
 use crate::index::LogIndex;
-use crate::snapshot_file::{prepare_dir, SnapshotFiles};
+use crate::perms;
+use crate::snapshot_file::{io_error, prepare_dir, SnapshotFiles};
 use crate::OpenOptions;
 
 const HARD_STATE_KEY: &[u8] = b"\x01hard_state";
@@ -120,6 +121,11 @@ impl RocksLogStorage {
         let dir = dir.as_ref().to_path_buf();
         prepare_dir(&dir, options.create_if_missing)?;
         let db_path = dir.join("db");
+        // RocksDB creates its files with the umask; a 0700 `db/` (and data directory) keeps
+        // them private. See `perms`.
+        if options.create_if_missing && !db_path.exists() {
+            perms::create_dir_all(&db_path).map_err(|e| io_error("creating", &db_path, e))?;
+        }
         let mut opts = Options::default();
         opts.create_if_missing(options.create_if_missing);
         // RocksDB's own info log: keep it small.

@@ -8,7 +8,7 @@
 //! abandoned (deleted), and cleaning up never deletes a pinned file or the committed one.
 
 use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -17,6 +17,7 @@ use raft_core::eraftpb::Snapshot;
 use raft_core::StorageError;
 
 use crate::codec::SnapshotRecord;
+use crate::perms;
 
 const MAGIC: &[u8; 8] = b"RKSNAP1\n";
 const HEADER_LEN: usize = 8 + 8 + 4;
@@ -59,7 +60,7 @@ impl SnapshotFiles {
     pub(crate) fn open(root: &Path) -> Result<Self, StorageError> {
         let dir = root.join("snapshots");
         if !dir.is_dir() {
-            fs::create_dir_all(&dir).map_err(|e| io_error("creating", &dir, e))?;
+            perms::create_dir_all(&dir).map_err(|e| io_error("creating", &dir, e))?;
             sync_dir(root)?;
         }
         let files = Self {
@@ -164,11 +165,8 @@ impl SnapshotFiles {
         let tmp = self.tmp_path(seq);
         let fin = self.path(seq);
         let write = || -> std::io::Result<()> {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .open(&tmp)?;
+            // 0600 (a fresh file: sequence numbers are never reused).
+            let mut f = perms::create_file(&tmp)?;
             let mut header = Vec::with_capacity(HEADER_LEN);
             header.extend_from_slice(MAGIC);
             header.extend_from_slice(&len.to_be_bytes());
@@ -314,7 +312,7 @@ fn parse_seq(name: &str) -> Option<u64> {
     u64::from_str_radix(hex, 16).ok()
 }
 
-/// Checks that `dir` can hold a storage, creating it when allowed.
+/// Checks that `dir` can hold a storage, creating it (mode 0700) when allowed.
 pub(crate) fn prepare_dir(dir: &Path, create: bool) -> Result<(), StorageError> {
     match fs::metadata(dir) {
         Ok(m) if m.is_dir() => {}
@@ -331,7 +329,7 @@ pub(crate) fn prepare_dir(dir: &Path, create: bool) -> Result<(), StorageError> 
                     dir.display()
                 )));
             }
-            fs::create_dir_all(dir).map_err(|e| io_error("creating data directory", dir, e))?;
+            perms::create_dir_all(dir).map_err(|e| io_error("creating data directory", dir, e))?;
         }
         Err(e) => return Err(io_error("checking data directory", dir, e)),
     }

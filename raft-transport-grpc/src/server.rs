@@ -58,6 +58,8 @@ struct Shared {
     /// `None` once the guard is dropped: nothing reaches the node after that.
     handler: Mutex<Option<Arc<dyn InboundHandler>>>,
     stop: watch::Sender<bool>,
+    /// Whether connections are TLS (then a peer proves who it is, or is no node).
+    tls: bool,
 }
 
 impl Shared {
@@ -88,6 +90,7 @@ pub(crate) async fn serve(
         addr: addr.to_string(),
         handler: Mutex::new(Some(handler)),
         stop,
+        tls: options.tls.is_some(),
     });
     let slot = Arc::new(Mutex::new(Some(listener)));
     let (conn_tx, conn_rx) = mpsc::channel::<io::Result<Conn>>(64);
@@ -175,6 +178,7 @@ async fn accept_loop(
             None => {
                 let conn = Conn {
                     peer,
+                    identity: PeerIdentity::Unauthenticated,
                     io: Io::Plain(Sniffed::new(tcp, peer, options.handshake_timeout)),
                 };
                 if conns.send(Ok(conn)).await.is_err() {
@@ -191,6 +195,7 @@ async fn accept_loop(
                         Ok(Ok(tls)) => {
                             let conn = Conn {
                                 peer,
+                                identity: identity_of(&tls),
                                 io: Io::Tls(Box::new(tls)),
                             };
                             let _ = conns.send(Ok(conn)).await;
@@ -215,7 +220,7 @@ struct RaftkitService {
 
 /// How a connection describes its peer to the service.
 #[derive(Debug, Clone, Copy)]
-struct PeerAddr(SocketAddr);
+struct PeerAddr(SocketAddr, PeerIdentity);
 
 fn peer_of<T>(request: &Request<T>) -> String {
     request
@@ -223,6 +228,25 @@ fn peer_of<T>(request: &Request<T>) -> String {
         .get::<PeerAddr>()
         .map(|p| p.0.to_string())
         .unwrap_or_else(|| "unknown".into())
+}
+
+/// Who the connection a request came on proved to be. A request that somehow carries no
+/// connection information proves nothing: on a TLS server that is [`PeerIdentity::WithoutNodeId`].
+fn identity_of_request<T>(request: &Request<T>, tls: bool) -> PeerIdentity {
+    match request.extensions().get::<PeerAddr>() {
+        Some(p) => p.1,
+        None if tls => PeerIdentity::WithoutNodeId,
+        None => PeerIdentity::Unauthenticated,
+    }
+}
+
+/// The identity a TLS client's verified certificate names. Without a client certificate
+/// (server-authenticated TLS) the peer is unauthenticated.
+fn identity_of(tls: &tokio_rustls::server::TlsStream<TcpStream>) -> PeerIdentity {
+    match tls.get_ref().1.peer_certificates() {
+        Some([leaf, ..]) => raft_core::transport::identity_of_certificate(leaf),
+        _ => PeerIdentity::Unauthenticated,
+    }
 }
 
 #[tonic::async_trait]
@@ -235,12 +259,13 @@ impl Raftkit for RaftkitService {
     ) -> Result<Response<Self::RaftStreamStream>, Status> {
         let handler = self.shared.handler()?;
         let peer = peer_of(&request);
+        let identity = identity_of_request(&request, self.shared.tls);
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
         let stop = self.shared.stop.subscribe();
         let addr = self.shared.addr.clone();
         tracing::debug!(addr = %addr, %peer, "raft stream opened");
-        tokio::spawn(pump(inbound, handler, tx, stop, addr, peer));
+        tokio::spawn(pump(inbound, handler, tx, stop, addr, peer, identity));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 
@@ -249,10 +274,9 @@ impl Raftkit for RaftkitService {
         request: Request<wire::Request>,
     ) -> Result<Response<wire::Response>, Status> {
         let handler = self.shared.handler()?;
+        let identity = identity_of_request(&request, self.shared.tls);
         Ok(Response::new(
-            handler
-                .call(PeerIdentity::Unauthenticated, request.into_inner())
-                .await,
+            handler.call(identity, request.into_inner()).await,
         ))
     }
 }
@@ -266,6 +290,7 @@ async fn pump(
     mut stop: watch::Receiver<bool>,
     addr: String,
     peer: String,
+    identity: PeerIdentity,
 ) {
     let mut received = 0u64;
     let mut rejected = 0u64;
@@ -303,10 +328,7 @@ async fn pump(
         received += 1;
         let from = batch.from;
         let to = batch.to;
-        if let Err(e) = handler
-            .raft_batch(PeerIdentity::Unauthenticated, batch)
-            .await
-        {
+        if let Err(e) = handler.raft_batch(identity, batch).await {
             rejected += 1;
             if rejected == 1 || rejected % 100 == 0 {
                 tracing::warn!(addr = %addr, %peer, from, to, rejected, "refused a raft batch: {e}");
@@ -374,6 +396,7 @@ where
 /// An accepted connection, plaintext or TLS.
 struct Conn {
     peer: SocketAddr,
+    identity: PeerIdentity,
     io: Io,
 }
 
@@ -386,7 +409,7 @@ impl Connected for Conn {
     type ConnectInfo = PeerAddr;
 
     fn connect_info(&self) -> PeerAddr {
-        PeerAddr(self.peer)
+        PeerAddr(self.peer, self.identity)
     }
 }
 

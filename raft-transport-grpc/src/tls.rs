@@ -127,7 +127,7 @@ impl TlsConfig {
     pub(crate) fn load(&self) -> Result<LoadedTls, TransportError> {
         let ca_pem = read("CA certificate", &self.ca)?;
         let cert_pem = read("certificate", &self.cert)?;
-        let key_pem = read("private key", &self.key)?;
+        let key_pem = raft_core::transport::read_private_key(&self.key)?;
         let ca = certs("CA certificate", &self.ca, &ca_pem)?;
         let chain = certs("certificate", &self.cert, &cert_pem)?;
         let key = PrivateKeyDer::from_pem_slice(&key_pem)

@@ -1,7 +1,7 @@
 //! Raft clusters over real gRPC on loopback: writes and linearizable reads from every node,
 //! a leader stopped and restarted, a snapshot of many chunks installed over the wire, the
-//! fault-injecting wrapper over gRPC, mutual TLS keeping a foreign node out, and bad raft
-//! input sent to a live node.
+//! fault-injecting wrapper over gRPC, mutual TLS keeping a foreign node out and every
+//! certificate to its own node id, and bad raft input sent to a live node.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use raft_core::testing::cluster::{seed, test_config};
+use raft_core::testing::impersonation::{assert_impersonation_refused, Impostors};
 use raft_core::testing::kv::{decode_value, encode_op, KvClient, KvStore};
 use raft_core::testing::linearizability::{assert_linearizable, History, KvOp, KvOutput};
 use raft_core::wire::{self, request, RaftBatch};
@@ -268,13 +269,13 @@ async fn the_fault_injecting_wrapper_works_over_grpc() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn with_mutual_tls_a_node_from_another_ca_stays_out() {
+async fn with_mutual_tls_only_members_get_in_and_only_as_themselves() {
     init_tracing();
     let pki = Arc::new(Pki::new("cluster"));
     let factory: TransportFactory = {
         let pki = pki.clone();
         Arc::new(move |id, _| {
-            Arc::new(GrpcTransport::with_tls(pki.mutual(&format!("node{id}"))).unwrap())
+            Arc::new(GrpcTransport::with_tls(pki.mutual_as(&format!("node{id}"), id)).unwrap())
                 as Arc<dyn Transport>
         })
     };
@@ -346,9 +347,31 @@ async fn with_mutual_tls_a_node_from_another_ca_stays_out() {
         join.abort();
     }
 
-    // The cluster never saw the intruder's write.
+    // Certificates of the cluster's own CA: a member's used to speak as another member, one
+    // naming no node, one naming a node that is not a member.
+    let leader = cluster.wait_for_leader(LONG).await;
+    let mut others = (1..=3u64).filter(|&id| id != leader);
+    let (member, victim) = (others.next().unwrap(), others.next().unwrap());
+    let tls = |config: TlsConfig| Arc::new(GrpcTransport::with_tls(config).unwrap());
+    let impostors = Impostors {
+        member: (member, tls(pki.mutual_as("impostor", member))),
+        without_node_id: tls(pki.mutual("client")),
+        outsider: (9, tls(pki.mutual_as("node9", 9))),
+    };
+    assert_impersonation_refused(
+        &cluster.mailbox(leader),
+        &cluster.addr(leader),
+        victim,
+        &impostors,
+    )
+    .await;
+
+    // The cluster never saw the intruders' writes, and still takes its own.
     let out = cluster.run_until_ok(&client, 1, get("k0"), LONG).await;
     assert_eq!(out, KvOutput::Value(Some("v3".into())));
+    cluster
+        .run_until_ok(&client, 2, put("k1", "after"), LONG)
+        .await;
     cluster.shutdown().await;
     assert_linearizable(&history);
 }

@@ -1,24 +1,35 @@
-//! Development certificates: a cluster CA and node certificates, generated with rcgen (cargo
-//! feature `dev-certs`, on by default). For production, issue certificates from your own CA
-//! with the same shape.
+//! Development certificates: a cluster CA and one identity per node, generated with rcgen
+//! (cargo feature `dev-certs`, on by default). For production, issue certificates from your
+//! own CA with the same shape.
+//!
+//! # Identity
+//!
+//! Each node certificate names its node id as a URI subject alternative name,
+//! `raftkit://node/<id>` ([`raft_core::transport::node_uri`]). A node refuses every raft
+//! message, snapshot chunk and membership call whose claimed sender id differs from the id in
+//! the caller's certificate, and refuses raft traffic from a certificate that names no node
+//! (such as the client certificates [`generate_client`] writes).
 //!
 //! # File layout
 //!
-//! [`generate`] writes into one directory:
+//! [`generate`] writes into one directory, split by who may hold what:
 //!
-//! | file           | what                                                             |
-//! |----------------|------------------------------------------------------------------|
-//! | `ca.pem`       | the cluster CA certificate: every node trusts it                 |
-//! | `ca.key`       | the CA's private key, kept to issue certificates for new nodes   |
-//! | `node-{id}.pem`| node `id`'s certificate, issued by the CA                        |
-//! | `node-{id}.key`| node `id`'s private key (PKCS#8 PEM)                             |
+//! | path                      | what                                       | give it to   |
+//! |---------------------------|--------------------------------------------|--------------|
+//! | `ca/ca.pem`               | the cluster CA certificate                 | anyone       |
+//! | `ca/ca.key`               | the CA's private key: issues new identities| nobody       |
+//! | `node-{id}/ca.pem`        | a copy of the CA certificate               | node `id`    |
+//! | `node-{id}/node.pem`      | node `id`'s certificate, issued by the CA  | node `id`    |
+//! | `node-{id}/node.key`      | node `id`'s private key (PKCS#8 PEM)       | node `id`    |
+//! | `client-{name}/...`       | a client identity ([`generate_client`])    | that client  |
 //!
-//! A node certificate serves both as server and as client certificate (extended key usages
-//! `serverAuth` and `clientAuth`) and names `localhost`, `127.0.0.1` and `::1`, plus any
-//! extra names given to [`generate_with_names`] (DNS names or IP addresses). Private keys are
-//! written with mode 0600 on Unix. Running [`generate`] again on the same directory keeps the
-//! CA (so existing certificates stay valid) and writes certificates for the nodes asked for,
-//! replacing theirs.
+//! Copy `node-{id}/` to node `id` and nothing else: the CA key stays where certificates are
+//! issued. A node certificate serves both as server and as client certificate (extended key
+//! usages `serverAuth` and `clientAuth`) and names `localhost`, `127.0.0.1` and `::1`, plus any
+//! extra names given to [`generate_with_names`] (DNS names or IP addresses). Directories are
+//! created 0700 and private keys 0600 on Unix. Running [`generate`] again on the same
+//! directory keeps the CA (so existing certificates stay valid) and writes identities for the
+//! nodes asked for, replacing theirs.
 //!
 //! The same files work with the gRPC transport's mutual TLS.
 //!
@@ -26,9 +37,9 @@
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let dir = tempfile::tempdir()?;
 //! let certs = raft_transport_quic::dev_certs::generate(dir.path(), &[1, 2, 3])?;
-//! assert!(certs.ca.ends_with("ca.pem"));
+//! assert!(certs.ca.ends_with("ca/ca.pem"));
 //! let tls = certs.tls(1).ok_or("node 1 has certificates")?;
-//! assert!(tls.cert.ends_with("node-1.pem"));
+//! assert!(tls.cert.ends_with("node-1/node.pem"));
 //! let _transport = raft_transport_quic::QuicTransport::new(tls)?;
 //! # Ok(()) }
 //! ```
@@ -40,7 +51,7 @@ use std::path::{Path, PathBuf};
 use raft_core::TransportError;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
 use crate::tls::TlsConfig;
@@ -68,27 +79,53 @@ impl DevCerts {
 
 /// The CA certificate's path in `dir`.
 pub fn ca_path(dir: &Path) -> PathBuf {
-    dir.join("ca.pem")
+    dir.join("ca").join("ca.pem")
 }
 
 /// The CA private key's path in `dir`.
 pub fn ca_key_path(dir: &Path) -> PathBuf {
-    dir.join("ca.key")
+    dir.join("ca").join("ca.key")
+}
+
+/// The directory holding everything node `id` needs (and nothing more).
+pub fn node_dir(dir: &Path, id: u64) -> PathBuf {
+    dir.join(format!("node-{id}"))
 }
 
 /// Node `id`'s certificate path in `dir`.
 pub fn cert_path(dir: &Path, id: u64) -> PathBuf {
-    dir.join(format!("node-{id}.pem"))
+    node_dir(dir, id).join("node.pem")
 }
 
 /// Node `id`'s private key path in `dir`.
 pub fn key_path(dir: &Path, id: u64) -> PathBuf {
-    dir.join(format!("node-{id}.key"))
+    node_dir(dir, id).join("node.key")
 }
 
 /// Node `id`'s [`TlsConfig`] for the files in `dir` (whether or not they exist yet).
 pub fn tls_config(dir: &Path, id: u64) -> TlsConfig {
-    TlsConfig::mutual(ca_path(dir), cert_path(dir, id), key_path(dir, id))
+    let node = node_dir(dir, id);
+    TlsConfig::mutual(
+        node.join("ca.pem"),
+        node.join("node.pem"),
+        node.join("node.key"),
+    )
+}
+
+/// The directory of the client identity `name`.
+pub fn client_dir(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("client-{name}"))
+}
+
+/// A client identity [`generate_client`] wrote.
+#[derive(Debug, Clone)]
+pub struct ClientCert {
+    /// The CA certificate to verify servers with.
+    pub ca: PathBuf,
+    /// The client's certificate: issued by the CA, names no node.
+    pub cert: PathBuf,
+    /// The client's private key.
+    pub key: PathBuf,
 }
 
 /// Writes a CA (unless `out_dir` already has one) and a certificate + key for each of
@@ -104,8 +141,9 @@ pub fn generate_with_names(
     nodes: &[u64],
     extra_names: &[String],
 ) -> Result<DevCerts, TransportError> {
-    std::fs::create_dir_all(out_dir).map_err(|e| io_error("cannot create", out_dir, e))?;
     let ca_key = load_or_create_ca(out_dir)?;
+    let ca_pem = std::fs::read(ca_path(out_dir))
+        .map_err(|e| io_error("cannot read", &ca_path(out_dir), e))?;
     let issuer = Issuer::new(ca_params(), &ca_key);
     let mut names: Vec<String> = DEFAULT_NAMES.iter().map(|s| s.to_string()).collect();
     for name in extra_names {
@@ -115,25 +153,16 @@ pub fn generate_with_names(
     }
     let mut out = BTreeMap::new();
     for &id in nodes {
-        let key = KeyPair::generate().map_err(rcgen_error)?;
-        let mut params = CertificateParams::new(names.clone()).map_err(rcgen_error)?;
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::OrganizationName, "raftkit development");
-        dn.push(DnType::CommonName, format!("raftkit node {id}"));
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.use_authority_key_identifier_extension = true;
-        let cert = params.signed_by(&key, &issuer).map_err(rcgen_error)?;
-        write_file(&cert_path(out_dir, id), cert.pem().as_bytes(), false)?;
-        write_file(&key_path(out_dir, id), key.serialize_pem().as_bytes(), true)?;
+        if id == 0 {
+            return Err(TransportError::Setup("node ids start at 1".into()));
+        }
+        let dir = node_dir(out_dir, id);
+        let subject = Subject {
+            common_name: format!("raftkit node {id}"),
+            names: names.clone(),
+            node: Some(id),
+        };
+        issue(&issuer, &ca_pem, &subject, &dir, "node")?;
         out.insert(id, tls_config(out_dir, id));
     }
     Ok(DevCerts {
@@ -141,6 +170,101 @@ pub fn generate_with_names(
         ca: ca_path(out_dir),
         nodes: out,
     })
+}
+
+/// Writes a client identity `name` into `out_dir/client-{name}/` (`ca.pem`, `client.pem`,
+/// `client.key`), issued by the CA in `out_dir` (created if missing). Its certificate names no
+/// node: it can authenticate to an HTTP API that asks for client certificates, and a raft
+/// transport refuses its raft traffic.
+pub fn generate_client(out_dir: &Path, name: &str) -> Result<ClientCert, TransportError> {
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err(TransportError::Setup(format!(
+            "client name {name:?}: use letters, digits and '-'"
+        )));
+    }
+    let ca_key = load_or_create_ca(out_dir)?;
+    let ca_pem = std::fs::read(ca_path(out_dir))
+        .map_err(|e| io_error("cannot read", &ca_path(out_dir), e))?;
+    let issuer = Issuer::new(ca_params(), &ca_key);
+    let dir = client_dir(out_dir, name);
+    let subject = Subject {
+        common_name: format!("raftkit client {name}"),
+        names: Vec::new(),
+        node: None,
+    };
+    issue(&issuer, &ca_pem, &subject, &dir, "client")?;
+    Ok(ClientCert {
+        ca: dir.join("ca.pem"),
+        cert: dir.join("client.pem"),
+        key: dir.join("client.key"),
+    })
+}
+
+/// Who a certificate is for.
+struct Subject {
+    common_name: String,
+    /// DNS names and IP addresses.
+    names: Vec<String>,
+    /// The node id it carries as `raftkit://node/<id>`.
+    node: Option<u64>,
+}
+
+/// Writes `dir/ca.pem` (a copy of `ca_pem`), `dir/{stem}.pem` and `dir/{stem}.key` for
+/// `subject`.
+fn issue(
+    issuer: &Issuer<'_, &KeyPair>,
+    ca_pem: &[u8],
+    subject: &Subject,
+    dir: &Path,
+    stem: &str,
+) -> Result<(), TransportError> {
+    create_private_dir(dir)?;
+    let key = KeyPair::generate().map_err(rcgen_error)?;
+    let mut params = CertificateParams::new(subject.names.clone()).map_err(rcgen_error)?;
+    if let Some(id) = subject.node {
+        let uri = rcgen::string::Ia5String::try_from(raft_core::transport::node_uri(id))
+            .map_err(rcgen_error)?;
+        params.subject_alt_names.push(SanType::URI(uri));
+    }
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "raftkit development");
+    dn.push(DnType::CommonName, subject.common_name.clone());
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    let cert = params.signed_by(&key, issuer).map_err(rcgen_error)?;
+    write_file(&dir.join("ca.pem"), ca_pem, false)?;
+    write_file(
+        &dir.join(format!("{stem}.pem")),
+        cert.pem().as_bytes(),
+        false,
+    )?;
+    write_file(
+        &dir.join(format!("{stem}.key")),
+        key.serialize_pem().as_bytes(),
+        true,
+    )
+}
+
+fn create_private_dir(dir: &Path) -> Result<(), TransportError> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder
+        .create(dir)
+        .map_err(|e| io_error("cannot create", dir, e))
 }
 
 /// The CA's parameters. Rebuilt identically when the CA is reused: node certificates name
@@ -162,8 +286,12 @@ fn ca_params() -> CertificateParams {
 
 fn load_or_create_ca(dir: &Path) -> Result<KeyPair, TransportError> {
     let (cert, key) = (ca_path(dir), ca_key_path(dir));
+    create_private_dir(&dir.join("ca"))?;
     if cert.exists() && key.exists() {
-        let pem = std::fs::read_to_string(&key).map_err(|e| io_error("cannot read", &key, e))?;
+        let pem = raft_core::transport::read_private_key(&key)?;
+        let pem = String::from_utf8(pem).map_err(|e| {
+            TransportError::Setup(format!("unusable CA key {}: {e}", key.display()))
+        })?;
         return KeyPair::from_pem(&pem)
             .map_err(|e| TransportError::Setup(format!("unusable CA key {}: {e}", key.display())));
     }
@@ -209,8 +337,20 @@ mod tests {
     fn writes_the_documented_layout_and_keeps_the_ca() {
         let dir = tempfile::tempdir().unwrap();
         let first = generate(dir.path(), &[1, 2]).unwrap();
-        for f in ["ca.pem", "ca.key", "node-1.pem", "node-1.key", "node-2.pem"] {
+        for f in [
+            "ca/ca.pem",
+            "ca/ca.key",
+            "node-1/ca.pem",
+            "node-1/node.pem",
+            "node-1/node.key",
+            "node-2/node.pem",
+        ] {
             assert!(dir.path().join(f).exists(), "{f} missing");
+        }
+        // Nothing a node is given holds the CA key.
+        for entry in std::fs::read_dir(node_dir(dir.path(), 1)).unwrap() {
+            let text = std::fs::read(entry.unwrap().path()).unwrap();
+            assert_ne!(text, std::fs::read(ca_key_path(dir.path())).unwrap());
         }
         let ca_before = std::fs::read(&first.ca).unwrap();
         let second = generate_with_names(dir.path(), &[3], &["node3.example".into()]).unwrap();
@@ -229,5 +369,33 @@ mod tests {
         for id in [1, 2, 3] {
             tls_config(dir.path(), id).read().unwrap().load().unwrap();
         }
+    }
+
+    fn identity_in(pem_path: &Path) -> raft_core::PeerIdentity {
+        use rustls::pki_types::pem::PemObject;
+        let pem = std::fs::read(pem_path).unwrap();
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
+        raft_core::transport::identity_of_certificate(&der)
+    }
+
+    #[test]
+    fn node_certificates_name_their_node_and_client_certificates_none() {
+        let dir = tempfile::tempdir().unwrap();
+        generate(dir.path(), &[1, 42]).unwrap();
+        assert_eq!(
+            identity_in(&cert_path(dir.path(), 42)),
+            raft_core::PeerIdentity::Node(42)
+        );
+        assert_eq!(
+            identity_in(&cert_path(dir.path(), 1)),
+            raft_core::PeerIdentity::Node(1)
+        );
+        let client = generate_client(dir.path(), "ops").unwrap();
+        assert_eq!(
+            identity_in(&client.cert),
+            raft_core::PeerIdentity::WithoutNodeId
+        );
+        assert!(generate_client(dir.path(), "../x").is_err());
+        assert!(generate(dir.path(), &[0]).is_err());
     }
 }

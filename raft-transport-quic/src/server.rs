@@ -14,6 +14,7 @@ use std::time::Duration;
 use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream};
 use raft_core::wire::{self, RaftBatch};
 use raft_core::{InboundHandler, PeerIdentity, ServerGuard, TransportError};
+use rustls::pki_types::CertificateDer;
 use tokio::sync::watch;
 
 use crate::endpoint::{self, Settings};
@@ -156,11 +157,28 @@ async fn handshake(incoming: Incoming, shared: Arc<Shared>) {
             return;
         }
     };
-    tracing::debug!(addr = %shared.addr, %peer, "accepted a QUIC connection");
-    serve_connection(conn, shared, peer).await;
+    let identity = identity_of(&conn);
+    tracing::debug!(addr = %shared.addr, %peer, %identity, "accepted a QUIC connection");
+    serve_connection(conn, shared, peer, identity).await;
 }
 
-async fn serve_connection(conn: Connection, shared: Arc<Shared>, peer: SocketAddr) {
+/// The identity the peer's verified certificate names (mutual TLS always asks for one).
+fn identity_of(conn: &Connection) -> PeerIdentity {
+    let certs = conn
+        .peer_identity()
+        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok());
+    match certs.as_deref().map(Vec::as_slice) {
+        Some([leaf, ..]) => raft_core::transport::identity_of_certificate(leaf),
+        _ => PeerIdentity::WithoutNodeId,
+    }
+}
+
+async fn serve_connection(
+    conn: Connection,
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    identity: PeerIdentity,
+) {
     let stopped = shared.stopped();
     tokio::pin!(stopped);
     loop {
@@ -168,7 +186,7 @@ async fn serve_connection(conn: Connection, shared: Arc<Shared>, peer: SocketAdd
             _ = &mut stopped => return,
             uni = conn.accept_uni() => match uni {
                 Ok(recv) => {
-                    tokio::spawn(raft_stream(recv, shared.clone(), peer));
+                    tokio::spawn(raft_stream(recv, shared.clone(), peer, identity));
                 }
                 Err(e) => {
                     tracing::debug!(addr = %shared.addr, %peer, "connection closed: {e}");
@@ -177,7 +195,7 @@ async fn serve_connection(conn: Connection, shared: Arc<Shared>, peer: SocketAdd
             },
             bi = conn.accept_bi() => match bi {
                 Ok((send, recv)) => {
-                    tokio::spawn(call_stream(send, recv, shared.clone(), peer));
+                    tokio::spawn(call_stream(send, recv, shared.clone(), peer, identity));
                 }
                 Err(e) => {
                     tracing::debug!(addr = %shared.addr, %peer, "connection closed: {e}");
@@ -190,7 +208,12 @@ async fn serve_connection(conn: Connection, shared: Arc<Shared>, peer: SocketAdd
 
 /// Delivers one raft stream's batches to the node, in order, until the stream ends, a frame
 /// is bad, or the server stops.
-async fn raft_stream(mut recv: RecvStream, shared: Arc<Shared>, peer: SocketAddr) {
+async fn raft_stream(
+    mut recv: RecvStream,
+    shared: Arc<Shared>,
+    peer: SocketAddr,
+    identity: PeerIdentity,
+) {
     let max = shared.settings.max_message_size;
     let stopped = shared.stopped();
     tokio::pin!(stopped);
@@ -224,10 +247,7 @@ async fn raft_stream(mut recv: RecvStream, shared: Arc<Shared>, peer: SocketAddr
             return;
         };
         let (from, to) = (batch.from, batch.to);
-        if let Err(e) = handler
-            .raft_batch(PeerIdentity::Unauthenticated, batch)
-            .await
-        {
+        if let Err(e) = handler.raft_batch(identity, batch).await {
             rejected += 1;
             if rejected == 1 || rejected % 100 == 0 {
                 tracing::warn!(addr = %shared.addr, %peer, from, to, rejected, "refused a raft batch: {e}");
@@ -242,6 +262,7 @@ async fn call_stream(
     mut recv: RecvStream,
     shared: Arc<Shared>,
     peer: SocketAddr,
+    identity: PeerIdentity,
 ) {
     let max = shared.settings.max_message_size;
     let timeout = shared.settings.handshake_timeout;
@@ -275,7 +296,7 @@ async fn call_stream(
         let _ = send.reset(code::NOT_PROCESSED);
         return;
     };
-    let response = handler.call(PeerIdentity::Unauthenticated, request).await;
+    let response = handler.call(identity, request).await;
     let answer = frame::encode(&response, max).or_else(|e| {
         tracing::error!(addr = %shared.addr, %peer, "answer too large: {e}");
         frame::encode(&too_large(e), max)

@@ -72,7 +72,7 @@ impl TlsConfig {
         Ok(TlsPem {
             ca: read("CA certificate", &self.ca)?,
             cert: read("certificate", &self.cert)?,
-            key: read("private key", &self.key)?,
+            key: raft_core::transport::read_private_key(&self.key)?,
             server_name: self.server_name.clone(),
             origin: Some(self.clone()),
         })

@@ -1,6 +1,7 @@
 //! Raft clusters over real QUIC on loopback: the same cluster tests as the gRPC transport
 //! (writes and reads through every node, leader stopped and restarted, a snapshot bigger than
-//! one chunk), the fault-injecting wrapper over QUIC, a peer from another CA, and garbage.
+//! one chunk), the fault-injecting wrapper over QUIC, a peer from another CA, certificates used
+//! to speak for another node, and garbage.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -11,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{eventually, init_tracing, QuicCluster};
 use raft_core::testing::cluster::{seed, test_config};
+use raft_core::testing::impersonation::{assert_impersonation_refused, Impostors};
 use raft_core::testing::kv::{decode_value, encode_op, KvClient, KvStore};
 use raft_core::testing::linearizability::{assert_linearizable, History, KvOp, KvOutput};
 use raft_core::wire::{self, request, response};
@@ -439,6 +441,45 @@ async fn raw_connection(tls: &raft_transport_quic::TlsConfig, addr: &str) -> qui
         .unwrap()
         .await
         .unwrap()
+}
+
+/// Certificates of the cluster's own CA: a member's used to speak as another member, a client
+/// certificate naming no node, and a certificate of a node that is not a member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_certificate_speaks_only_for_its_own_node() {
+    init_tracing();
+    let cluster = QuicCluster::start(3, test_config(), None).await;
+    let leader = cluster
+        .wait_for_leader(&[1, 2, 3], Duration::from_secs(10))
+        .await;
+    let mut others = (1..=3u64).filter(|&id| id != leader);
+    let (member, victim) = (others.next().unwrap(), others.next().unwrap());
+    let dir = cluster.certs.dir.path();
+    let outsider = raft_transport_quic::dev_certs::generate(dir, &[9]).unwrap();
+    let client = raft_transport_quic::dev_certs::generate_client(dir, "anonymous").unwrap();
+    let quic = |tls| Arc::new(raft_transport_quic::QuicTransport::new(tls).unwrap());
+    let impostors = Impostors {
+        member: (member, Arc::new(cluster.certs.transport(member))),
+        without_node_id: quic(raft_transport_quic::TlsConfig::mutual(
+            client.ca,
+            client.cert,
+            client.key,
+        )),
+        outsider: (9, quic(outsider.tls(9).unwrap())),
+    };
+    assert_impersonation_refused(
+        &cluster.mailbox(leader),
+        &cluster.addr(leader),
+        victim,
+        &impostors,
+    )
+    .await;
+    cluster
+        .mailbox(victim)
+        .send_proposal(put("after-impostors", "yes"))
+        .await
+        .unwrap();
+    cluster.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -101,17 +101,68 @@ impl InboundHandler for NodeServer {
     }
 
     async fn call(&self, peer: PeerIdentity, request: Request) -> Response {
+        if let Some(kind) = &request.kind {
+            if let Err((reason, why)) = self.authorize(peer, kind) {
+                self.node
+                    .counters
+                    .metrics
+                    .refuse(self.node.id, reason, &why);
+                return reply(response::Kind::Error(error_to_wire(&Error::Invalid(why))));
+            }
+        }
         match request.kind {
-            Some(request::Kind::Batch(batch)) => self.call_batch(peer, batch).await,
-            kind => self.call_one(peer, kind).await,
+            Some(request::Kind::Batch(batch)) => self.call_batch(batch).await,
+            kind => self.call_one(kind).await,
         }
     }
 }
 
 impl NodeServer {
+    /// Whether `peer` may make this call. A plaintext transport authenticates nobody, so its
+    /// callers are taken at their word. Over TLS, a certificate naming no node may only ask
+    /// who leads and how the node is; a certificate naming a node that is not a member may only
+    /// ask to join as itself; a member may do anything, but only ever as itself (snapshot
+    /// chunks, and joins that replace a lost disk, carry the sender's own id).
+    fn authorize(&self, peer: PeerIdentity, kind: &request::Kind) -> Result<(), (Refusal, String)> {
+        use request::Kind;
+        let id = match (peer, kind) {
+            (PeerIdentity::Unauthenticated, _) | (_, Kind::LeaderInfo(_) | Kind::Status(_)) => {
+                return Ok(())
+            }
+            (PeerIdentity::WithoutNodeId, _) => {
+                return Err((
+                    Refusal::Identity,
+                    format!("{peer} may only ask for status, not {}", kind_name(kind)),
+                ))
+            }
+            (PeerIdentity::Node(id), _) => id,
+        };
+        let claimed = match kind {
+            Kind::SnapshotChunk(chunk) => Some(chunk.from),
+            Kind::Membership(m) if m.empty_storage => Some(m.node_id),
+            _ => None,
+        };
+        if let Some(claimed) = claimed.filter(|&c| c != id) {
+            return Err((
+                Refusal::Identity,
+                format!("{peer} sent {} as node {claimed}", kind_name(kind)),
+            ));
+        }
+        let joins_as_itself = matches!(kind, Kind::Membership(m)
+            if m.node_id == id && m.action == MembershipAction::Join as i32);
+        if joins_as_itself || self.node.counters.admits(id) {
+            Ok(())
+        } else {
+            Err((
+                Refusal::NotMember,
+                format!("{peer} is not a member and sent {}", kind_name(kind)),
+            ))
+        }
+    }
+
     /// A follower's forwarded proposals and queries: each handled as if it came alone, all
     /// at once (the driver then puts them in one raft proposal and one ReadIndex).
-    async fn call_batch(&self, peer: PeerIdentity, batch: BatchRequest) -> Response {
+    async fn call_batch(&self, batch: BatchRequest) -> Response {
         if batch.requests.len() > MAX_BATCH {
             return reply(response::Kind::Error(error_to_wire(&Error::Invalid(
                 format!(
@@ -123,7 +174,7 @@ impl NodeServer {
         let answers = batch.requests.into_iter().map(|r| async move {
             match r.kind {
                 kind @ Some(request::Kind::Propose(_) | request::Kind::Query(_)) => {
-                    self.call_one(peer, kind).await
+                    self.call_one(kind).await
                 }
                 _ => reply(response::Kind::Error(error_to_wire(&Error::Invalid(
                     "only proposals and queries can be batched".into(),
@@ -134,7 +185,7 @@ impl NodeServer {
         reply(response::Kind::Batch(BatchResponse { responses }))
     }
 
-    async fn call_one(&self, peer: PeerIdentity, kind: Option<request::Kind>) -> Response {
+    async fn call_one(&self, kind: Option<request::Kind>) -> Response {
         let default = self.node.config.request_timeout;
         let result: Result<response::Kind, Error> = match kind {
             None => Err(Error::Invalid("empty request".into())),
@@ -161,16 +212,6 @@ impl NodeServer {
                     "unknown membership action {}",
                     m.action
                 ))),
-                Ok(_) if m.empty_storage && !peer.may_be(m.node_id) => {
-                    let why = format!("{peer} asked to join as node {}", m.node_id);
-                    self.node
-                        .counters
-                        .metrics
-                        .refuse(self.node.id, Refusal::Identity, &why);
-                    Err(Error::Invalid(format!(
-                        "{why}: a node joins only with a certificate naming its own id"
-                    )))
-                }
                 Ok(action) => {
                     let timeout = timeout_of(m.timeout_ms, default);
                     let change = MembershipChange {
@@ -210,14 +251,6 @@ impl NodeServer {
                 .status()
                 .await
                 .map(|s| response::Kind::Status((&s).into())),
-            Some(request::Kind::SnapshotChunk(chunk)) if !peer.may_be(chunk.from) => {
-                let why = format!("{peer} sent a snapshot chunk as node {}", chunk.from);
-                self.node
-                    .counters
-                    .metrics
-                    .refuse(self.node.id, Refusal::Identity, &why);
-                Err(Error::Invalid(why))
-            }
             Some(request::Kind::SnapshotChunk(chunk)) => match self.assembler.accept(chunk) {
                 Ok(None) => Ok(response::Kind::SnapshotChunk(true)),
                 Ok(Some(msg)) => {
@@ -246,6 +279,21 @@ impl NodeServer {
             Ok(kind) => reply(kind),
             Err(e) => reply(response::Kind::Error(error_to_wire(&e))),
         }
+    }
+}
+
+/// What a call asks for, in a refusal's words.
+fn kind_name(kind: &request::Kind) -> &'static str {
+    use request::Kind;
+    match kind {
+        Kind::Propose(_) => "a proposal",
+        Kind::Query(_) => "a query",
+        Kind::Batch(_) => "a batch of forwarded requests",
+        Kind::Membership(_) => "a membership change",
+        Kind::TransferLeader(_) => "a leader transfer",
+        Kind::LeaderInfo(_) => "a leader query",
+        Kind::Status(_) => "a status query",
+        Kind::SnapshotChunk(_) => "a snapshot chunk",
     }
 }
 

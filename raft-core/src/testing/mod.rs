@@ -7,5 +7,6 @@ pub mod breakable;
 pub mod cluster;
 pub mod conformance;
 pub mod hostile;
+pub mod impersonation;
 pub mod kv;
 pub mod linearizability;

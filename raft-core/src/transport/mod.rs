@@ -5,6 +5,7 @@
 //! ordinary calls in chunks, so no transport needs special code for them.
 
 mod faulty;
+mod identity;
 mod local;
 
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use faulty::{Faults, FaultyTransport};
+pub use identity::{identity_of_certificate, node_uri, read_private_key, NODE_URI_PREFIX};
 pub use local::{LocalNetwork, LocalTransport};
 
 use crate::error::TransportError;

@@ -152,11 +152,11 @@ impl KvCluster {
         if transport == Transport::Quic {
             cmd.args(["--transport", "quic"])
                 .arg("--tls-ca")
-                .arg(certs.join("ca.pem"))
+                .arg(certs.join(format!("node-{id}/ca.pem")))
                 .arg("--tls-cert")
-                .arg(certs.join(format!("node-{id}.pem")))
+                .arg(certs.join(format!("node-{id}/node.pem")))
                 .arg("--tls-key")
-                .arg(certs.join(format!("node-{id}.key")));
+                .arg(certs.join(format!("node-{id}/node.key")));
         }
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -167,7 +167,7 @@ impl KvCluster {
             .stderr(Stdio::from(log))
             .env(
                 "RUST_LOG",
-                std::env::var("RAFT_KV_LOG").unwrap_or_else(|_| "info,raft=warn".into()),
+                std::env::var("RAFT_KV_LOG").unwrap_or_else(|_| "info,raft_rs=warn".into()),
             );
         node.child = Some(cmd.spawn().unwrap());
     }
@@ -442,6 +442,146 @@ impl Drop for KvCluster {
                 let _ = child.kill();
                 let _ = child.wait();
             }
+        }
+    }
+}
+
+/// One `raft-kv serve` process for tests of the HTTP front: a single-node cluster (memory
+/// storage; gRPC with mutual TLS from the development certificates in `certs_dir()`, so it
+/// needs no plaintext opt-in) started with extra flags. Killed on drop; its log is printed
+/// when the test panics.
+pub struct SingleNode {
+    /// Holds `certs/`, the data dir, the log and whatever files the test writes.
+    pub dir: tempfile::TempDir,
+    /// The HTTP API's `host:port`.
+    pub http: String,
+    child: Option<Child>,
+}
+
+impl SingleNode {
+    /// A temp dir with development certificates for node 1 in `certs/` (see
+    /// `raft_transport_quic::dev_certs` for the layout).
+    pub fn prepare() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        raft_transport_quic::dev_certs::generate(&dir.path().join("certs"), &[1]).unwrap();
+        dir
+    }
+
+    /// The certificates directory of a dir from [`SingleNode::prepare`].
+    pub fn certs_dir(dir: &Path) -> PathBuf {
+        dir.join("certs")
+    }
+
+    /// Writes `text` to `dir/name` with `mode` (Unix permissions); returns the path.
+    pub fn write_file(dir: &Path, name: &str, text: &str, mode: u32) -> PathBuf {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let path = dir.join(name);
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(mode)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()))
+            .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path
+    }
+
+    /// Starts node 1 in `dir` (from [`SingleNode::prepare`]) with `extra` serve flags. Does
+    /// not wait for it: see [`SingleNode::wait_listening`].
+    pub fn spawn<S: AsRef<std::ffi::OsStr>>(dir: tempfile::TempDir, extra: &[S]) -> SingleNode {
+        use raft_transport_quic::dev_certs;
+        let certs = Self::certs_dir(dir.path());
+        let (raft, http) = loop {
+            let (a, b) = (free_port(), free_port());
+            if a != b {
+                break (format!("127.0.0.1:{a}"), format!("127.0.0.1:{b}"));
+            }
+        };
+        let log = std::fs::File::create(dir.path().join("node.log")).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_raft-kv"));
+        cmd.args(["serve", "--id", "1", "--storage", "memory"])
+            .args(["--raft-addr", &raft, "--http-addr", &http])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--tls-ca")
+            .arg(dev_certs::ca_path(&certs))
+            .arg("--tls-cert")
+            .arg(dev_certs::cert_path(&certs, 1))
+            .arg("--tls-key")
+            .arg(dev_certs::key_path(&certs, 1))
+            .args(extra)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .env(
+                "RUST_LOG",
+                std::env::var("RAFT_KV_LOG").unwrap_or_else(|_| "info,raft_rs=warn".into()),
+            );
+        let child = cmd.spawn().unwrap();
+        SingleNode {
+            dir,
+            http,
+            child: Some(child),
+        }
+    }
+
+    /// The node's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("node.log")).unwrap_or_default()
+    }
+
+    /// Waits until the HTTP port accepts connections; panics with the log if the node exits
+    /// or `timeout` passes.
+    pub async fn wait_listening(&mut self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if tokio::net::TcpStream::connect(&self.http).await.is_ok() {
+                return;
+            }
+            if let Some(status) = self.exited() {
+                panic!("the node exited ({status}):\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the node never listened:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// The exit status, if the node has exited.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().unwrap())
+    }
+
+    /// Waits for the node to exit by itself within `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = self.exited() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        None
+    }
+}
+
+impl Drop for SingleNode {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = self.log();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "--- node log (last 60 lines) ---\n{}",
+                lines[lines.len().saturating_sub(60)..].join("\n")
+            );
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }

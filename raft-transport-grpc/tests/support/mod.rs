@@ -81,12 +81,22 @@ impl Pki {
     }
 
     /// Writes `name.pem` and `name.key`, a certificate for 127.0.0.1 / localhost usable as
-    /// server and client.
+    /// server and client, naming no node id.
     pub fn node(&self, name: &str) -> (PathBuf, PathBuf) {
+        self.identity(name, None)
+    }
+
+    /// Like [`Pki::node`], naming node `id` (`raftkit://node/<id>`) when given.
+    pub fn identity(&self, name: &str, id: Option<u64>) -> (PathBuf, PathBuf) {
         let mut params = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
         params
             .subject_alt_names
             .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        if let Some(id) = id {
+            params.subject_alt_names.push(SanType::URI(
+                raft_core::transport::node_uri(id).try_into().unwrap(),
+            ));
+        }
         params.distinguished_name.push(DnType::CommonName, name);
         params.extended_key_usages = vec![
             ExtendedKeyUsagePurpose::ServerAuth,
@@ -99,11 +109,22 @@ impl Pki {
         let key_path = self.dir.path().join(format!("{name}.key"));
         std::fs::write(&cert_path, cert.pem()).unwrap();
         std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
         (cert_path, key_path)
     }
 
     pub fn mutual(&self, name: &str) -> TlsConfig {
         let (cert, key) = self.node(name);
+        TlsConfig::mutual(self.ca(), cert, key)
+    }
+
+    /// Mutual TLS with a certificate naming node `id`.
+    pub fn mutual_as(&self, name: &str, id: u64) -> TlsConfig {
+        let (cert, key) = self.identity(name, Some(id));
         TlsConfig::mutual(self.ca(), cert, key)
     }
 

@@ -14,7 +14,7 @@ use raft_core::testing::linearizability::{KvOp, Outcome};
 
 use crate::net::Network;
 use crate::nodes::{status, Nodes, Status};
-use crate::workload::{run_op, Workload};
+use crate::workload::{authorized, run_op, Workload};
 
 /// A kind of fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,8 +114,11 @@ pub struct Nemesis {
     pub nodes: Arc<Mutex<Nodes>>,
     /// The network namespaces.
     pub net: Network,
-    /// Status and admin requests.
+    /// Status and admin requests (sends the clients' bearer token; admin requests replace it
+    /// with `admin_token`).
     pub http: reqwest::Client,
+    /// The admin bearer token, for `/cluster/*`.
+    admin_token: String,
     /// The clients' shared state (keys, history).
     pub workload: Arc<Workload>,
     /// What happened.
@@ -141,12 +144,18 @@ impl Nemesis {
         rng: StdRng,
         timing: Timing,
     ) -> Result<Nemesis> {
+        let tokens = nodes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .tokens
+            .clone();
         Ok(Nemesis {
             nodes,
             net,
-            http: reqwest::Client::builder()
+            http: authorized(&tokens.client)?
                 .timeout(Duration::from_secs(10))
                 .build()?,
+            admin_token: tokens.admin,
             workload,
             events: Vec::new(),
             stuck: Vec::new(),
@@ -543,6 +552,7 @@ impl Nemesis {
             match self
                 .http
                 .post(format!("{url}/cluster/remove/{target}"))
+                .bearer_auth(&self.admin_token)
                 .send()
                 .await
             {

@@ -1,5 +1,9 @@
 //! The `raft-kv` node processes: start (inside their namespace), SIGKILL, SIGSTOP/SIGCONT,
 //! restart, status, and noticing exits the nemesis did not cause.
+//!
+//! Nodes run as in production: mutual TLS on the raft transport (gRPC or QUIC) with
+//! certificates that name each node's id and cluster address, and bearer tokens on the HTTP
+//! API (a regular token for clients, an admin token for `/cluster/*`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -50,6 +54,66 @@ pub struct Crash {
     pub log_tail: String,
 }
 
+/// The HTTP API's bearer tokens of a run, and the 0600 files the nodes read them from.
+#[derive(Clone)]
+pub struct Tokens {
+    /// The clients' token (data routes).
+    pub client: String,
+    /// The admin token (`/cluster/*`).
+    pub admin: String,
+    /// `--auth-token-file`.
+    pub client_file: PathBuf,
+    /// `--admin-token-file`.
+    pub admin_file: PathBuf,
+}
+
+impl Tokens {
+    /// Fresh random tokens, written to `dir/secrets/` (0700) as 0600 files.
+    pub fn create(dir: &Path) -> Result<Tokens> {
+        let secrets = dir.join("secrets");
+        private_dir(&secrets)?;
+        let tokens = Tokens {
+            client: random_token(),
+            admin: random_token(),
+            client_file: secrets.join("auth.tokens"),
+            admin_file: secrets.join("admin.tokens"),
+        };
+        write_private(&tokens.client_file, &tokens.client)?;
+        write_private(&tokens.admin_file, &tokens.admin)?;
+        Ok(tokens)
+    }
+}
+
+/// 32 random bytes from the OS, hex: 64 characters.
+fn random_token() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
+}
+
+/// Writes a one-line token file with mode 0600 (raft-kv refuses a file others may read).
+fn write_private(path: &Path, token: &str) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    writeln!(file, "{token}").with_context(|| format!("writing {}", path.display()))
+}
+
 /// One node process.
 pub struct Node {
     /// Its raft id.
@@ -80,6 +144,8 @@ pub struct Nodes {
     exe: PathBuf,
     transport: Transport,
     certs: PathBuf,
+    /// The HTTP API's tokens.
+    pub tokens: Tokens,
     /// The nodes, by id order.
     pub nodes: Vec<Node>,
     /// Exits nobody asked for.
@@ -95,7 +161,8 @@ pub fn tail(path: &Path, lines: usize) -> String {
 }
 
 impl Nodes {
-    /// Plans `ids` in `net`, keeping data and logs under `dir`.
+    /// Plans `ids` in `net`, keeping data and logs under `dir`: writes the certificates (one
+    /// directory per node, `certs/node-<id>/`) and the token files.
     pub fn new(
         exe: PathBuf,
         transport: Transport,
@@ -105,23 +172,30 @@ impl Nodes {
         started: Instant,
     ) -> Result<Nodes> {
         let certs = dir.join("certs");
-        if transport == Transport::Quic {
-            // QUIC checks the peer certificate against the address it dials: the
-            // certificates must name the cluster addresses.
-            let mut cmd = Command::new(&exe);
-            cmd.args(["certs", "--nodes", &ids.len().to_string(), "--out"])
-                .arg(&certs);
-            for &id in ids {
-                cmd.args(["--name", &net.cluster_ip(id)]);
-            }
-            let out = cmd.output().context("running raft-kv certs")?;
-            if !out.status.success() {
-                bail!(
-                    "raft-kv certs failed: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+        // Both transports run mutual TLS. A node checks the peer certificate against the
+        // address it dials, so the certificates must name the cluster addresses; each also
+        // names its node id, and a node refuses raft traffic claiming another id.
+        let max_id = ids.iter().copied().max().unwrap_or(0);
+        let mut cmd = Command::new(&exe);
+        cmd.args(["certs", "--nodes", &max_id.to_string(), "--out"])
+            .arg(&certs);
+        for &id in ids {
+            cmd.args(["--name", &net.cluster_ip(id)]);
+        }
+        let out = cmd.output().context("running raft-kv certs")?;
+        if !out.status.success() {
+            bail!(
+                "raft-kv certs failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        for &id in ids {
+            let key = certs.join(format!("node-{id}/node.key"));
+            if !key.exists() {
+                bail!("raft-kv certs wrote no {}", key.display());
             }
         }
+        let tokens = Tokens::create(dir)?;
         let nodes = ids
             .iter()
             .map(|&id| Node {
@@ -140,6 +214,7 @@ impl Nodes {
             exe,
             transport,
             certs,
+            tokens,
             nodes,
             crashes: Vec::new(),
             started,
@@ -176,7 +251,8 @@ impl Nodes {
     pub fn start(&mut self, id: u64, join: &[String]) -> Result<()> {
         let exe = self.exe.clone();
         let transport = self.transport;
-        let certs = self.certs.clone();
+        let node_certs = self.certs.join(format!("node-{id}"));
+        let tokens = self.tokens.clone();
         let node = self.node_mut(id)?;
         if node.child.is_some() {
             bail!("node {id} is already running");
@@ -200,21 +276,27 @@ impl Nodes {
         for addr in join {
             cmd.args(["--join", addr]);
         }
-        if transport == Transport::Quic {
-            cmd.args(["--transport", "quic"])
-                .arg("--tls-ca")
-                .arg(certs.join("ca.pem"))
-                .arg("--tls-cert")
-                .arg(certs.join(format!("node-{id}.pem")))
-                .arg("--tls-key")
-                .arg(certs.join(format!("node-{id}.key")));
-        }
+        let transport = match transport {
+            Transport::Grpc => "grpc",
+            Transport::Quic => "quic",
+        };
+        cmd.args(["--transport", transport])
+            .arg("--tls-ca")
+            .arg(node_certs.join("ca.pem"))
+            .arg("--tls-cert")
+            .arg(node_certs.join("node.pem"))
+            .arg("--tls-key")
+            .arg(node_certs.join("node.key"))
+            .arg("--auth-token-file")
+            .arg(&tokens.client_file)
+            .arg("--admin-token-file")
+            .arg(&tokens.admin_file);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
             .env(
                 "RUST_LOG",
-                std::env::var("RAFT_KV_LOG").unwrap_or_else(|_| "info,raft=warn".into()),
+                std::env::var("RAFT_KV_LOG").unwrap_or_else(|_| "info,raft_rs=warn".into()),
             );
         let child = cmd.spawn().context("starting ip netns exec raft-kv")?;
         let pid = child.id();

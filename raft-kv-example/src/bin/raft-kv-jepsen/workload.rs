@@ -21,6 +21,16 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use reqwest::StatusCode;
 
+/// An HTTP client builder that sends `Authorization: Bearer <token>` on every request (a
+/// request's own `bearer_auth` replaces it, e.g. the admin token on `/cluster/*`).
+pub fn authorized(token: &str) -> anyhow::Result<reqwest::ClientBuilder> {
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))?;
+    value.set_sensitive(true);
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    Ok(reqwest::Client::builder().default_headers(headers))
+}
+
 /// One recorded operation, with wall-clock times for the report.
 #[derive(Debug, Clone)]
 pub struct Record {
@@ -247,6 +257,8 @@ pub struct Workload {
     /// The consistency of the clients' reads: `linearizable`, or `lease` / `stale` to check
     /// those modes (stale reads are expected to fail the check: a self-test of the suite).
     pub reads: String,
+    /// The bearer token clients send.
+    token: String,
     started: Instant,
 }
 
@@ -258,6 +270,7 @@ impl Workload {
         keys: usize,
         epoch: Duration,
         reads: String,
+        token: String,
         started: Instant,
     ) -> Arc<Workload> {
         Arc::new(Workload {
@@ -269,6 +282,7 @@ impl Workload {
             seen: Mutex::new(BTreeMap::new()),
             max_epoch: AtomicU64::new(0),
             reads,
+            token,
             started,
         })
     }
@@ -293,11 +307,12 @@ impl Workload {
     /// One client: random operations on random nodes until stopped.
     pub async fn client(self: Arc<Self>, client: u64, seed: u64, op_timeout: Duration) {
         let mut rng = StdRng::seed_from_u64(seed);
-        let http = match reqwest::Client::builder()
-            .timeout(op_timeout)
-            .connect_timeout(Duration::from_secs(1))
-            .build()
-        {
+        let http = match authorized(&self.token).and_then(|b| {
+            b.timeout(op_timeout)
+                .connect_timeout(Duration::from_secs(1))
+                .build()
+                .map_err(anyhow::Error::from)
+        }) {
             Ok(h) => h,
             Err(e) => {
                 eprintln!("raft-kv-jepsen: client {client}: {e}");
