@@ -65,7 +65,7 @@ fn plan(args: &ClusterArgs) -> Result<Vec<NodePlan>> {
 
 pub async fn run(args: ClusterArgs) -> Result<()> {
     let nodes = plan(&args)?;
-    std::fs::create_dir_all(&args.data_dir)?;
+    crate::files::create_private_dir(&args.data_dir)?;
     let exe = std::env::current_exe().context("locating the raft-kv binary")?;
     let certs = args.data_dir.join("certs");
     if args.transport == TransportKind::Quic && !certs.join("ca").join("ca.pem").exists() {
@@ -75,7 +75,7 @@ pub async fn run(args: ClusterArgs) -> Result<()> {
     let mut children: Vec<Child> = Vec::new();
     for node in &nodes {
         let dir = args.data_dir.join(format!("node-{}", node.id));
-        std::fs::create_dir_all(&dir)?;
+        crate::files::create_private_dir(&dir)?;
         let log = std::fs::File::create(args.data_dir.join(format!("node-{}.log", node.id)))?;
         let mut cmd = Command::new(&exe);
         cmd.arg("serve")

@@ -16,7 +16,10 @@ use tokio::process::Command;
 fn serve(dir: &std::path::Path, raft_addr: &str, extra: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_raft-kv"));
     cmd.args(["serve", "--id", "1", "--raft-addr", raft_addr])
-        .args(["--http-addr", &format!("127.0.0.1:{}", support::free_port())])
+        .args([
+            "--http-addr",
+            &format!("127.0.0.1:{}", support::free_port()),
+        ])
         .arg("--data-dir")
         .arg(dir.join("data"))
         .args(["--storage", "memory"])
