@@ -52,6 +52,7 @@ mod mailbox;
 mod mem_log_storage;
 mod metrics;
 mod node;
+pub mod private_files;
 mod raft;
 mod status;
 mod store;

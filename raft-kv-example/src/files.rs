@@ -17,19 +17,9 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
     }
 }
 
-#[cfg(unix)]
 fn create(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
+    raft_core::private_files::create_dir_all(dir)
         .with_context(|| format!("creating {}", dir.display()))
-}
-
-#[cfg(not(unix))]
-fn create(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))
 }
 
 #[cfg(unix)]

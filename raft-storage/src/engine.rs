@@ -12,9 +12,9 @@ use crate::codec::{
     decode_entry, decode_hard_state, decode_truncated, encode, encode_truncated, SnapshotRecord,
 };
 use crate::index::LogIndex;
-use crate::perms;
 use crate::snapshot_file::{io_error, prepare_dir, SnapshotFiles};
 use crate::OpenOptions;
+use raft_core::private_files;
 
 /// The raft group holding the entries.
 const ENTRIES: u64 = 1;
@@ -208,9 +208,10 @@ impl RaftEngineLogStorage {
             )));
         }
         // raft-engine creates its files with the umask; a 0700 `engine/` (and data directory)
-        // keeps them private. See `perms`.
+        // keeps them private. See the crate docs, "Permissions".
         if options.create_if_missing && !engine_dir.exists() {
-            perms::create_dir_all(&engine_dir).map_err(|e| io_error("creating", &engine_dir, e))?;
+            private_files::create_dir_all(&engine_dir)
+                .map_err(|e| io_error("creating", &engine_dir, e))?;
         }
         let Some(engine_dir_str) = engine_dir.to_str() else {
             return Err(StorageError::Io(format!(

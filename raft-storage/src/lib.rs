@@ -57,7 +57,6 @@ mod codec;
 #[cfg(feature = "raft-engine")]
 mod engine;
 mod index;
-mod perms;
 mod rocks;
 mod snapshot_file;
 

@@ -12,9 +12,9 @@ use crate::codec::{
     decode_entry, decode_hard_state, decode_truncated, encode, encode_truncated, SnapshotRecord,
 };
 use crate::index::LogIndex;
-use crate::perms;
 use crate::snapshot_file::{io_error, prepare_dir, SnapshotFiles};
 use crate::OpenOptions;
+use raft_core::private_files;
 
 const HARD_STATE_KEY: &[u8] = b"\x01hard_state";
 const TRUNCATED_KEY: &[u8] = b"\x01truncated";
@@ -122,9 +122,10 @@ impl RocksLogStorage {
         prepare_dir(&dir, options.create_if_missing)?;
         let db_path = dir.join("db");
         // RocksDB creates its files with the umask; a 0700 `db/` (and data directory) keeps
-        // them private. See `perms`.
+        // them private. See the crate docs, "Permissions".
         if options.create_if_missing && !db_path.exists() {
-            perms::create_dir_all(&db_path).map_err(|e| io_error("creating", &db_path, e))?;
+            private_files::create_dir_all(&db_path)
+                .map_err(|e| io_error("creating", &db_path, e))?;
         }
         let mut opts = Options::default();
         opts.create_if_missing(options.create_if_missing);

@@ -17,7 +17,7 @@ use raft_core::eraftpb::Snapshot;
 use raft_core::StorageError;
 
 use crate::codec::SnapshotRecord;
-use crate::perms;
+use raft_core::private_files;
 
 const MAGIC: &[u8; 8] = b"RKSNAP1\n";
 const HEADER_LEN: usize = 8 + 8 + 4;
@@ -60,7 +60,7 @@ impl SnapshotFiles {
     pub(crate) fn open(root: &Path) -> Result<Self, StorageError> {
         let dir = root.join("snapshots");
         if !dir.is_dir() {
-            perms::create_dir_all(&dir).map_err(|e| io_error("creating", &dir, e))?;
+            private_files::create_dir_all(&dir).map_err(|e| io_error("creating", &dir, e))?;
             sync_dir(root)?;
         }
         let files = Self {
@@ -166,7 +166,7 @@ impl SnapshotFiles {
         let fin = self.path(seq);
         let write = || -> std::io::Result<()> {
             // 0600 (a fresh file: sequence numbers are never reused).
-            let mut f = perms::create_file(&tmp)?;
+            let mut f = private_files::create_file(&tmp)?;
             let mut header = Vec::with_capacity(HEADER_LEN);
             header.extend_from_slice(MAGIC);
             header.extend_from_slice(&len.to_be_bytes());
@@ -329,7 +329,8 @@ pub(crate) fn prepare_dir(dir: &Path, create: bool) -> Result<(), StorageError> 
                     dir.display()
                 )));
             }
-            perms::create_dir_all(dir).map_err(|e| io_error("creating data directory", dir, e))?;
+            private_files::create_dir_all(dir)
+                .map_err(|e| io_error("creating data directory", dir, e))?;
         }
         Err(e) => return Err(io_error("checking data directory", dir, e)),
     }

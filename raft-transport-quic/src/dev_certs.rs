@@ -255,16 +255,7 @@ fn issue(
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), TransportError> {
-    let mut builder = std::fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder
-        .create(dir)
-        .map_err(|e| io_error("cannot create", dir, e))
+    raft_core::private_files::create_dir_all(dir).map_err(|e| io_error("cannot create", dir, e))
 }
 
 /// The CA's parameters. Rebuilt identically when the CA is reused: node certificates name

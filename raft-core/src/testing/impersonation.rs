@@ -89,7 +89,7 @@ fn chunk(from: u64, to: u64) -> Request {
 
 /// Sends `request` and asserts it was refused (an error answer, or no answer at all).
 async fn refused(who: &str, transport: &dyn Transport, addr: &str, request: Request) {
-    let what = format!("{:?}", request.kind.as_ref().map(std::mem::discriminant));
+    let what = format!("{:?}", request.kind);
     match transport.call(addr, request).await {
         Ok(response) => match response.kind {
             Some(response::Kind::Error(e)) => {

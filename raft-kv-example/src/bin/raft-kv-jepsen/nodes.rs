@@ -71,7 +71,8 @@ impl Tokens {
     /// Fresh random tokens, written to `dir/secrets/` (0700) as 0600 files.
     pub fn create(dir: &Path) -> Result<Tokens> {
         let secrets = dir.join("secrets");
-        private_dir(&secrets)?;
+        raft_core::private_files::create_dir_all(&secrets)
+            .with_context(|| format!("creating {}", secrets.display()))?;
         let tokens = Tokens {
             client: random_token(),
             admin: random_token(),
@@ -92,24 +93,10 @@ fn random_token() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn private_dir(dir: &Path) -> Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("creating {}", dir.display()))
-}
-
 /// Writes a one-line token file with mode 0600 (raft-kv refuses a file others may read).
 fn write_private(path: &Path, token: &str) -> Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
+    let mut file = raft_core::private_files::create_file(path)
         .with_context(|| format!("creating {}", path.display()))?;
     writeln!(file, "{token}").with_context(|| format!("writing {}", path.display()))
 }
