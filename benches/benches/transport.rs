@@ -172,12 +172,14 @@ fn setups(rt: &Runtime) -> Vec<Setup> {
 
 fn status_request() -> wire::Request {
     wire::Request {
+        cluster_id: 0,
         kind: Some(request::Kind::Status(wire::StatusRequest {})),
     }
 }
 
 fn batch() -> RaftBatch {
     RaftBatch {
+        cluster_id: 0,
         from: 1,
         to: 2,
         messages: (0..BATCH).map(|i| vec![i as u8; MESSAGE]).collect(),

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use raft_core::{async_trait, LocalNetwork, Raft, Store, StoreResult};
+use raft_core::{async_trait, InitialCluster, LocalNetwork, Raft, Store, StoreResult};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize)]
@@ -66,37 +66,21 @@ async fn main() -> anyhow::Result<()> {
         )
         .init();
     let network = LocalNetwork::new();
-    let addrs: Vec<String> = (1..=3).map(|id| format!("node-{id}")).collect();
+    // Every founding node gets the same member list; they start together, in any order.
+    let cluster = InitialCluster::new((1..=3).map(|id| (id, format!("node-{id}"))))?;
     let mut mailboxes = Vec::new();
-    for id in 1..=3u64 {
+    for (&id, addr) in cluster.members() {
         let raft = Raft::builder(id, HashStore::default())
-            .raft_addr(addrs[id as usize - 1].clone())
+            .raft_addr(addr.clone())
             .transport(network.transport())
             .build()?;
         mailboxes.push(raft.mailbox());
-        // The seed's flow: ask the peers for a leader; join it if there is one, else lead.
-        match raft.find_leader_info(addrs.clone()).await? {
-            Some((leader_id, leader_addr)) => {
-                println!("node {id}: joining leader {leader_id} at {leader_addr}");
-                tokio::spawn(raft.join(leader_id, leader_addr));
-            }
-            None => {
-                println!("node {id}: no leader found, bootstrapping a new cluster");
-                tokio::spawn(raft.lead());
-                // Let it elect itself before the others look for it.
-                while mailboxes[0].status().await?.leader_id.is_none() {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            }
-        }
+        tokio::spawn(raft.start_cluster(cluster.clone()));
     }
     loop {
         let status = mailboxes[0].status().await?;
-        if status.voters.len() == 3 {
-            println!(
-                "cluster ready: voters {:?}, leader {:?}",
-                status.voters, status.leader_id
-            );
+        if let Some(leader) = status.leader_id {
+            println!("cluster ready: voters {:?}, leader {leader}", status.voters);
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

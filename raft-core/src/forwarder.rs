@@ -219,6 +219,7 @@ async fn send(
         &addr,
         Request {
             kind: Some(request::Kind::Batch(BatchRequest { requests })),
+            cluster_id: 0,
         },
     );
     let Ok(answer) = tokio::time::timeout(timeout, call).await else {
@@ -312,7 +313,10 @@ mod tests {
                 }
                 kind => {
                     self.requests.fetch_add(1, Ordering::SeqCst);
-                    echo(Request { kind })
+                    echo(Request {
+                        cluster_id: 0,
+                        kind,
+                    })
                 }
             })
         }
@@ -320,6 +324,7 @@ mod tests {
 
     fn propose(i: u32) -> Request {
         Request {
+            cluster_id: 0,
             kind: Some(request::Kind::Propose(ProposeRequest {
                 data: i.to_be_bytes().to_vec(),
                 timeout_ms: 1000,

@@ -43,9 +43,11 @@
 //! # Ok(()) }
 //! ```
 
+pub mod backup;
 mod config;
 mod error;
 mod forwarder;
+mod initial_cluster;
 mod log_storage;
 mod logging;
 mod mailbox;
@@ -62,14 +64,16 @@ pub mod wire;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use crate::backup::{restore_backup, Backup, BackupError};
 pub use crate::config::Config;
 pub use crate::error::{Error, Result, StorageError, TransportError};
+pub use crate::initial_cluster::InitialCluster;
 pub use crate::log_storage::{limit_size, LogStorage};
 pub use crate::mailbox::Mailbox;
 pub use crate::mem_log_storage::{check_contiguous, MemLogStorage};
 pub use crate::metrics::{HistogramSnapshot, Metrics, QueueDepths};
 pub use crate::raft::{Raft, RaftBuilder};
-pub use crate::status::{ReadConsistency, Role, Status};
+pub use crate::status::{MemberProgress, ReadConsistency, ReplicationState, Role, Status};
 pub use crate::store::{Store, StoreResult};
 pub use crate::transport::{
     Faults, FaultyTransport, InboundHandler, LocalNetwork, LocalTransport, PeerIdentity,

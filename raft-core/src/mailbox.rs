@@ -15,17 +15,19 @@ use crate::node::driver::ask;
 use crate::node::messages::{DriverMsg, MembershipChange};
 use crate::node::server::error_from_wire;
 use crate::node::Counters;
-use crate::status::{ReadConsistency, Status};
+use crate::status::{ReadConsistency, Role, Status};
 use crate::transport::Transport;
 use crate::wire::{
     request, response, MembershipAction, MembershipRequest, ProposeRequest, QueryRequest, Request,
-    TransferLeaderRequest,
+    StatusRequest, TransferLeaderRequest,
 };
 
 /// The local node as seen by its mailbox and its server side.
 pub(crate) struct NodeHandle {
     pub(crate) id: u64,
     pub(crate) addr: String,
+    /// Where the transport listens: `addr` unless the builder set another.
+    pub(crate) listen_addr: String,
     pub(crate) config: Config,
     pub(crate) driver_tx: mpsc::Sender<DriverMsg>,
     pub(crate) transport: Arc<dyn Transport>,
@@ -156,7 +158,10 @@ impl Op {
                 request::Kind::TransferLeader(TransferLeaderRequest { target, timeout_ms })
             }
         };
-        Request { kind: Some(kind) }
+        Request {
+            kind: Some(kind),
+            cluster_id: 0,
+        }
     }
 }
 
@@ -273,9 +278,77 @@ impl Mailbox {
         metrics.snapshot()
     }
 
+    /// A consistent [`crate::Backup`] of the replicated state, taken on this node: it
+    /// includes every write acknowledged (on any node) before the call began, like a
+    /// linearizable read. The node waits for a ReadIndex barrier through the leader, then the
+    /// apply task snapshots the store at its applied index.
+    ///
+    /// ```no_run
+    /// # async fn demo(mailbox: raft_core::Mailbox) -> Result<(), Box<dyn std::error::Error>> {
+    /// let backup = mailbox.backup().await?;
+    /// let mut file = std::fs::File::create("cluster.backup")?;
+    /// backup.write_to(&mut file)?;
+    /// file.sync_all()?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn backup(&self) -> Result<crate::Backup> {
+        let encoded = self
+            .node
+            .submit(self.timeout, |deadline, reply| DriverMsg::Backup {
+                deadline,
+                reply,
+            })
+            .await?;
+        Ok(crate::Backup::from_bytes(&encoded)?)
+    }
+
     /// This node's view of the cluster.
     pub async fn status(&self) -> Result<Status> {
         self.node.status().await
+    }
+
+    /// The leader's view of the cluster, asked of the leader wherever it is: unlike
+    /// [`Mailbox::status`] on a follower, it includes each member's replication progress
+    /// ([`Status::progress`]). Retries while no leader is known, until the deadline.
+    pub async fn leader_status(&self) -> Result<Status> {
+        let deadline = Instant::now() + self.timeout;
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            let local = self.node.status().await?;
+            if local.role == Role::Leader {
+                return Ok(local);
+            }
+            let leader = local
+                .leader_id
+                .filter(|&l| l != self.node.id)
+                .and_then(|l| local.members.get(&l).map(|addr| (l, addr.clone())));
+            if let Some((leader, addr)) = leader {
+                let remaining = deadline.saturating_duration_since(Instant::now());
+                let request = Request {
+                    kind: Some(request::Kind::Status(StatusRequest {})),
+                    ..Default::default()
+                };
+                let call = self.node.transport.call(&addr, request);
+                // The node answers with its own status: the leader's only while it still
+                // leads. Otherwise this node learns the new leader soon; ask again then.
+                match tokio::time::timeout(remaining, call).await {
+                    Ok(Ok(crate::wire::Response {
+                        kind: Some(response::Kind::Status(remote)),
+                    })) if remote.role == crate::wire::Role::Leader as i32 => {
+                        return Ok(Status::from(remote));
+                    }
+                    Ok(Ok(_)) => tracing::debug!(leader, "node {leader} no longer leads"),
+                    Ok(Err(e)) => tracing::debug!(leader, "status call failed: {e}"),
+                    Err(_) => {}
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::NoLeader(self.timeout));
+            }
+            tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())))
+                .await;
+            backoff = (backoff * 2).min(Duration::from_millis(100));
+        }
     }
 
     /// Removes this node from the cluster (a leader first hands over leadership), then stops

@@ -12,11 +12,13 @@ use tokio::sync::{mpsc, watch};
 use crate::config::Config;
 use crate::error::{Error, Result, StorageError};
 use crate::forwarder::Forwarder;
+use crate::initial_cluster::InitialCluster;
 use crate::log_storage::{snapshot_index, LogStorage, RaftStorage};
 use crate::logging::raft_logger;
 use crate::mailbox::{Mailbox, NodeHandle, Op};
 use crate::mem_log_storage::MemLogStorage;
 use crate::node::apply::Applier;
+use crate::node::cluster_id::{self, StampingTransport};
 use crate::node::driver::{Driver, DriverParts};
 use crate::node::membership::{open_envelope, seal_envelope, Members};
 use crate::node::messages::{DriverMsg, MembershipChange};
@@ -33,9 +35,11 @@ const DRIVER_INBOX: usize = 16 * 1024;
 
 /// A raft node: the user's [`Store`] replicated through a [`LogStorage`] and a [`Transport`].
 ///
-/// Build it with [`Raft::builder`], take a [`Mailbox`], then run it with [`Raft::lead`] (new
-/// cluster) or [`Raft::join`] (existing cluster). A node whose log storage already holds state
-/// ignores both choices and comes back as itself.
+/// Build it with [`Raft::builder`], take a [`Mailbox`], then run it with
+/// [`Raft::start_cluster`] (all founding members start together from one member list),
+/// [`Raft::lead`] (a new one-node cluster others join) or [`Raft::join`] (an existing
+/// cluster). A node whose log storage already holds state ignores the choice and comes back
+/// as itself.
 ///
 /// ```no_run
 /// # use raft_core::*;
@@ -75,15 +79,25 @@ pub struct RaftBuilder {
     id: u64,
     store: Box<dyn Store>,
     addr: Option<String>,
+    listen: Option<String>,
     transport: Option<Arc<dyn Transport>>,
     storage: Option<Arc<dyn LogStorage>>,
     config: Config,
 }
 
 impl RaftBuilder {
-    /// The address this node's transport listens on, and that peers use to reach it.
+    /// The address peers use to reach this node (it is stored in the membership). The
+    /// transport also listens on it unless [`RaftBuilder::listen_addr`] says otherwise.
     pub fn raft_addr(mut self, addr: impl Into<String>) -> Self {
         self.addr = Some(addr.into());
+        self
+    }
+
+    /// Where the transport listens when that differs from the address peers dial (a
+    /// container or NAT: listen on `0.0.0.0:7001`, be reached at `10.0.0.5:7001`).
+    /// Default: the [`RaftBuilder::raft_addr`].
+    pub fn listen_addr(mut self, addr: impl Into<String>) -> Self {
+        self.listen = Some(addr.into()).filter(|a| !a.is_empty());
         self
     }
 
@@ -123,8 +137,13 @@ impl RaftBuilder {
             .unwrap_or_else(|| Arc::new(MemLogStorage::new()));
         let (driver_tx, inbox) = mpsc::channel(DRIVER_INBOX);
         let counters = Arc::new(Counters::default());
+        let transport: Arc<dyn Transport> = Arc::new(StampingTransport {
+            inner: transport,
+            counters: counters.clone(),
+        });
         let node = Arc::new(NodeHandle {
             id: self.id,
+            listen_addr: self.listen.unwrap_or_else(|| addr.clone()),
             addr,
             forwarder: Forwarder::new(
                 transport.clone(),
@@ -152,6 +171,7 @@ impl Raft {
             id,
             store: Box::new(store),
             addr: None,
+            listen: None,
             transport: None,
             storage: None,
             config: Config::default(),
@@ -178,6 +198,7 @@ impl Raft {
     pub async fn find_leader_info(&self, peers: Vec<String>) -> Result<Option<(u64, String)>> {
         let request = Request {
             kind: Some(request::Kind::LeaderInfo(LeaderInfoRequest {})),
+            cluster_id: 0,
         };
         for peer in peers {
             let call = self.node.transport.call(&peer, request.clone());
@@ -201,11 +222,112 @@ impl Raft {
         Ok(None)
     }
 
+    /// Starts this node as a founding member of `cluster`, then runs until the node stops.
+    ///
+    /// Every founding node is given the same [`InitialCluster`]; they may start in any order
+    /// and at the same instant: each one bootstraps alone from the list, so there is never a
+    /// second cluster, and the first election among them picks the leader. With existing
+    /// state the list is ignored (a warning says so when the stored membership differs) and
+    /// the node restarts as itself. Nodes added later [`Raft::join`].
+    ///
+    /// ```no_run
+    /// # use raft_core::*;
+    /// # async fn demo<S: Store>(store: S, transport: impl Transport) -> Result<()> {
+    /// let cluster: InitialCluster = "1=10.0.0.1:7001,2=10.0.0.2:7001,3=10.0.0.3:7001".parse()?;
+    /// let raft = Raft::builder(1, store)
+    ///     .raft_addr("10.0.0.1:7001")
+    ///     .transport(transport)
+    ///     .build()?;
+    /// let mailbox = raft.mailbox();
+    /// let node = tokio::spawn(raft.start_cluster(cluster.with_token("prod-eu")));
+    /// mailbox.send_proposal(b"hello".to_vec()).await?;
+    /// # let _ = node;
+    /// # Ok(()) }
+    /// ```
+    pub async fn start_cluster(mut self, cluster: InitialCluster) -> Result<()> {
+        let listed = cluster.members().get(&self.node.id).cloned();
+        match listed {
+            None => {
+                return Err(Error::Config(format!(
+                    "node {} is not in the initial cluster ({}); a node added later joins \
+                     through a member instead",
+                    self.node.id,
+                    describe(cluster.members())
+                )))
+            }
+            Some(addr) if addr != self.node.addr => {
+                return Err(Error::Config(format!(
+                    "the initial cluster gives node {} the address {addr}, but it advertises \
+                     {}: peers would dial the wrong address",
+                    self.node.id, self.node.addr
+                )))
+            }
+            Some(_) => {}
+        }
+        if self.has_state()? {
+            self.warn_if_membership_differs(&cluster)?;
+            tracing::info!(
+                node = self.node.id,
+                "log storage holds state: restarting as the same node (the initial cluster \
+                 only bootstraps empty nodes)"
+            );
+        } else {
+            let members = cluster
+                .members()
+                .iter()
+                .map(|(&id, addr)| Member {
+                    id,
+                    addr: addr.clone(),
+                    promote: false,
+                })
+                .collect();
+            self.bootstrap(members, cluster.cluster_id()).await?;
+        }
+        self.run(None).await
+    }
+
+    fn warn_if_membership_differs(&self, cluster: &InitialCluster) -> Result<()> {
+        let snapshot = self.storage.snapshot()?;
+        if snapshot_index(&snapshot) == 0 {
+            return Ok(());
+        }
+        let envelope = open_envelope(&snapshot.data).map_err(Error::Config)?;
+        let stored: std::collections::BTreeMap<u64, String> = envelope
+            .members
+            .into_iter()
+            .map(|m| (m.id, m.addr))
+            .collect();
+        if &stored != cluster.members() {
+            tracing::warn!(
+                node = self.node.id,
+                stored = %describe(&stored),
+                initial = %describe(cluster.members()),
+                "the stored membership differs from the initial cluster given; the stored one \
+                 is used (the list only bootstraps empty nodes; change members with membership \
+                 calls)"
+            );
+        }
+        if envelope.cluster_id != 0 && envelope.cluster_id != cluster.cluster_id() {
+            tracing::warn!(
+                node = self.node.id,
+                stored = %cluster_id::display(envelope.cluster_id),
+                initial = %cluster_id::display(cluster.cluster_id()),
+                "this node's state belongs to another cluster than the initial cluster given"
+            );
+        }
+        Ok(())
+    }
+
     /// Bootstraps a new single-node cluster with this node as its only voter, then runs until
     /// the node stops. With existing state, restarts as that node instead.
     pub async fn lead(mut self) -> Result<()> {
         if !self.has_state()? {
-            self.bootstrap().await?;
+            let members = vec![Member {
+                id: self.node.id,
+                addr: self.node.addr.clone(),
+                promote: false,
+            }];
+            self.bootstrap(members, cluster_id::random()).await?;
         } else {
             tracing::info!(
                 node = self.node.id,
@@ -230,22 +352,21 @@ impl Raft {
         self.run(Some((leader_id, leader_addr))).await
     }
 
-    async fn bootstrap(&mut self) -> Result<()> {
+    /// Installs the first snapshot of a new cluster: `members` are its voters.
+    async fn bootstrap(&mut self, members: Vec<Member>, cluster_id: u64) -> Result<()> {
         let user_data =
             self.store.snapshot().await.map_err(|e| {
                 Error::Store(format!("snapshot of the initial state failed: {e:#}"))
             })?;
-        let members = vec![Member {
-            id: self.node.id,
-            addr: self.node.addr.clone(),
-            promote: false,
-        }];
+        let voters = members.iter().map(|m| m.id).collect::<Vec<_>>();
         // Index 1 rather than 0: every node that joins later starts from this snapshot, so all
-        // replicas share one initial state.
+        // replicas share one initial state. Founding members of a static cluster each write
+        // the same one (their stores' initial states are equal, as every fresh store's must
+        // be).
         let snapshot = Snapshot {
-            data: seal_envelope(members, user_data),
+            data: seal_envelope(cluster_id, members, user_data),
             metadata: Some(SnapshotMetadata {
-                conf_state: Some(ConfState::from((vec![self.node.id], vec![]))),
+                conf_state: Some(ConfState::from((voters, vec![]))),
                 index: 1,
                 term: 1,
             }),
@@ -254,7 +375,11 @@ impl Raft {
         tokio::task::spawn_blocking(move || storage.install_snapshot(&snapshot))
             .await
             .map_err(|e| StorageError::Io(e.to_string()))??;
-        tracing::info!(node = self.node.id, "bootstrapped a new cluster");
+        tracing::info!(
+            node = self.node.id,
+            cluster = %cluster_id::display(cluster_id),
+            "bootstrapped a new cluster"
+        );
         Ok(())
     }
 
@@ -361,8 +486,8 @@ impl Raft {
             node: node.clone(),
             assembler,
         });
-        let _server = node.transport.serve(&node.addr, server).await?;
-        tracing::info!(node = id, addr = %node.addr, "raft node running");
+        let _server = node.transport.serve(&node.listen_addr, server).await?;
+        tracing::info!(node = id, addr = %node.addr, listen = %node.listen_addr, "raft node running");
 
         if let Some(hint) = join {
             node.counters
@@ -435,9 +560,18 @@ async fn request_join(node: Arc<NodeHandle>, hint: (u64, String)) {
     }
 }
 
-fn has_state(storage: &dyn LogStorage) -> Result<bool> {
+pub(crate) fn has_state(storage: &dyn LogStorage) -> Result<bool> {
     let state = storage.initial_state()?;
     Ok(state.hard_state != Default::default()
         || snapshot_index(&storage.snapshot()?) > 0
         || storage.last_index()? > 0)
+}
+
+/// `1=a:1, 2=b:2`, for messages.
+fn describe(members: &std::collections::BTreeMap<u64, String>) -> String {
+    members
+        .iter()
+        .map(|(id, addr)| format!("{id}={addr}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }

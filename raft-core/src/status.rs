@@ -65,10 +65,16 @@ pub struct Status {
     pub first_log_index: u64,
     /// Last index in the log.
     pub last_log_index: u64,
+    /// The cluster this node belongs to: chosen when the cluster was bootstrapped, 0 while a
+    /// joining node has not received its first snapshot.
+    pub cluster_id: u64,
     /// Proposals waiting for their result on this node.
     pub pending_proposals: u64,
     /// Reads waiting on this node.
     pub pending_reads: u64,
+    /// On the leader: how far each member (itself included) has the log. Empty on other
+    /// nodes: only the leader tracks replication.
+    pub progress: BTreeMap<u64, MemberProgress>,
 }
 
 /// How fresh a [`crate::Mailbox::query_with`] read must be.
@@ -134,8 +140,14 @@ impl From<&Status> for wire::NodeStatus {
             snapshot_index: s.snapshot_index,
             first_log_index: s.first_log_index,
             last_log_index: s.last_log_index,
+            cluster_id: s.cluster_id,
             pending_proposals: s.pending_proposals,
             pending_reads: s.pending_reads,
+            progress: s
+                .progress
+                .iter()
+                .map(|(&id, p)| progress_to_wire(id, p))
+                .collect(),
         }
     }
 }
@@ -162,8 +174,132 @@ impl From<wire::NodeStatus> for Status {
             snapshot_index: s.snapshot_index,
             first_log_index: s.first_log_index,
             last_log_index: s.last_log_index,
+            cluster_id: s.cluster_id,
             pending_proposals: s.pending_proposals,
             pending_reads: s.pending_reads,
+            progress: s.progress.into_iter().map(progress_from_wire).collect(),
         }
+    }
+}
+
+/// Where the leader stands in replicating to one member (raft-rs's `ProgressState`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReplicationState {
+    /// The leader is finding where the member's log matches its own: one append per
+    /// heartbeat until the member accepts one.
+    Probe,
+    /// Appends stream to the member as fast as it acknowledges them.
+    Replicate,
+    /// The member is behind the leader's log and receives a snapshot.
+    Snapshot,
+}
+
+impl ReplicationState {
+    /// Lower-case name (`probe`, `replicate`, `snapshot`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ReplicationState::Probe => "probe",
+            ReplicationState::Replicate => "replicate",
+            ReplicationState::Snapshot => "snapshot",
+        }
+    }
+}
+
+impl std::fmt::Display for ReplicationState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The leader's view of one member's log (see [`Status::progress`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemberProgress {
+    /// Highest log index known to be on the member.
+    pub matched: u64,
+    /// The next index the leader sends it.
+    pub next_index: u64,
+    /// Entries the member is behind the leader's last index.
+    pub lag: u64,
+    /// How the leader replicates to it now.
+    pub state: ReplicationState,
+    /// Time since the leader last received any raft message from the member, when the status
+    /// was taken; `None` if it never did since it became leader or restarted (and for the
+    /// leader itself).
+    pub last_contact: Option<std::time::Duration>,
+    /// Whether raft-rs counted the member as active within the last election timeout.
+    pub recent_active: bool,
+}
+
+fn progress_to_wire(id: u64, p: &MemberProgress) -> wire::MemberProgress {
+    let state = match p.state {
+        ReplicationState::Probe => wire::ReplicationState::Probe,
+        ReplicationState::Replicate => wire::ReplicationState::Replicate,
+        ReplicationState::Snapshot => wire::ReplicationState::Snapshot,
+    };
+    wire::MemberProgress {
+        id,
+        matched: p.matched,
+        next_index: p.next_index,
+        lag: p.lag,
+        state: state as i32,
+        last_contact_us: p
+            .last_contact
+            .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+        recent_active: p.recent_active,
+    }
+}
+
+fn progress_from_wire(p: wire::MemberProgress) -> (u64, MemberProgress) {
+    // An unknown state (a newer peer) reads as probe: the one that promises the least.
+    let state = match wire::ReplicationState::try_from(p.state).unwrap_or_default() {
+        wire::ReplicationState::Probe => ReplicationState::Probe,
+        wire::ReplicationState::Replicate => ReplicationState::Replicate,
+        wire::ReplicationState::Snapshot => ReplicationState::Snapshot,
+    };
+    let progress = MemberProgress {
+        matched: p.matched,
+        next_index: p.next_index,
+        lag: p.lag,
+        state,
+        last_contact: p.last_contact_us.map(std::time::Duration::from_micros),
+        recent_active: p.recent_active,
+    };
+    (p.id, progress)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_survives_the_wire() {
+        let caught_up = MemberProgress {
+            matched: 10,
+            next_index: 11,
+            lag: 0,
+            state: ReplicationState::Replicate,
+            last_contact: Some(std::time::Duration::from_millis(12)),
+            recent_active: true,
+        };
+        let never_heard = MemberProgress {
+            matched: 0,
+            next_index: 2,
+            lag: 10,
+            state: ReplicationState::Snapshot,
+            last_contact: None,
+            recent_active: false,
+        };
+        let sent = wire::NodeStatus {
+            id: 1,
+            progress: vec![
+                progress_to_wire(2, &caught_up),
+                progress_to_wire(3, &never_heard),
+            ],
+            ..Default::default()
+        };
+        let status = Status::from(sent.clone());
+        assert_eq!(status.progress.get(&2), Some(&caught_up));
+        assert_eq!(status.progress.get(&3), Some(&never_heard));
+        assert_eq!(wire::NodeStatus::from(&status).progress, sent.progress);
     }
 }

@@ -89,6 +89,7 @@ async fn a_hostile_peer_cannot_stop_or_corrupt_the_cluster() {
                 .collect();
             sent += messages.len();
             let batch = RaftBatch {
+                cluster_id: 0,
                 from: leader,
                 to: target,
                 messages,
@@ -97,6 +98,7 @@ async fn a_hostile_peer_cannot_stop_or_corrupt_the_cluster() {
             let _ = impostor.send(&addr, batch).await;
             for chunk in hostile.inconsistent_snapshot_chunks(leader, target, status.term) {
                 let request = Request {
+                    cluster_id: 0,
                     kind: Some(request::Kind::SnapshotChunk(chunk)),
                 };
                 let _ = impostor.call(&addr, request).await;
@@ -113,7 +115,15 @@ async fn a_hostile_peer_cannot_stop_or_corrupt_the_cluster() {
                 1 => request::Kind::LeaderInfo(LeaderInfoRequest {}),
                 _ => request::Kind::Status(StatusRequest {}),
             };
-            let _ = outsider.call(&addr, Request { kind: Some(kind) }).await;
+            let _ = outsider
+                .call(
+                    &addr,
+                    Request {
+                        cluster_id: 0,
+                        kind: Some(kind),
+                    },
+                )
+                .await;
         }
         batches += 1;
         if batches % 64 == 0 {

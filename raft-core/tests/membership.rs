@@ -42,6 +42,14 @@ async fn join_two_nodes_under_load() {
     assert_linearizable(&history);
     cluster.assert_replicas_agree(KEYS).await;
     cluster.assert_no_pending(Duration::from_secs(5)).await;
+    // The joiners learned the cluster id the first node chose, from their first snapshot.
+    let ids: Vec<u64> = cluster
+        .statuses()
+        .await
+        .values()
+        .map(|s| s.cluster_id)
+        .collect();
+    assert!(ids[0] != 0 && ids.iter().all(|&id| id == ids[0]), "{ids:?}");
     cluster.shutdown().await;
 }
 
@@ -199,4 +207,127 @@ async fn learner_add_and_promote() {
         .await;
     cluster.assert_no_pending(Duration::from_secs(5)).await;
     cluster.shutdown().await;
+}
+
+/// Founding members given one list and started at the same instant form one cluster: every
+/// node sees the same voters, leader and cluster id, and writes reach all of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn founding_members_started_together_form_one_cluster() {
+    use raft_core::testing::kv::KvStore;
+    use raft_core::{InitialCluster, LocalNetwork, Raft};
+    init_tracing();
+    for round in 0..5 {
+        let network = LocalNetwork::new();
+        let ids = [1u64, 2, 3, 4, 5];
+        let cluster = InitialCluster::new(ids.iter().map(|&id| (id, format!("n{id}"))))
+            .unwrap()
+            .with_token(format!("round-{round}"));
+        let mut mailboxes = Vec::new();
+        let mut nodes = Vec::new();
+        for &id in &ids {
+            let raft = Raft::builder(id, KvStore::new())
+                .raft_addr(format!("n{id}"))
+                .transport(network.transport())
+                .config(test_config())
+                .build()
+                .unwrap();
+            mailboxes.push(raft.mailbox());
+            nodes.push(raft);
+        }
+        let running: Vec<_> = nodes
+            .into_iter()
+            .map(|raft| tokio::spawn(raft.start_cluster(cluster.clone())))
+            .collect();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let mut seen = Vec::new();
+            for m in &mailboxes {
+                seen.push(m.status().await.unwrap());
+            }
+            let leader = seen[0].leader_id;
+            let agreed = leader.is_some()
+                && seen.iter().all(|s| {
+                    s.leader_id == leader && s.voters == ids && s.cluster_id == cluster.cluster_id()
+                });
+            if agreed {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "round {round}: no single cluster: {seen:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        mailboxes[4]
+            .send_proposal(raft_core::testing::kv::encode_op(
+                &raft_core::testing::linearizability::KvOp::Put {
+                    key: "k".into(),
+                    value: "v".into(),
+                },
+            ))
+            .await
+            .unwrap();
+        for m in &mailboxes {
+            m.shutdown().await;
+        }
+        for node in running {
+            node.await.unwrap().unwrap();
+        }
+    }
+}
+
+/// A node whose state belongs to another cluster is refused, with both cluster ids named, and
+/// does not disturb the cluster it was pointed at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_from_another_cluster_is_refused_naming_both_ids() {
+    use raft_core::testing::kv::KvStore;
+    use raft_core::transport::Transport as _;
+    use raft_core::wire::{request, ProposeRequest, Request};
+    use raft_core::{InitialCluster, LocalNetwork, Raft};
+    init_tracing();
+    let network = LocalNetwork::new();
+    let ours = InitialCluster::new([(1, "a1".to_string())])
+        .unwrap()
+        .with_token("a");
+    let raft = Raft::builder(1, KvStore::new())
+        .raft_addr("a1")
+        .transport(network.transport())
+        .config(test_config())
+        .build()
+        .unwrap();
+    let mailbox = raft.mailbox();
+    let node = tokio::spawn(raft.start_cluster(ours.clone()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while mailbox.status().await.unwrap().role != Role::Leader {
+        assert!(tokio::time::Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let theirs = ours.clone().with_token("b").cluster_id();
+    let request = Request {
+        kind: Some(request::Kind::Propose(ProposeRequest {
+            data: Vec::new(),
+            timeout_ms: 1000,
+        })),
+        cluster_id: theirs,
+    };
+    let answer = network.transport().call("a1", request).await.unwrap();
+    let text = format!("{answer:?}");
+    let hex = |id: u64| format!("{id:016x}");
+    assert!(
+        text.contains("cluster id mismatch")
+            && text.contains(&hex(ours.cluster_id()))
+            && text.contains(&hex(theirs)),
+        "{text}"
+    );
+    let metrics = mailbox.metrics().render_prometheus("raftkit");
+    assert!(
+        metrics.contains("raftkit_refused_messages_total{reason=\"cluster\"} 1"),
+        "{metrics}"
+    );
+    assert_eq!(
+        mailbox.status().await.unwrap().cluster_id,
+        ours.cluster_id()
+    );
+    mailbox.shutdown().await;
+    node.await.unwrap().unwrap();
 }

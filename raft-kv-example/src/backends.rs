@@ -1,5 +1,5 @@
 //! Picks the transport and log storage a node runs on (cargo features `grpc`, `quic`,
-//! `rocksdb`, all on by default).
+//! `rocksdb`, `raft-engine`, all on by default).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -8,6 +8,41 @@ use anyhow::{bail, Context, Result};
 use raft_core::{LogStorage, MemLogStorage, Transport};
 
 use crate::{StorageKind, TlsArgs, TransportKind};
+
+impl TransportKind {
+    /// Whether this is QUIC, which always runs mutual TLS.
+    pub fn is_quic(self) -> bool {
+        match self {
+            #[cfg(feature = "grpc")]
+            TransportKind::Grpc => false,
+            #[cfg(feature = "quic")]
+            TransportKind::Quic => true,
+        }
+    }
+
+    /// Its `--transport` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            #[cfg(feature = "grpc")]
+            TransportKind::Grpc => "grpc",
+            #[cfg(feature = "quic")]
+            TransportKind::Quic => "quic",
+        }
+    }
+}
+
+impl StorageKind {
+    /// Its `--storage` value.
+    pub fn name(self) -> &'static str {
+        match self {
+            #[cfg(feature = "rocksdb")]
+            StorageKind::Rocksdb => "rocksdb",
+            #[cfg(feature = "raft-engine")]
+            StorageKind::RaftEngine => "raft-engine",
+            StorageKind::Memory => "memory",
+        }
+    }
+}
 
 /// The three TLS files, when all are given; an error when only some are.
 fn tls_files(tls: &TlsArgs) -> Result<Option<(&Path, &Path, &Path)>> {
@@ -32,26 +67,28 @@ fn is_loopback(addr: &str) -> bool {
 
 /// Refuses a plaintext raft transport that other machines can reach, unless the operator
 /// accepted it with `--insecure-transport` (then it warns). Plaintext means anyone who can
-/// reach the port can forge any node's messages and change the membership.
+/// reach the port can forge any node's messages and change the membership. `listen_addr` is
+/// where the transport binds (not the address it advertises): `0.0.0.0` is reachable from
+/// everywhere even when peers are told a loopback address.
 pub fn check_plaintext(
     kind: TransportKind,
     tls: &TlsArgs,
-    raft_addr: &str,
+    listen_addr: &str,
     insecure: bool,
 ) -> Result<()> {
-    let plaintext = kind == TransportKind::Grpc && tls_files(tls)?.is_none();
-    if !plaintext || is_loopback(raft_addr) {
+    let plaintext = !kind.is_quic() && tls_files(tls)?.is_none();
+    if !plaintext || is_loopback(listen_addr) {
         return Ok(());
     }
     if !insecure {
         bail!(
-            "refusing plaintext gRPC on {raft_addr}, which other machines can reach: anyone who \
+            "refusing plaintext gRPC on {listen_addr}, which other machines can reach: anyone who \
              can reach it could act as any node. Give --tls-ca, --tls-cert and --tls-key (see \
              `raft-kv certs`), or accept the risk with --insecure-transport"
         );
     }
     tracing::warn!(
-        raft_addr,
+        listen_addr,
         "INSECURE: plaintext raft transport on a reachable address (--insecure-transport): \
          anyone who can reach it can forge any node's messages and change the membership"
     );
@@ -59,7 +96,7 @@ pub fn check_plaintext(
 }
 
 /// The raft transport: gRPC (mutual TLS when the TLS flags are given) or QUIC (always mutual
-/// TLS).
+/// TLS). Only compiled-in transports can be named (`TransportKind` has no others).
 pub fn transport(kind: TransportKind, tls: &TlsArgs) -> Result<Arc<dyn Transport>> {
     let files = tls_files(tls)?;
     match kind {
@@ -84,15 +121,16 @@ pub fn transport(kind: TransportKind, tls: &TlsArgs) -> Result<Arc<dyn Transport
                 .context("setting up the QUIC transport")?;
             Ok(Arc::new(transport))
         }
-        #[allow(unreachable_patterns)]
-        other => bail!("this raft-kv was built without the {other:?} transport"),
     }
 }
 
-/// The raft log: RocksDB in `<dir>/raft`, or memory.
+/// The raft log: RocksDB in `<dir>/raft`, raft-engine in `<dir>/raft-engine`, or memory.
 pub fn storage(kind: StorageKind, dir: &Path) -> Result<Arc<dyn LogStorage>> {
     match kind {
-        StorageKind::Memory => Ok(Arc::new(MemLogStorage::new())),
+        StorageKind::Memory => {
+            let _ = dir;
+            Ok(Arc::new(MemLogStorage::new()))
+        }
         #[cfg(feature = "rocksdb")]
         StorageKind::Rocksdb => {
             let path = dir.join("raft");
@@ -100,10 +138,12 @@ pub fn storage(kind: StorageKind, dir: &Path) -> Result<Arc<dyn LogStorage>> {
                 .with_context(|| format!("opening the raft log in {}", path.display()))?;
             Ok(Arc::new(storage))
         }
-        #[allow(unreachable_patterns)]
-        other => {
-            let _ = dir;
-            bail!("this raft-kv was built without {other:?} storage")
+        #[cfg(feature = "raft-engine")]
+        StorageKind::RaftEngine => {
+            let path = dir.join("raft-engine");
+            let storage = raft_storage::RaftEngineLogStorage::open(&path)
+                .with_context(|| format!("opening the raft log in {}", path.display()))?;
+            Ok(Arc::new(storage))
         }
     }
 }
@@ -130,7 +170,7 @@ pub fn write_dev_certs(out: &Path, nodes: u64, names: &[String]) -> Result<()> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "grpc", feature = "quic"))]
 mod safety_tests {
     #![allow(clippy::unwrap_used)]
     use super::*;

@@ -63,7 +63,8 @@ impl Endpoint {
         }
     }
 
-    fn client(&self) -> Result<HttpClient> {
+    /// The HTTP client for this endpoint.
+    pub(crate) fn client(&self) -> Result<HttpClient> {
         let tls = ClientTls {
             ca: self.cacert.as_deref(),
             cert: self.client_cert.as_deref(),
@@ -72,7 +73,8 @@ impl Endpoint {
         HttpClient::new(&self.endpoint, tls, self.token()?)
     }
 
-    async fn call(
+    /// Sends one request; fails on the statuses no command expects (see [`check`]).
+    pub(crate) async fn call(
         &self,
         method: Method,
         path: &str,
@@ -103,7 +105,7 @@ fn reason(body: &str) -> String {
 }
 
 /// Fails on the statuses no command expects (404 and 409 are the callers' to read).
-fn check(reply: Reply) -> Result<(StatusCode, String)> {
+pub(crate) fn check(reply: Reply) -> Result<(StatusCode, String)> {
     let status = reply.status;
     let body = String::from_utf8_lossy(&reply.body).into_owned();
     match status {

@@ -25,10 +25,10 @@ pub struct ClusterArgs {
     #[arg(long, default_value_t = 3)]
     pub nodes: u64,
     /// grpc or quic (quic gets generated development certificates).
-    #[arg(long, value_enum, default_value = "grpc")]
+    #[arg(long, value_enum, default_value = crate::DEFAULT_TRANSPORT)]
     pub transport: TransportKind,
-    /// rocksdb or memory.
-    #[arg(long, value_enum, default_value = "rocksdb")]
+    /// Where each node keeps its raft log.
+    #[arg(long, value_enum, default_value = crate::DEFAULT_STORAGE)]
     pub storage: StorageKind,
     /// Node i's raft port is base+i, its HTTP port base+100+i.
     #[arg(long, default_value_t = 7000)]
@@ -65,13 +65,21 @@ fn plan(args: &ClusterArgs) -> Result<Vec<NodePlan>> {
 
 pub async fn run(args: ClusterArgs) -> Result<()> {
     let nodes = plan(&args)?;
+    // Refuses at once a data dir holding a cluster of another layout (see cluster_dir).
+    crate::cluster_dir::claim(&args)?;
     crate::files::create_private_dir(&args.data_dir)?;
     let exe = std::env::current_exe().context("locating the raft-kv binary")?;
     let certs = args.data_dir.join("certs");
-    if args.transport == TransportKind::Quic && !certs.join("ca").join("ca.pem").exists() {
+    if args.transport.is_quic() && !certs.join("ca").join("ca.pem").exists() {
         backends::write_dev_certs(&certs, args.nodes, &[])?;
     }
     let client = reqwest::Client::new();
+    // All nodes start at once from one member list (what operators do on three machines).
+    let initial_cluster = nodes
+        .iter()
+        .map(|n| format!("{}={}", n.id, n.raft))
+        .collect::<Vec<_>>()
+        .join(",");
     let mut children: Vec<Child> = Vec::new();
     for node in &nodes {
         let dir = args.data_dir.join(format!("node-{}", node.id));
@@ -83,32 +91,23 @@ pub async fn run(args: ClusterArgs) -> Result<()> {
             .args(["--raft-addr", &node.raft, "--http-addr", &node.http])
             .arg("--data-dir")
             .arg(&dir)
-            .args(["--transport", kind_name(args.transport)])
-            .args(["--storage", storage_name(args.storage)]);
-        if args.transport == TransportKind::Quic {
+            .args(["--transport", args.transport.name()])
+            .args(["--storage", args.storage.name()]);
+        if args.transport.is_quic() {
             let own = certs.join(format!("node-{}", node.id));
             cmd.arg("--tls-ca").arg(own.join("ca.pem"));
             cmd.arg("--tls-cert").arg(own.join("node.pem"));
             cmd.arg("--tls-key").arg(own.join("node.key"));
         }
-        if node.id > 1 {
-            cmd.args(["--join", &nodes[0].raft]);
-        }
+        cmd.args(["--initial-cluster", &initial_cluster]);
         cmd.stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
             .kill_on_drop(true);
         children.push(cmd.spawn().context("starting a node")?);
-        if node.id == 1 {
-            wait_until(&client, &node.http, Duration::from_secs(30), |s| {
-                s.leader_id.is_some()
-            })
-            .await
-            .context("node 1 did not come up; see its log in the data dir")?;
-        }
     }
     let want = args.nodes as usize;
     wait_until(&client, &nodes[0].http, Duration::from_secs(60), |s| {
-        s.voters.len() == want && s.learners.is_empty()
+        s.leader_id.is_some() && s.voters.len() == want && s.learners.is_empty()
     })
     .await
     .context("the cluster did not form; see the node logs in the data dir")?;
@@ -207,19 +206,5 @@ async fn wait_until(
             bail!("timed out waiting for http://{http}/status");
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn kind_name(kind: TransportKind) -> &'static str {
-    match kind {
-        TransportKind::Grpc => "grpc",
-        TransportKind::Quic => "quic",
-    }
-}
-
-fn storage_name(kind: StorageKind) -> &'static str {
-    match kind {
-        StorageKind::Rocksdb => "rocksdb",
-        StorageKind::Memory => "memory",
     }
 }

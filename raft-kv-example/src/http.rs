@@ -41,10 +41,15 @@ pub fn router(mailbox: Mailbox, stats: Arc<HttpStats>) -> Router {
         .route("/kv/{key}", put(put_key).get(get_key).delete(delete_key))
         .route("/kv/{key}/cas", post(cas_key))
         .route("/status", get(status))
+        .merge(crate::health::routes(mailbox.clone()))
         .route("/metrics", get(metrics))
         .route("/cluster/leave", post(leave))
         .route("/cluster/remove/{id}", post(remove))
         .route("/cluster/transfer-leader/{id}", post(transfer_leader))
+        .route("/cluster/members", get(members))
+        .route("/cluster/add-learner/{id}", post(add_learner))
+        .route("/cluster/promote/{id}", post(promote))
+        .route("/cluster/backup", get(crate::backup::route))
         .with_state(ApiState { mailbox, stats })
 }
 
@@ -263,21 +268,79 @@ pub struct StatusBody {
     pub learners: Vec<u64>,
     /// Raft address of every member.
     pub members: BTreeMap<u64, String>,
+    /// On the leader: each member's replication progress, by id (empty elsewhere).
+    #[serde(default)]
+    pub progress: Vec<ProgressBody>,
+    /// Last index in this node's log (0 from nodes that predate the field).
+    #[serde(default)]
+    pub last_log_index: u64,
+    /// The cluster this node belongs to, as 16 hex digits ("0000000000000000" while a joining
+    /// node has not received its first snapshot).
+    #[serde(default)]
+    pub cluster_id: String,
+}
+
+/// One member's replication progress, as the leader sees it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProgressBody {
+    /// The member.
+    pub id: u64,
+    /// Highest log index known to be on the member.
+    pub matched: u64,
+    /// The next index the leader sends it.
+    pub next_index: u64,
+    /// Entries behind the leader's last index.
+    pub lag: u64,
+    /// probe, replicate or snapshot.
+    pub state: String,
+    /// Milliseconds since the leader last heard from the member; null if never (and for the
+    /// leader itself).
+    pub last_contact_ms: Option<u64>,
+    /// Whether the member was active within the last election timeout.
+    pub recent_active: bool,
+}
+
+impl From<raft_core::Status> for StatusBody {
+    fn from(s: raft_core::Status) -> Self {
+        let progress = s
+            .progress
+            .iter()
+            .map(|(&id, p)| ProgressBody {
+                id,
+                matched: p.matched,
+                next_index: p.next_index,
+                lag: p.lag,
+                state: p.state.to_string(),
+                last_contact_ms: p
+                    .last_contact
+                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                recent_active: p.recent_active,
+            })
+            .collect();
+        StatusBody {
+            id: s.id,
+            role: s.role.to_string(),
+            leader_id: s.leader_id,
+            term: s.term,
+            commit_index: s.commit_index,
+            applied_index: s.applied_index,
+            voters: s.voters,
+            learners: s.learners,
+            members: s.members,
+            progress,
+            last_log_index: s.last_log_index,
+            cluster_id: format!("{:016x}", s.cluster_id),
+        }
+    }
 }
 
 async fn status(State(mailbox): State<Mailbox>) -> Result<Json<StatusBody>, ApiError> {
-    let s = mailbox.status().await?;
-    Ok(Json(StatusBody {
-        id: s.id,
-        role: s.role.to_string(),
-        leader_id: s.leader_id,
-        term: s.term,
-        commit_index: s.commit_index,
-        applied_index: s.applied_index,
-        voters: s.voters,
-        learners: s.learners,
-        members: s.members,
-    }))
+    Ok(Json(mailbox.status().await?.into()))
+}
+
+/// `/cluster/members`: the leader's status, with every member's progress, from any node.
+async fn members(State(mailbox): State<Mailbox>) -> Result<Json<StatusBody>, ApiError> {
+    Ok(Json(mailbox.leader_status().await?.into()))
 }
 
 async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
@@ -319,6 +382,70 @@ async fn transfer_leader(
     Ok(StatusCode::OK)
 }
 
+/// Longest raft address accepted, in bytes.
+const MAX_RAFT_ADDR: usize = 256;
+
+/// Checks that `addr` looks like `host:port` (`[v6]:port` for IPv6): a typo must not become
+/// a member the cluster keeps dialling.
+fn check_raft_addr(addr: &str) -> Result<(), String> {
+    if addr.is_empty() || addr.len() > MAX_RAFT_ADDR {
+        return Err(format!("the address must be 1 to {MAX_RAFT_ADDR} bytes"));
+    }
+    let shape = || format!("{addr:?} is not host:port");
+    let (host, port) = addr.rsplit_once(':').ok_or_else(shape)?;
+    if !matches!(port.parse::<u16>(), Ok(p) if p > 0) {
+        return Err(format!("{addr:?}: the port must be 1 to 65535"));
+    }
+    let host_ok = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<std::net::Ipv6Addr>().is_ok(),
+        None => {
+            !host.is_empty()
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+        }
+    };
+    if host_ok {
+        Ok(())
+    } else {
+        Err(shape())
+    }
+}
+
+#[derive(Deserialize)]
+struct AddLearnerBody {
+    addr: String,
+}
+
+/// `/cluster/add-learner/{id}` with `{"addr": "host:port"}`: a member that receives the log
+/// but does not vote until promoted.
+async fn add_learner(
+    State(mailbox): State<Mailbox>,
+    Path(id): Path<u64>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
+    let shape = |e: &dyn std::fmt::Display| {
+        bad_request(format!("expected {{\"addr\": \"host:port\"}}: {e}"))
+    };
+    let json: serde_json::Value = serde_json::from_slice(&body).map_err(|e| shape(&e))?;
+    if !json.is_object() {
+        return Err(shape(&"the body is not a JSON object"));
+    }
+    let body: AddLearnerBody = serde_json::from_value(json).map_err(|e| shape(&e))?;
+    check_raft_addr(&body.addr).map_err(bad_request)?;
+    mailbox.add_learner(id, body.addr).await?;
+    Ok(StatusCode::OK)
+}
+
+/// `/cluster/promote/{id}`: a learner becomes a voter.
+async fn promote(
+    State(mailbox): State<Mailbox>,
+    Path(id): Path<u64>,
+) -> Result<StatusCode, ApiError> {
+    mailbox.promote(id).await?;
+    Ok(StatusCode::OK)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -328,6 +455,36 @@ mod tests {
             .await
             .unwrap_or_default();
         serde_json::from_slice(&bytes).unwrap_or_default()
+    }
+
+    #[test]
+    fn raft_addresses_must_be_host_and_port() {
+        for good in [
+            "127.0.0.1:7001",
+            "node-4.example:5000",
+            "[::1]:7001",
+            "n_4:1",
+        ] {
+            assert_eq!(check_raft_addr(good), Ok(()), "{good}");
+        }
+        let long = format!("{}:1", "a".repeat(MAX_RAFT_ADDR));
+        for bad in [
+            "",
+            "127.0.0.1",
+            ":7001",
+            "host:",
+            "host:0",
+            "host:65536",
+            "host:port",
+            "a b:1",
+            "user@host:1",
+            "::1:7001",
+            "[zz]:1",
+            "http://h:1",
+            long.as_str(),
+        ] {
+            assert!(check_raft_addr(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[tokio::test]

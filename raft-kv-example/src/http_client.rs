@@ -26,6 +26,17 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Largest response body read.
 const MAX_RESPONSE_BYTES: usize = 64 << 20;
+/// Longest pause allowed in a download's body (the whole download has no time limit).
+const DOWNLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where an exchange puts the response body.
+enum Sink<'a> {
+    /// In memory, at most [`MAX_RESPONSE_BYTES`].
+    Memory,
+    /// A successful (2xx) body streams into the writer with no size limit; another status's
+    /// body (an error reason) is read into memory as usual.
+    Writer(&'a mut (dyn AsyncWrite + Unpin + Send)),
+}
 
 /// The TLS files of the CLI: the server's CA, and a client identity for servers that ask.
 #[derive(Debug, Default, Clone, Copy)]
@@ -132,10 +143,28 @@ impl HttpClient {
         body: Option<(Bytes, &'static str)>,
     ) -> Result<Reply> {
         let url = format!("{}{path}", self.endpoint);
-        tokio::time::timeout(EXCHANGE_TIMEOUT, self.exchange(method, path, body))
+        tokio::time::timeout(
+            EXCHANGE_TIMEOUT,
+            self.exchange(method, path, body, Sink::Memory),
+        )
+        .await
+        .map_err(|_| anyhow!("no answer within {EXCHANGE_TIMEOUT:?}"))
+        .and_then(|r| r)
+        .with_context(|| format!("calling {url}"))
+    }
+
+    /// GETs `path` and streams a successful (2xx) response body into `out`, however large
+    /// and long (only a pause of a minute fails it); the returned [`Reply`] then has an empty
+    /// body. Another status comes back with its body, as from [`HttpClient::send`]. The
+    /// caller flushes `out`.
+    pub async fn download(
+        &self,
+        path: &str,
+        out: &mut (dyn AsyncWrite + Unpin + Send),
+    ) -> Result<Reply> {
+        let url = format!("{}{path}", self.endpoint);
+        self.exchange(Method::GET, path, None, Sink::Writer(out))
             .await
-            .map_err(|_| anyhow!("no answer within {EXCHANGE_TIMEOUT:?}"))
-            .and_then(|r| r)
             .with_context(|| format!("calling {url}"))
     }
 
@@ -144,6 +173,7 @@ impl HttpClient {
         method: Method,
         path: &str,
         body: Option<(Bytes, &'static str)>,
+        sink: Sink<'_>,
     ) -> Result<Reply> {
         let mut request = Request::builder()
             .method(method)
@@ -173,13 +203,14 @@ impl HttpClient {
         .context("connecting")?;
         let _ = tcp.set_nodelay(true);
         match &self.tls {
-            None => exchange(tcp, request).await,
+            None => exchange(tcp, request, sink).await,
             Some((connector, name)) => {
-                let tls = connector
-                    .connect(name.clone(), tcp)
-                    .await
-                    .context("TLS handshake")?;
-                exchange(tls, request).await.with_context(|| {
+                let tls =
+                    tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name.clone(), tcp))
+                        .await
+                        .map_err(|_| anyhow!("no TLS handshake within {CONNECT_TIMEOUT:?}"))?
+                        .context("TLS handshake")?;
+                exchange(tls, request, sink).await.with_context(|| {
                     if self.client_cert {
                         "over TLS"
                     } else {
@@ -191,7 +222,7 @@ impl HttpClient {
     }
 }
 
-async fn exchange<I>(io: I, request: Request<Full<Bytes>>) -> Result<Reply>
+async fn exchange<I>(io: I, request: Request<Full<Bytes>>, sink: Sink<'_>) -> Result<Reply>
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -200,11 +231,30 @@ where
         .context("starting HTTP/1.1")?;
     let driver = tokio::spawn(connection);
     let result = async {
-        let response = sender
-            .send_request(request)
+        let response = tokio::time::timeout(EXCHANGE_TIMEOUT, sender.send_request(request))
             .await
+            .map_err(|_| anyhow!("no answer within {EXCHANGE_TIMEOUT:?}"))?
             .context("sending the request")?;
         let status = response.status();
+        if let (Sink::Writer(out), true) = (sink, status.is_success()) {
+            let mut body = response.into_body();
+            loop {
+                let frame = tokio::time::timeout(DOWNLOAD_IDLE_TIMEOUT, body.frame())
+                    .await
+                    .map_err(|_| anyhow!("the download stalled for {DOWNLOAD_IDLE_TIMEOUT:?}"))?;
+                let Some(frame) = frame else { break };
+                let frame = frame.map_err(|e| anyhow!("reading the response: {e}"))?;
+                if let Ok(data) = frame.into_data() {
+                    tokio::io::AsyncWriteExt::write_all(out, &data)
+                        .await
+                        .context("writing the download")?;
+                }
+            }
+            return Ok(Reply {
+                status,
+                body: Bytes::new(),
+            });
+        }
         let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
             .collect()
             .await

@@ -12,6 +12,9 @@
 //!    short this way may still take effect.
 //!
 //! Bodies are read whole here, so the routes get them already in memory.
+//!
+//! Health probes (`GET` or `HEAD` of `/health` and `/ready`) skip all four: they need no token
+//! and no permit, read no body and bound their own time ([`crate::health`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,6 +97,13 @@ fn content_length(request: &Request) -> Option<u64> {
 pub async fn admit(State(gate): State<Arc<Gate>>, request: Request, next: Next) -> Response {
     let deadline = Instant::now() + gate.request_timeout;
     let stats = &gate.stats;
+
+    // Health probes skip the concurrency limit and the tokens: load balancers send them
+    // without credentials, and a node busy with clients is still alive. They read no body and
+    // bound their own work (crate::health).
+    if crate::health::is_probe(request.method(), request.uri().path()) {
+        return next.run(request).await;
+    }
 
     let Ok(_permit) = gate.permits.clone().try_acquire_owned() else {
         bump(&stats.rejected_busy);

@@ -1,9 +1,13 @@
 //! `raft-kv`: a replicated key-value service built only on raftkit's public API.
 
 mod backends;
+mod backup;
 mod client;
 mod cluster;
+mod cluster_dir;
+mod config_file;
 mod files;
+mod health;
 mod http;
 mod http_args;
 mod http_auth;
@@ -12,6 +16,9 @@ mod http_gate;
 mod http_server;
 mod http_stats;
 mod http_tls;
+mod member;
+mod node_addrs;
+mod raft_tunables;
 mod serve;
 mod store;
 
@@ -32,23 +39,49 @@ struct Cli {
     command: Cmd,
 }
 
-/// How nodes talk to each other.
+#[cfg(not(any(feature = "grpc", feature = "quic")))]
+compile_error!("raft-kv needs a raft transport: enable the cargo feature `grpc` or `quic`");
+
+/// How nodes talk to each other; only the transports compiled in (cargo features).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum TransportKind {
     /// gRPC over HTTP/2 (TLS optional).
+    #[cfg(feature = "grpc")]
     Grpc,
     /// QUIC, always mutual TLS.
+    #[cfg(feature = "quic")]
     Quic,
 }
 
-/// Where the raft log lives.
+/// The default `--transport`: gRPC when compiled in, else QUIC.
+#[cfg(feature = "grpc")]
+pub const DEFAULT_TRANSPORT: &str = "grpc";
+/// The default `--transport`: gRPC when compiled in, else QUIC.
+#[cfg(not(feature = "grpc"))]
+pub const DEFAULT_TRANSPORT: &str = "quic";
+
+/// Where the raft log lives; only the durable backends compiled in (cargo features).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum StorageKind {
-    /// RocksDB in the data dir: survives restarts.
+    /// RocksDB in <data-dir>/raft: survives restarts.
+    #[cfg(feature = "rocksdb")]
     Rocksdb,
+    /// TiKV's raft-engine in <data-dir>/raft-engine: survives restarts.
+    #[cfg(feature = "raft-engine")]
+    RaftEngine,
     /// In memory: nothing survives a restart.
     Memory,
 }
+
+/// The default `--storage`: the first durable backend compiled in, else memory.
+#[cfg(feature = "rocksdb")]
+pub const DEFAULT_STORAGE: &str = "rocksdb";
+/// The default `--storage`: the first durable backend compiled in, else memory.
+#[cfg(all(not(feature = "rocksdb"), feature = "raft-engine"))]
+pub const DEFAULT_STORAGE: &str = "raft-engine";
+/// The default `--storage`: the first durable backend compiled in, else memory.
+#[cfg(not(any(feature = "rocksdb", feature = "raft-engine")))]
+pub const DEFAULT_STORAGE: &str = "memory";
 
 /// TLS files for the raft transport.
 #[derive(clap::Args, Clone, Debug, Default)]
@@ -67,7 +100,8 @@ pub struct TlsArgs {
 #[derive(Subcommand)]
 enum Cmd {
     /// Runs one node.
-    Serve(serve::ServeArgs),
+    // Boxed: its flags dwarf every other command's.
+    Serve(Box<serve::ServeArgs>),
     /// Starts a local N-node cluster as child processes and runs until Ctrl-C.
     Cluster(cluster::ClusterArgs),
     /// Sets a key.
@@ -119,6 +153,16 @@ enum Cmd {
         #[command(flatten)]
         endpoint: client::Endpoint,
     },
+    /// Saves a consistent backup of the cluster, or prepares a data dir from one.
+    Snapshot {
+        #[command(subcommand)]
+        command: backup::SnapshotCmd,
+    },
+    /// Lists and changes the cluster's members (needs an admin token when tokens are on).
+    Member {
+        #[command(subcommand)]
+        command: member::MemberCmd,
+    },
     /// Writes a development CA and one certificate per node.
     Certs {
         /// Output directory.
@@ -143,9 +187,10 @@ async fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    // `serve` also takes its flags from RAFT_KV_* variables and its --config file.
+    let cli: Cli = config_file::parse();
     let result = match cli.command {
-        Cmd::Serve(args) => serve::serve(args).await,
+        Cmd::Serve(args) => serve::serve(*args).await,
         Cmd::Cluster(args) => cluster::run(args).await,
         Cmd::Put {
             endpoint,
@@ -166,6 +211,8 @@ async fn main() -> std::process::ExitCode {
         } => client::cas(&endpoint, &key, expect, value).await,
         Cmd::Status { endpoint } => client::status(&endpoint).await,
         Cmd::Leave { endpoint } => client::leave(&endpoint).await,
+        Cmd::Member { command } => member::run(command).await,
+        Cmd::Snapshot { command } => backup::run(command).await,
         Cmd::Certs { out, nodes, names } => backends::write_dev_certs(&out, nodes, &names),
     };
     match result {

@@ -6,36 +6,80 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use raft_core::{Config, Raft};
 
+use crate::config_file;
 use crate::http_args::HttpArgs;
 use crate::http_server::HttpServer;
 use crate::http_stats::HttpStats;
+use crate::node_addrs::{self, AddrFlags, NodeAddrs};
+use crate::raft_tunables::RaftTunables;
 
 use crate::{backends, http, store::KvStore, StorageKind, TlsArgs, TransportKind};
 
-/// Flags of `raft-kv serve`.
+/// Flags of `raft-kv serve`. Each can also come from the environment and from `--config`
+/// (see [`crate::config_file`]).
 #[derive(clap::Args, Debug, Clone)]
+#[command(
+    after_help = "Every flag can also be set by the environment variable RAFT_KV_<FLAG> \
+    (--data-dir: RAFT_KV_DATA_DIR) or by a key of the --config file named like the flag \
+    (data-dir = \"/var/lib/raft-kv\", join = [\"10.0.0.1:7001\"], insecure-transport = true). \
+    The command line wins over the environment, which wins over the file, which wins over the \
+    defaults; --print-config shows the result."
+)]
 pub struct ServeArgs {
+    /// A TOML file of settings; its keys are these flags' long names.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Print the effective settings (as a config file, with where each came from) and exit.
+    #[arg(long)]
+    pub print_config: bool,
     /// This node's id (1 or more), unique in the cluster.
     #[arg(long)]
     pub id: u64,
-    /// Where the raft transport listens (host:port); peers use this address.
-    #[arg(long)]
-    pub raft_addr: String,
-    /// Where the HTTP API listens (host:port).
-    #[arg(long)]
-    pub http_addr: String,
+    /// The raft address (host:port): listened on, and dialled by peers. See --raft-listen and
+    /// --raft-advertise when those differ.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub raft_addr: Option<String>,
+    /// Where the raft transport listens (e.g. 0.0.0.0:7001). Default: --raft-addr, else
+    /// --raft-advertise.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub raft_listen: Option<String>,
+    /// The raft address peers dial, stored in the cluster's membership (e.g. 10.0.0.5:7001).
+    /// Default: --raft-addr, else --raft-listen.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub raft_advertise: Option<String>,
+    /// The HTTP API's address (host:port): listened on, and reported to clients.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub http_addr: Option<String>,
+    /// Where the HTTP API listens. Default: --http-addr, else --http-advertise.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub http_listen: Option<String>,
+    /// The HTTP address this node reports (its log, /status `http_advertise`). Default:
+    /// --http-addr, else --http-listen.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub http_advertise: Option<String>,
     /// Where this node keeps its state.
     #[arg(long)]
     pub data_dir: PathBuf,
     /// Join the cluster through this member's raft address (repeatable). Without it a node
     /// with no state bootstraps a new cluster; a node with state always restarts as itself.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "initial_cluster", value_delimiter = ',')]
     pub join: Vec<String>,
-    /// grpc or quic (quic needs the TLS flags).
-    #[arg(long, value_enum, default_value = "grpc")]
+    /// Every founding member as id=host:port, comma-separated (e.g.
+    /// `1=10.0.0.1:7001,2=10.0.0.2:7001,3=10.0.0.3:7001`), the same on every founding node:
+    /// they may then start in any order, even at the same instant, and form one cluster.
+    /// Ignored by a node that already has state; nodes added later use --join instead.
+    #[arg(long)]
+    pub initial_cluster: Option<raft_core::InitialCluster>,
+    /// Tells apart clusters bootstrapped from the same --initial-cluster (e.g. `prod-eu`):
+    /// they get different cluster ids and refuse each other's traffic.
+    #[arg(long, default_value = "raft-kv")]
+    pub initial_cluster_token: String,
+    /// How nodes talk to each other (quic needs the TLS flags).
+    #[arg(long, value_enum, default_value = crate::DEFAULT_TRANSPORT)]
     pub transport: TransportKind,
-    /// rocksdb or memory.
-    #[arg(long, value_enum, default_value = "rocksdb")]
+    /// Where the raft log lives (rocksdb in <data-dir>/raft, raft-engine in
+    /// <data-dir>/raft-engine; memory keeps nothing across restarts).
+    #[arg(long, value_enum, default_value = crate::DEFAULT_STORAGE)]
     pub storage: StorageKind,
     #[command(flatten)]
     pub tls: TlsArgs,
@@ -47,10 +91,53 @@ pub struct ServeArgs {
     /// HTTPS, bearer tokens and limits of the HTTP API.
     #[command(flatten)]
     pub http: HttpArgs,
+    /// Raft timing, snapshots and limits.
+    #[command(flatten)]
+    pub raft: RaftTunables,
+}
+
+impl ServeArgs {
+    /// The listen and advertised addresses, from the address flags.
+    pub fn addresses(&self) -> Result<NodeAddrs> {
+        node_addrs::resolve(
+            AddrFlags {
+                kind: "raft",
+                addr: self.raft_addr.as_deref(),
+                listen: self.raft_listen.as_deref(),
+                advertise: self.raft_advertise.as_deref(),
+            },
+            AddrFlags {
+                kind: "http",
+                addr: self.http_addr.as_deref(),
+                listen: self.http_listen.as_deref(),
+                advertise: self.http_advertise.as_deref(),
+            },
+        )
+    }
+
+    /// The raft configuration; an error names the flags (and where their values came from).
+    pub fn raft_config(&self) -> Result<Config> {
+        self.raft
+            .to_config()
+            .map_err(|e| anyhow::anyhow!("{}", config_file::explain(&format!("{e:#}"))))
+    }
 }
 
 pub async fn serve(args: ServeArgs) -> Result<()> {
-    // Certificates, keys and token files first: a mistake there stops the node before it
+    // Settings that need no file first, so --print-config doubles as a check of them.
+    for name in config_file::unknown_env_vars() {
+        tracing::warn!(
+            name,
+            "ignoring an environment variable that names no flag of serve"
+        );
+    }
+    let addrs = args.addresses()?;
+    let config = args.raft_config()?;
+    if args.print_config {
+        print!("{}", config_file::effective_toml());
+        return Ok(());
+    }
+    // Certificates, keys and token files next: a mistake there stops the node before it
     // touches its data.
     let http_config = args.http.load().context("the HTTP API's settings")?;
     crate::files::create_private_dir(&args.data_dir)
@@ -58,19 +145,22 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     backends::check_plaintext(
         args.transport,
         &args.tls,
-        &args.raft_addr,
+        &addrs.raft_listen,
         args.insecure_transport,
     )?;
     let transport = backends::transport(args.transport, &args.tls)?;
     let storage = backends::storage(args.storage, &args.data_dir)?;
     let raft = Raft::builder(args.id, KvStore::default())
-        .raft_addr(args.raft_addr.clone())
+        .raft_addr(addrs.raft_advertise.clone())
+        .listen_addr(addrs.raft_listen.clone())
         .transport(transport)
         .log_storage(storage)
-        .config(Config::default())
+        .config(config)
         .build()?;
     let mailbox = raft.mailbox();
-    let mut node = if raft.has_state()? || args.join.is_empty() {
+    let mut node = if let Some(cluster) = args.initial_cluster.clone() {
+        tokio::spawn(raft.start_cluster(cluster.with_token(args.initial_cluster_token.clone())))
+    } else if raft.has_state()? || args.join.is_empty() {
         tokio::spawn(raft.lead())
     } else {
         // A node that lost its disk may be the leader its peers still remember (they have
@@ -87,13 +177,24 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
 
     let stats = Arc::new(HttpStats::default());
     let server = HttpServer::bind(
-        &args.http_addr,
+        &addrs.http_listen,
         http_config,
         http::router(mailbox.clone(), stats.clone()),
         stats,
     )
     .await?;
-    tracing::info!(id = args.id, http = %args.http_addr, raft = %args.raft_addr, "raft-kv serving");
+    tracing::info!(
+        id = args.id,
+        http = %format!(
+            "{}://{}",
+            if args.http.http_tls_cert.is_some() { "https" } else { "http" },
+            addrs.http_advertise
+        ),
+        http_listen = %addrs.http_listen,
+        raft = %addrs.raft_advertise,
+        raft_listen = %addrs.raft_listen,
+        "raft-kv serving"
+    );
     let (node_done_tx, node_done_rx) = tokio::sync::oneshot::channel::<()>();
     let server = server.run(async move {
         tokio::select! {

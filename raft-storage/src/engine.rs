@@ -167,9 +167,9 @@ struct Writer {
 /// sequential append and one `fdatasync`, with an in-memory index of where each entry lives.
 /// Layout of the data directory: `engine/` holds raft-engine's files (entries in raft group 1;
 /// the hard state, compaction point and snapshot record as key-values of group 2);
-/// `snapshots/` holds the latest snapshot's data, as with [`crate::RocksLogStorage`].
+/// `snapshots/` holds the latest snapshot's data, as with `RocksLogStorage`.
 ///
-/// Snapshots are saved without holding up appends, as with [`crate::RocksLogStorage`].
+/// Snapshots are saved without holding up appends, as with `RocksLogStorage`.
 ///
 /// raft-engine panics if `fdatasync` fails; this storage catches that panic and returns
 /// [`StorageError::Io`], after which it refuses every write until reopened. Like RocksDB,

@@ -1,20 +1,24 @@
 //! # raft-storage: durable raft logs for raftkit
 //!
-//! [`RocksLogStorage`] keeps a node's raft log, hard state and latest snapshot in RocksDB;
-//! with the cargo feature `raft-engine`, [`RaftEngineLogStorage`] keeps them in TiKV's
+//! With the cargo feature `rocksdb` (on by default), `RocksLogStorage` keeps a node's raft
+//! log, hard state and latest snapshot in RocksDB; with the cargo feature `raft-engine`,
+//! `RaftEngineLogStorage` keeps them in TiKV's
 //! [raft-engine](https://crates.io/crates/raft-engine), a log-structured store made for raft
 //! logs. Both implement [`raft_core::LogStorage`] and pass its conformance suite, and both
 //! survive `kill -9` at any moment without losing a write they acknowledged: every write is
 //! synced to disk (fdatasync) before it returns.
 //!
 //! ```no_run
+//! # #[cfg(feature = "rocksdb")]
+//! # fn main() -> Result<(), raft_core::StorageError> {
 //! use raft_core::LogStorage;
 //! use raft_storage::RocksLogStorage;
 //!
-//! # fn main() -> Result<(), raft_core::StorageError> {
 //! let log = RocksLogStorage::open("data/node-1")?;
 //! assert_eq!(log.first_index().unwrap(), 1);
 //! # Ok(()) }
+//! # #[cfg(not(feature = "rocksdb"))]
+//! # fn main() {}
 //! ```
 //!
 //! ## What is stored, and where
@@ -53,15 +57,21 @@
 //! every later write fails too, so a node that carried on by mistake still acknowledges
 //! nothing; reopen the directory to recover.
 
+// The pieces both backends share; with neither feature the crate offers only `OpenOptions`.
+#[cfg(any(feature = "rocksdb", feature = "raft-engine"))]
 mod codec;
 #[cfg(feature = "raft-engine")]
 mod engine;
+#[cfg(any(feature = "rocksdb", feature = "raft-engine"))]
 mod index;
+#[cfg(feature = "rocksdb")]
 mod rocks;
+#[cfg(any(feature = "rocksdb", feature = "raft-engine"))]
 mod snapshot_file;
 
 #[cfg(feature = "raft-engine")]
 pub use crate::engine::RaftEngineLogStorage;
+#[cfg(feature = "rocksdb")]
 pub use crate::rocks::RocksLogStorage;
 
 /// How a storage directory is opened.

@@ -93,6 +93,7 @@ fn missing_directory_or_not_a_directory() {
         let dir = root.path().join("broken");
         fs::create_dir(&dir).unwrap();
         let inner = match backend {
+            #[cfg(feature = "rocksdb")]
             Backend::Rocks => "db",
             #[cfg(feature = "raft-engine")]
             Backend::RaftEngine => "engine",
@@ -215,24 +216,27 @@ fn scribble(dir: &Path, prefix: &str) -> usize {
 #[test]
 fn damaged_database_files_are_reported() {
     // RocksDB: its MANIFEST (the list of live files) damaged, then CURRENT pointing nowhere.
-    let dir = tempfile::tempdir().unwrap();
-    populated(Backend::Rocks, dir.path());
-    assert!(scribble(&dir.path().join("db"), "MANIFEST") > 0);
-    let err = open_err(Backend::Rocks, dir.path());
-    assert!(
-        matches!(err, StorageError::Corrupt(_) | StorageError::Io(_)),
-        "{err}"
-    );
-    assert!(err.to_string().contains("db"), "{err}");
+    #[cfg(feature = "rocksdb")]
+    {
+        let dir = tempfile::tempdir().unwrap();
+        populated(Backend::Rocks, dir.path());
+        assert!(scribble(&dir.path().join("db"), "MANIFEST") > 0);
+        let err = open_err(Backend::Rocks, dir.path());
+        assert!(
+            matches!(err, StorageError::Corrupt(_) | StorageError::Io(_)),
+            "{err}"
+        );
+        assert!(err.to_string().contains("db"), "{err}");
 
-    let dir = tempfile::tempdir().unwrap();
-    populated(Backend::Rocks, dir.path());
-    fs::write(dir.path().join("db/CURRENT"), b"MANIFEST-999999\n").unwrap();
-    let err = open_err(Backend::Rocks, dir.path());
-    assert!(
-        matches!(err, StorageError::Corrupt(_) | StorageError::Io(_)),
-        "{err}"
-    );
+        let dir = tempfile::tempdir().unwrap();
+        populated(Backend::Rocks, dir.path());
+        fs::write(dir.path().join("db/CURRENT"), b"MANIFEST-999999\n").unwrap();
+        let err = open_err(Backend::Rocks, dir.path());
+        assert!(
+            matches!(err, StorageError::Corrupt(_) | StorageError::Io(_)),
+            "{err}"
+        );
+    }
 
     #[cfg(feature = "raft-engine")]
     {

@@ -1,6 +1,7 @@
 //! raft-core nodes on RocksDB: a failed write stops the node and acknowledges nothing, and a
 //! whole 3-node cluster restarts from its directories with every acknowledged write.
 
+#![cfg(feature = "rocksdb")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::BTreeMap;

@@ -6,7 +6,6 @@
 use std::path::PathBuf;
 
 use raft_core::testing::conformance::{run_all, StorageFactory};
-use raft_storage::RocksLogStorage;
 use tempfile::TempDir;
 
 /// Opens each storage in a fresh directory under one temporary root.
@@ -29,25 +28,31 @@ impl Dirs {
     }
 }
 
-struct Rocks(Dirs);
+#[cfg(feature = "rocksdb")]
+mod rocks {
+    use super::*;
+    use raft_storage::RocksLogStorage;
 
-impl StorageFactory for Rocks {
-    type Storage = RocksLogStorage;
-    fn create(&mut self) -> RocksLogStorage {
-        RocksLogStorage::open(self.0.next()).unwrap()
-    }
-    fn reopen(&mut self, storage: RocksLogStorage) -> Option<RocksLogStorage> {
-        let dir = storage.path().to_path_buf();
-        drop(storage);
-        Some(RocksLogStorage::open(dir).unwrap())
-    }
-}
+    struct Rocks(Dirs);
 
-#[test]
-fn rocksdb_passes_the_conformance_suite() {
-    let mut factory = Rocks(Dirs::new());
-    run_all(&mut factory);
-    assert!(factory.0.made >= 12, "every check ran");
+    impl StorageFactory for Rocks {
+        type Storage = RocksLogStorage;
+        fn create(&mut self) -> RocksLogStorage {
+            RocksLogStorage::open(self.0.next()).unwrap()
+        }
+        fn reopen(&mut self, storage: RocksLogStorage) -> Option<RocksLogStorage> {
+            let dir = storage.path().to_path_buf();
+            drop(storage);
+            Some(RocksLogStorage::open(dir).unwrap())
+        }
+    }
+
+    #[test]
+    fn rocksdb_passes_the_conformance_suite() {
+        let mut factory = Rocks(Dirs::new());
+        run_all(&mut factory);
+        assert!(factory.0.made >= 12, "every check ran");
+    }
 }
 
 #[cfg(feature = "raft-engine")]

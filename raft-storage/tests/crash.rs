@@ -198,6 +198,7 @@ fn crash_rounds(backend: Backend) {
     assert!(total_acked > 0, "the child acknowledged writes");
 }
 
+#[cfg(feature = "rocksdb")]
 #[test]
 fn rocksdb_survives_sigkill() {
     if child_job().is_some() {

@@ -415,6 +415,7 @@ mod tests {
     #[test]
     fn oversized_batches_split_in_order_and_fit() {
         let batch = RaftBatch {
+            cluster_id: 0,
             from: 1,
             to: 2,
             messages: (0..100u8).map(|i| vec![i; 1000]).collect(),
@@ -432,6 +433,7 @@ mod tests {
     #[test]
     fn a_message_larger_than_the_limit_is_refused() {
         let batch = RaftBatch {
+            cluster_id: 0,
             from: 1,
             to: 2,
             messages: vec![vec![0; 100], vec![0; 5000]],
@@ -470,6 +472,7 @@ mod tests {
     fn calls_with_their_own_deadline_get_at_least_that() {
         use wire::request::Kind;
         let propose = wire::Request {
+            cluster_id: 0,
             kind: Some(Kind::Propose(wire::ProposeRequest {
                 data: Vec::new(),
                 timeout_ms: 60_000,
@@ -480,6 +483,7 @@ mod tests {
             Duration::from_secs(61)
         );
         let status = wire::Request {
+            cluster_id: 0,
             kind: Some(Kind::Status(wire::StatusRequest {})),
         };
         assert_eq!(

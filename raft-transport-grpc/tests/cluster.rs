@@ -297,6 +297,7 @@ async fn with_mutual_tls_only_members_get_in_and_only_as_themselves() {
     // Raw transport: neither raft messages nor calls get through.
     for _ in 0..3 {
         let batch = RaftBatch {
+            cluster_id: 0,
             from: 4,
             to: 1,
             messages: Vec::new(),
@@ -387,6 +388,7 @@ async fn bad_raft_input_is_refused_and_the_cluster_keeps_running() {
     let bad = [
         // Wrong node id.
         RaftBatch {
+            cluster_id: 0,
             from: 2,
             to: 42,
             messages: Vec::new(),
@@ -394,6 +396,7 @@ async fn bad_raft_input_is_refused_and_the_cluster_keeps_running() {
         },
         // Raft messages that do not decode.
         RaftBatch {
+            cluster_id: 0,
             from: 2,
             to: 1,
             messages: vec![vec![0xff; 64], b"garbage".to_vec()],

@@ -34,6 +34,7 @@ async fn batches_arrive_in_order_and_calls_round_trip() {
 
     assert_eq!(status_id(&client, &addr).await.unwrap(), 2);
     let propose = wire::Request {
+        cluster_id: 0,
         kind: Some(request::Kind::Propose(wire::ProposeRequest {
             data: b"hello".to_vec(),
             timeout_ms: 1000,
@@ -223,6 +224,7 @@ async fn the_maximum_message_size_is_enforced_both_ways() {
 
     // A batch over the limit is split into frames that fit, in order.
     let big = raft_core::wire::RaftBatch {
+        cluster_id: 0,
         from: 1,
         to: 2,
         messages: (0..10u8).map(|i| vec![i; 20 * 1024]).collect(),
@@ -255,6 +257,7 @@ async fn the_maximum_message_size_is_enforced_both_ways() {
 
     // A single message over the limit, or a call over the limit, is refused before sending.
     let huge = raft_core::wire::RaftBatch {
+        cluster_id: 0,
         from: 1,
         to: 2,
         messages: vec![vec![0; MAX + 1]],
@@ -263,6 +266,7 @@ async fn the_maximum_message_size_is_enforced_both_ways() {
     let err = client.send(&addr, huge).await.unwrap_err();
     assert!(matches!(err, TransportError::Malformed(_)), "{err}");
     let big_call = wire::Request {
+        cluster_id: 0,
         kind: Some(request::Kind::Propose(wire::ProposeRequest {
             data: vec![1; MAX + 1],
             timeout_ms: 0,
@@ -281,6 +285,7 @@ async fn the_maximum_message_size_is_enforced_both_ways() {
     );
     let before = recorder.count();
     let oversized = raft_core::wire::RaftBatch {
+        cluster_id: 0,
         from: 1,
         to: 2,
         messages: vec![vec![0; MAX * 2]],

@@ -564,6 +564,7 @@ mod tests {
     fn calls_with_their_own_deadline_get_at_least_that() {
         use wire::request::Kind;
         let propose = wire::Request {
+            cluster_id: 0,
             kind: Some(Kind::Propose(wire::ProposeRequest {
                 data: Vec::new(),
                 timeout_ms: 60_000,
@@ -574,6 +575,7 @@ mod tests {
             Duration::from_secs(61)
         );
         let status = wire::Request {
+            cluster_id: 0,
             kind: Some(Kind::Status(wire::StatusRequest {})),
         };
         assert_eq!(

@@ -179,6 +179,7 @@ mod tests {
     #[test]
     fn frames_carry_a_big_endian_length_prefix() {
         let batch = RaftBatch {
+            cluster_id: 0,
             from: 1,
             to: 2,
             messages: vec![vec![7; 10]],
@@ -197,6 +198,7 @@ mod tests {
     #[test]
     fn oversized_batches_split_in_order_and_fit() {
         let batch = RaftBatch {
+            cluster_id: 0,
             from: 1,
             to: 2,
             messages: (0..100u8).map(|i| vec![i; 1000]).collect(),
@@ -214,6 +216,7 @@ mod tests {
     #[test]
     fn a_message_larger_than_the_limit_is_refused() {
         let batch = RaftBatch {
+            cluster_id: 0,
             from: 1,
             to: 2,
             messages: vec![vec![0; 100], vec![0; 5000]],

@@ -33,6 +33,7 @@ fn get(key: &str) -> Vec<u8> {
 
 fn status_request() -> wire::Request {
     wire::Request {
+        cluster_id: 0,
         kind: Some(request::Kind::Status(wire::StatusRequest {})),
     }
 }
@@ -319,6 +320,7 @@ async fn a_peer_with_a_certificate_from_another_ca_is_refused() {
     let e = rogue.call(&addr1, request.clone()).await.unwrap_err();
     assert!(common::is_unreachable(&e), "{e}");
     let batch = wire::RaftBatch {
+        cluster_id: 0,
         from: 4,
         to: 1,
         messages: vec![],

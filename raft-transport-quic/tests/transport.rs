@@ -50,6 +50,7 @@ fn echo() -> (Arc<Echo>, mpsc::UnboundedReceiver<RaftBatch>) {
 
 fn batch(seq: u64, messages: Vec<Vec<u8>>) -> RaftBatch {
     RaftBatch {
+        cluster_id: 0,
         from: seq,
         to: 1,
         messages,
@@ -59,6 +60,7 @@ fn batch(seq: u64, messages: Vec<Vec<u8>>) -> RaftBatch {
 
 fn propose(data: Vec<u8>) -> wire::Request {
     wire::Request {
+        cluster_id: 0,
         kind: Some(request::Kind::Propose(wire::ProposeRequest {
             data,
             timeout_ms: 0,
@@ -430,6 +432,7 @@ async fn the_maximum_message_size_is_enforced_both_ways() {
     assert!(matches!(e, TransportError::Malformed(_)), "{e}");
     // An answer over the server's limit becomes an error answer.
     let query = wire::Request {
+        cluster_id: 0,
         kind: Some(request::Kind::Query(wire::QueryRequest {
             query: vec![0; 100],
             consistency: 0,

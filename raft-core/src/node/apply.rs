@@ -9,7 +9,7 @@ use raft::prelude::{ConfState, EntryType, Snapshot, SnapshotMetadata};
 use tokio::sync::{mpsc, watch};
 
 use super::membership::{entry_context, open_envelope, seal_envelope, Members};
-use super::messages::{ApplyMsg, CommittedEntry, DriverMsg, Responder};
+use super::messages::{ApplyMsg, CommittedEntry, DriverMsg, ReadOp, Responder};
 use super::Counters;
 use crate::error::{Error, Result};
 use crate::log_storage::{snapshot_index, snapshot_term};
@@ -24,7 +24,7 @@ struct Waiter {
 }
 
 struct PendingRead {
-    query: Vec<u8>,
+    query: ReadOp,
     deadline: Instant,
     reply: Responder,
 }
@@ -91,6 +91,11 @@ impl Applier {
             .restore(&envelope.user_data)
             .await
             .map_err(|e| Error::Store(format!("restore failed: {e:#}")))?;
+        // A node that joined learns its cluster from its first snapshot. (A snapshot from
+        // another cluster never gets here: the server side refuses its chunks.)
+        if envelope.cluster_id != 0 {
+            Counters::set(&self.counters.cluster_id, envelope.cluster_id);
+        }
         self.members = Members::from_list(envelope.members);
         self.applied = snapshot_index(snapshot);
         self.applied_term = snapshot_term(snapshot);
@@ -276,11 +281,14 @@ impl Applier {
             let _ = read.reply.send(Err(Error::Timeout(Duration::ZERO)));
             return;
         }
-        let answer = self
-            .store
-            .query(&read.query)
-            .await
-            .map_err(|e| Error::Store(format!("{e:#}")));
+        let answer = match &read.query {
+            ReadOp::Query(query) => self
+                .store
+                .query(query)
+                .await
+                .map_err(|e| Error::Store(format!("{e:#}"))),
+            ReadOp::Backup => crate::backup::take(self).await,
+        };
         let _ = read.reply.send(answer);
     }
 
@@ -315,7 +323,11 @@ impl Applier {
             }
         };
         let snapshot = Snapshot {
-            data: seal_envelope(self.members.to_list(), user_data),
+            data: seal_envelope(
+                Counters::get(&self.counters.cluster_id),
+                self.members.to_list(),
+                user_data,
+            ),
             metadata: Some(SnapshotMetadata {
                 conf_state: Some(self.conf_state.clone()),
                 index: self.applied,

@@ -29,9 +29,10 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::inbound::{check_local, LocalView, MAX_ADDR};
 use super::membership::{entry_context, open_members, Members};
 use super::messages::{
-    ApplyMsg, CommittedEntry, ConfOutcome, DriverMsg, MembershipChange, Responder,
+    ApplyMsg, CommittedEntry, ConfOutcome, DriverMsg, MembershipChange, ReadOp, Responder,
 };
 use super::peers::Peers;
+use super::progress::{member_progress, LastContact};
 use super::snapshot_transfer::SnapshotAssembler;
 use super::Counters;
 use crate::config::Config;
@@ -49,7 +50,7 @@ const MAX_LEARNED_ADDRS: usize = 16;
 const REAP_EVERY_TICKS: u64 = 50;
 
 struct PendingRead {
-    query: Vec<u8>,
+    query: ReadOp,
     deadline: Instant,
     reply: Responder,
 }
@@ -174,6 +175,8 @@ pub(crate) struct Driver {
     stalled: bool,
     /// A rationed Ready may be handled (set once per tick).
     ready_this_tick: bool,
+    /// When each member last sent this node a raft message, for [`Status::progress`].
+    last_contact: LastContact,
 }
 
 impl Driver {
@@ -223,6 +226,7 @@ impl Driver {
             conf_changed: true,
             stalled: false,
             ready_this_tick: false,
+            last_contact: LastContact::default(),
         }
     }
 
@@ -350,7 +354,13 @@ impl Driver {
                 consistency,
                 deadline,
                 reply,
-            } => self.read(query, consistency, deadline, reply),
+            } => self.read(ReadOp::Query(query), consistency, deadline, reply),
+            DriverMsg::Backup { deadline, reply } => self.read(
+                ReadOp::Backup,
+                ReadConsistency::Linearizable,
+                deadline,
+                reply,
+            ),
             DriverMsg::Membership {
                 change,
                 deadline,
@@ -417,6 +427,9 @@ impl Driver {
                     self.learn_addr(msg.from, addr);
                 }
             }
+        }
+        if self.raw.raft.prs().get(msg.from).is_some() {
+            self.last_contact.record(msg.from, Instant::now());
         }
         // A snapshot may replace the configuration.
         self.conf_changed |= msg.msg_type() == MessageType::MsgSnapshot;
@@ -574,7 +587,7 @@ impl Driver {
 
     fn read(
         &mut self,
-        query: Vec<u8>,
+        query: ReadOp,
         consistency: ReadConsistency,
         deadline: Instant,
         reply: Responder,
@@ -696,6 +709,8 @@ impl Driver {
         let learned = &self.learned_addrs;
         self.peers
             .retain(|id| members.get(id).is_some() || learned.contains_key(&id));
+        let prs = self.raw.raft.prs();
+        self.last_contact.retain(|id| prs.get(id).is_some());
     }
 
     fn conf_pending(&self) -> bool {
@@ -1014,6 +1029,7 @@ impl Driver {
             snapshot_index: storage.snapshot_metadata().map(|m| m.index).unwrap_or(0),
             first_log_index: storage.first_index().unwrap_or(0),
             last_log_index: raft.raft_log.last_index(),
+            cluster_id: Counters::get(&self.counters.cluster_id),
             pending_proposals: Counters::get(&self.counters.pending_proposals),
             pending_reads: self
                 .pending_reads
@@ -1021,6 +1037,7 @@ impl Driver {
                 .map(|b| b.reads.len() as u64)
                 .sum::<u64>()
                 + Counters::get(&self.counters.pending_apply_reads),
+            progress: member_progress(raft, &self.last_contact, Instant::now()),
         }
     }
 
@@ -1267,6 +1284,7 @@ impl Driver {
                     ConfChangeType::RemoveNode => {
                         self.members.remove(id);
                         self.peers.remove(id);
+                        self.last_contact.forget(id);
                         if id == self.id {
                             self.removed = true;
                         }
@@ -1422,7 +1440,7 @@ mod tests {
             promote: false,
         }];
         let snapshot = Snapshot {
-            data: seal_envelope(members.clone(), Vec::new()),
+            data: seal_envelope(0, members.clone(), Vec::new()),
             metadata: Some(SnapshotMetadata {
                 conf_state: Some(ConfState::from((vec![1], vec![2]))),
                 index: 1,

@@ -83,11 +83,13 @@ pub(crate) enum Refusal {
     /// A snapshot chunk that is out of order, too large, from a node other than the leader,
     /// or of a transfer that expired.
     Chunk,
+    /// Traffic from another cluster: both sides know their cluster ids and they differ.
+    Cluster,
 }
 
 impl Refusal {
     /// Every reason, in metric order.
-    pub(crate) const ALL: [Refusal; 19] = [
+    pub(crate) const ALL: [Refusal; 20] = [
         Refusal::Undecodable,
         Refusal::LocalType,
         Refusal::Proposal,
@@ -107,6 +109,7 @@ impl Refusal {
         Refusal::SnapshotAsVoter,
         Refusal::NotAdmitted,
         Refusal::Chunk,
+        Refusal::Cluster,
     ];
 
     /// The metric label.
@@ -131,6 +134,7 @@ impl Refusal {
             Refusal::SnapshotAsVoter => "snapshot_as_voter",
             Refusal::NotAdmitted => "not_admitted",
             Refusal::Chunk => "chunk",
+            Refusal::Cluster => "cluster",
         }
     }
 
@@ -451,6 +455,7 @@ mod tests {
         let mut m = msg(MessageType::MsgSnapshot);
         m.snapshot = Some(Snapshot {
             data: seal_envelope(
+                0,
                 vec![Member {
                     id: 1,
                     addr: "a".into(),

@@ -63,8 +63,13 @@ pub(crate) fn open_members(data: &[u8]) -> Result<Vec<Member>, String> {
         .map_err(|e| format!("snapshot envelope: {e}"))
 }
 
-pub(crate) fn seal_envelope(members: Vec<Member>, user_data: Vec<u8>) -> Vec<u8> {
-    SnapshotEnvelope { members, user_data }.encode_to_vec()
+pub(crate) fn seal_envelope(cluster_id: u64, members: Vec<Member>, user_data: Vec<u8>) -> Vec<u8> {
+    SnapshotEnvelope {
+        members,
+        user_data,
+        cluster_id,
+    }
+    .encode_to_vec()
 }
 
 /// Decodes an entry's context; entries proposed by raft itself (empty context) give `None`.

@@ -51,6 +51,12 @@ pub(crate) enum DriverMsg {
         deadline: Instant,
         reply: Responder,
     },
+    /// A backup at a linearizable point: a ReadIndex barrier like a linearizable read, then
+    /// the apply task encodes its state (see [`crate::backup`]).
+    Backup {
+        deadline: Instant,
+        reply: Responder,
+    },
     Membership {
         change: MembershipChange,
         deadline: Instant,
@@ -85,6 +91,14 @@ pub(crate) struct ConfOutcome {
     pub(crate) members: Vec<Member>,
 }
 
+/// What a read runs once the store has applied far enough.
+pub(crate) enum ReadOp {
+    /// The user's query ([`crate::Store::query`]).
+    Query(Vec<u8>),
+    /// An encoded [`crate::Backup`] of the whole state.
+    Backup,
+}
+
 /// What the apply task works through, in order.
 pub(crate) enum ApplyMsg {
     /// A client waits for the entry the driver just proposed at `index`.
@@ -101,7 +115,7 @@ pub(crate) enum ApplyMsg {
     /// Run `query` once the applied index reaches `index`.
     Read {
         index: u64,
-        query: Vec<u8>,
+        query: ReadOp,
         deadline: Instant,
         reply: Responder,
     },

@@ -3,11 +3,13 @@
 //! traffic into driver messages.
 
 pub(crate) mod apply;
+pub(crate) mod cluster_id;
 pub(crate) mod driver;
 pub(crate) mod inbound;
 pub(crate) mod membership;
 pub(crate) mod messages;
 pub(crate) mod peers;
+pub(crate) mod progress;
 pub(crate) mod server;
 pub(crate) mod snapshot_transfer;
 
@@ -25,6 +27,9 @@ pub(crate) struct Counters {
     /// The ids in this node's configuration (empty while it has none), so the server side
     /// refuses outsiders' raft messages before they take room in the driver's inbox.
     pub(crate) members: std::sync::RwLock<std::collections::HashSet<u64>>,
+    /// The cluster this node belongs to (0 until a node that joins installs its first
+    /// snapshot); see [`cluster_id`].
+    pub(crate) cluster_id: AtomicU64,
     /// False while a node with empty storage waits for the cluster to accept its join.
     pub(crate) join_pending: std::sync::atomic::AtomicBool,
 }

@@ -129,6 +129,7 @@ impl SenderTask {
                 to: self.to,
                 messages: encoded,
                 from_addr: self.from_addr.clone(),
+                cluster_id: 0,
             };
             match self.transport.send(&self.addr, batch).await {
                 Ok(()) => failures = 0,

@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
+use super::cluster_id;
 use super::inbound::{check_wire, Refusal, Route, MAX_ADDR};
 use super::messages::{DriverMsg, MembershipChange};
 use super::snapshot_transfer::SnapshotAssembler;
+use super::Counters;
 use crate::error::{Error, TransportError};
 use crate::mailbox::NodeHandle;
 use crate::transport::{InboundHandler, PeerIdentity};
@@ -46,6 +48,9 @@ impl InboundHandler for NodeServer {
             metrics.refuse_many(id, reason, count, &why);
             Err(TransportError::Malformed(why))
         };
+        if let Err(why) = self.check_cluster(batch.cluster_id) {
+            return whole(Refusal::Cluster, why);
+        }
         if !peer.may_be(batch.from) {
             return whole(
                 Refusal::Identity,
@@ -102,7 +107,11 @@ impl InboundHandler for NodeServer {
 
     async fn call(&self, peer: PeerIdentity, request: Request) -> Response {
         if let Some(kind) = &request.kind {
-            if let Err((reason, why)) = self.authorize(peer, kind) {
+            let allowed = self
+                .check_cluster(request.cluster_id)
+                .map_err(|why| (Refusal::Cluster, why))
+                .and_then(|()| self.authorize(peer, kind));
+            if let Err((reason, why)) = allowed {
                 self.node
                     .counters
                     .metrics
@@ -118,6 +127,13 @@ impl InboundHandler for NodeServer {
 }
 
 impl NodeServer {
+    /// Refuses traffic from another cluster; a sender or receiver that does not know its
+    /// cluster yet (a node that is joining) is let through.
+    fn check_cluster(&self, theirs: u64) -> Result<(), String> {
+        let ours = Counters::get(&self.node.counters.cluster_id);
+        cluster_id::check(self.node.id, ours, theirs)
+    }
+
     /// Whether `peer` may make this call. A plaintext transport authenticates nobody, so its
     /// callers are taken at their word. Over TLS, a certificate naming no node may only ask
     /// who leads and how the node is; a certificate naming a node that is not a member may only

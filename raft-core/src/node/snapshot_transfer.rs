@@ -43,6 +43,7 @@ pub(crate) async fn send_snapshot(
         };
         let request = Request {
             kind: Some(request::Kind::SnapshotChunk(chunk)),
+            cluster_id: 0,
         };
         match transport.call(addr, request).await?.kind {
             Some(response::Kind::SnapshotChunk(true)) => {}
@@ -243,7 +244,7 @@ mod tests {
             to: 2,
             term: 2,
             snapshot: Some(Snapshot {
-                data: seal_envelope(Vec::new(), data),
+                data: seal_envelope(0, Vec::new(), data),
                 metadata: Some(SnapshotMetadata {
                     index: 9,
                     term: 2,

@@ -72,7 +72,7 @@ impl HostilePeer {
                     promote: false,
                 })
                 .collect();
-            seal_envelope(members, self.random_bytes(64))
+            seal_envelope(0, members, self.random_bytes(64))
         } else {
             self.random_bytes(64)
         };
@@ -174,6 +174,7 @@ impl HostilePeer {
             from_addr = "x".repeat(self.rng.gen_range(0..4096));
         }
         RaftBatch {
+            cluster_id: 0,
             from,
             to,
             messages,
@@ -252,7 +253,7 @@ impl HostilePeer {
             ..Default::default()
         };
         msg.set_msg_type(MessageType::MsgSnapshot);
-        let data = seal_envelope(Vec::new(), self.random_bytes(300));
+        let data = seal_envelope(0, Vec::new(), self.random_bytes(300));
         let header = Message {
             snapshot: Some(Snapshot {
                 data: Vec::new(),

@@ -44,6 +44,7 @@ fn vote_bytes(from: u64, to: u64, term: u64) -> Vec<u8> {
 
 fn forged_batch(from: u64, to: u64, term: u64) -> RaftBatch {
     RaftBatch {
+        cluster_id: 0,
         from,
         to,
         messages: vec![vote_bytes(from, to, term)],
@@ -53,6 +54,7 @@ fn forged_batch(from: u64, to: u64, term: u64) -> RaftBatch {
 
 fn membership(action: MembershipAction, node_id: u64, empty_storage: bool) -> Request {
     Request {
+        cluster_id: 0,
         kind: Some(request::Kind::Membership(MembershipRequest {
             action: action as i32,
             node_id,
@@ -65,6 +67,7 @@ fn membership(action: MembershipAction, node_id: u64, empty_storage: bool) -> Re
 
 fn propose(data: &[u8]) -> Request {
     Request {
+        cluster_id: 0,
         kind: Some(request::Kind::Propose(ProposeRequest {
             data: data.to_vec(),
             timeout_ms: 2000,
@@ -74,6 +77,7 @@ fn propose(data: &[u8]) -> Request {
 
 fn chunk(from: u64, to: u64) -> Request {
     Request {
+        cluster_id: 0,
         kind: Some(request::Kind::SnapshotChunk(SnapshotChunk {
             from,
             to,
@@ -176,6 +180,7 @@ pub async fn assert_impersonation_refused(
         .call(
             leader_addr,
             Request {
+                cluster_id: 0,
                 kind: Some(request::Kind::Status(StatusRequest {})),
             },
         )
@@ -203,6 +208,7 @@ pub async fn assert_impersonation_refused(
         outsider,
         leader_addr,
         Request {
+            cluster_id: 0,
             kind: Some(request::Kind::TransferLeader(TransferLeaderRequest {
                 target: victim,
                 timeout_ms: 2000,

@@ -17,6 +17,21 @@ pub enum Transport {
     Quic,
 }
 
+/// Runs the real `raft-kv` binary with `args`; returns (success, stdout, stderr).
+pub async fn raft_kv(args: &[&str]) -> (bool, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_raft-kv"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A free loopback port for both TCP and UDP.
 pub fn free_port() -> u16 {
     loop {
@@ -55,15 +70,7 @@ impl KvCluster {
                 .unwrap();
             assert!(status.success(), "raft-kv certs failed");
         }
-        let mut cluster = KvCluster {
-            root,
-            transport,
-            nodes: Vec::new(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap(),
-        };
+        let mut cluster = KvCluster::empty_in(root, transport);
         for id in 1..=n {
             cluster.add(id);
             cluster.spawn(id, if id == 1 { None } else { Some(1) });
@@ -129,7 +136,55 @@ impl KvCluster {
     /// Starts node `id` with one `--join` per node of `via` (none: it bootstraps or restarts
     /// from its data dir).
     pub fn spawn_joining(&mut self, id: u64, via: &[u64]) {
-        let join: Vec<String> = via.iter().map(|&v| self.node(v).raft.clone()).collect();
+        let join: Vec<String> = via
+            .iter()
+            .flat_map(|&v| ["--join".to_string(), self.node(v).raft.clone()])
+            .collect();
+        self.spawn_with(id, &join);
+    }
+
+    /// Registers nodes `1..=n` and starts them all at once as the founding members of one
+    /// cluster (`--initial-cluster`), without waiting for anything.
+    pub fn start_founders(&mut self, n: u64, token: &str) {
+        for id in 1..=n {
+            self.add(id);
+        }
+        let initial = self
+            .nodes
+            .iter()
+            .map(|node| format!("{}={}", node.id, node.raft))
+            .collect::<Vec<_>>()
+            .join(",");
+        let args = [
+            "--initial-cluster".to_string(),
+            initial,
+            "--initial-cluster-token".to_string(),
+            token.to_string(),
+        ];
+        for id in 1..=n {
+            self.spawn_with(id, &args);
+        }
+    }
+
+    /// An empty cluster under a fresh temporary root, for [`KvCluster::start_founders`].
+    pub fn empty(transport: Transport) -> KvCluster {
+        KvCluster::empty_in(tempfile::tempdir().unwrap(), transport)
+    }
+
+    fn empty_in(root: tempfile::TempDir, transport: Transport) -> KvCluster {
+        KvCluster {
+            root,
+            transport,
+            nodes: Vec::new(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// Starts node `id` with `extra` arguments after its address and data dir flags.
+    pub fn spawn_with(&mut self, id: u64, extra: &[String]) {
         let certs = self.root.path().join("certs");
         let transport = self.transport;
         let log_path = self.root.path().join(format!("node-{id}.log"));
@@ -145,10 +200,8 @@ impl KvCluster {
                 &node.http,
             ])
             .arg("--data-dir")
-            .arg(&node.dir);
-        for addr in &join {
-            cmd.args(["--join", addr]);
-        }
+            .arg(&node.dir)
+            .args(extra);
         if transport == Transport::Quic {
             cmd.args(["--transport", "quic"])
                 .arg("--tls-ca")

@@ -9,11 +9,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
 use raft_core::{LogStorage, StorageError};
-use raft_storage::{OpenOptions, RocksLogStorage};
+use raft_storage::OpenOptions;
 
 /// A durable backend of this crate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
+    #[cfg(feature = "rocksdb")]
     Rocks,
     #[cfg(feature = "raft-engine")]
     RaftEngine,
@@ -23,6 +24,7 @@ impl Backend {
     /// Every backend compiled in.
     pub fn all() -> Vec<Backend> {
         vec![
+            #[cfg(feature = "rocksdb")]
             Backend::Rocks,
             #[cfg(feature = "raft-engine")]
             Backend::RaftEngine,
@@ -31,6 +33,7 @@ impl Backend {
 
     pub fn name(self) -> &'static str {
         match self {
+            #[cfg(feature = "rocksdb")]
             Backend::Rocks => "rocksdb",
             #[cfg(feature = "raft-engine")]
             Backend::RaftEngine => "raft-engine",
@@ -50,7 +53,8 @@ impl Backend {
         options: &OpenOptions,
     ) -> Result<Arc<dyn LogStorage>, StorageError> {
         Ok(match self {
-            Backend::Rocks => Arc::new(RocksLogStorage::open_with(dir, options)?),
+            #[cfg(feature = "rocksdb")]
+            Backend::Rocks => Arc::new(raft_storage::RocksLogStorage::open_with(dir, options)?),
             #[cfg(feature = "raft-engine")]
             Backend::RaftEngine => {
                 Arc::new(raft_storage::RaftEngineLogStorage::open_with(dir, options)?)

@@ -216,6 +216,7 @@ impl InboundHandler for Recorder {
 
 pub fn batch(from: u64, to: u64, seq: u64) -> RaftBatch {
     RaftBatch {
+        cluster_id: 0,
         from,
         to,
         messages: vec![seq.to_be_bytes().to_vec()],
@@ -230,6 +231,7 @@ pub fn seq_of(batch: &RaftBatch) -> u64 {
 
 pub fn status_request() -> wire::Request {
     wire::Request {
+        cluster_id: 0,
         kind: Some(request::Kind::Status(wire::StatusRequest {})),
     }
 }
