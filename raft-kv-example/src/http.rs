@@ -27,6 +27,8 @@ const MAX_KEY: usize = 1024;
 pub struct ApiState {
     mailbox: Mailbox,
     stats: Arc<HttpStats>,
+    /// The HTTP address this node reports in `/status`.
+    http_advertise: Arc<str>,
 }
 
 impl FromRef<ApiState> for Mailbox {
@@ -35,8 +37,8 @@ impl FromRef<ApiState> for Mailbox {
     }
 }
 
-/// The routes of one node; `/metrics` includes `stats`.
-pub fn router(mailbox: Mailbox, stats: Arc<HttpStats>) -> Router {
+/// The routes of one node; `/metrics` includes `stats`; `/status` reports `http_advertise`.
+pub fn router(mailbox: Mailbox, stats: Arc<HttpStats>, http_advertise: &str) -> Router {
     Router::new()
         .route("/kv/{key}", put(put_key).get(get_key).delete(delete_key))
         .route("/kv/{key}/cas", post(cas_key))
@@ -50,7 +52,11 @@ pub fn router(mailbox: Mailbox, stats: Arc<HttpStats>) -> Router {
         .route("/cluster/add-learner/{id}", post(add_learner))
         .route("/cluster/promote/{id}", post(promote))
         .route("/cluster/backup", get(crate::backup::route))
-        .with_state(ApiState { mailbox, stats })
+        .with_state(ApiState {
+            mailbox,
+            stats,
+            http_advertise: http_advertise.into(),
+        })
 }
 
 /// An error answer: a status code, a JSON reason, and for an overloaded node a
@@ -278,6 +284,10 @@ pub struct StatusBody {
     /// node has not received its first snapshot).
     #[serde(default)]
     pub cluster_id: String,
+    /// The HTTP address this node reports (`--http-advertise`); only in a node's own
+    /// `/status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_advertise: Option<String>,
 }
 
 /// One member's replication progress, as the leader sees it.
@@ -330,12 +340,15 @@ impl From<raft_core::Status> for StatusBody {
             progress,
             last_log_index: s.last_log_index,
             cluster_id: format!("{:016x}", s.cluster_id),
+            http_advertise: None,
         }
     }
 }
 
-async fn status(State(mailbox): State<Mailbox>) -> Result<Json<StatusBody>, ApiError> {
-    Ok(Json(mailbox.status().await?.into()))
+async fn status(State(state): State<ApiState>) -> Result<Json<StatusBody>, ApiError> {
+    let mut body = StatusBody::from(state.mailbox.status().await?);
+    body.http_advertise = Some(state.http_advertise.to_string());
+    Ok(Json(body))
 }
 
 /// `/cluster/members`: the leader's status, with every member's progress, from any node.

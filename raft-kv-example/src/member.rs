@@ -196,6 +196,7 @@ mod tests {
             ],
             last_log_index: 100,
             cluster_id: "00000000000000aa".into(),
+            http_advertise: None,
         };
         let table = render(&status);
         let lines: Vec<&str> = table.lines().collect();

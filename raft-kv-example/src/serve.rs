@@ -179,7 +179,7 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let server = HttpServer::bind(
         &addrs.http_listen,
         http_config,
-        http::router(mailbox.clone(), stats.clone()),
+        http::router(mailbox.clone(), stats.clone(), &addrs.http_advertise),
         stats,
     )
     .await?;

@@ -180,3 +180,43 @@ async fn a_node_with_another_clusters_state_is_refused_naming_both_ids() {
     assert_eq!(one["voters"], serde_json::json!([1, 2, 3]));
     cluster.assert_no_panics();
 }
+
+/// A founder restarted with a different member list keeps its stored membership, says so in
+/// its log, and the cluster is unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_founder_with_state_ignores_a_changed_list_and_warns() {
+    let mut cluster = KvCluster::empty(Transport::Grpc);
+    cluster.start_founders(3, "kept");
+    let before = wait_one_cluster(&cluster, 3, Duration::from_secs(60)).await;
+    cluster.put(1, "k", "v").await.unwrap();
+    cluster.terminate(2);
+    let mut list: Vec<String> = (1..=3)
+        .map(|id| format!("{id}={}", cluster.node(id).raft))
+        .collect();
+    list.push("4=127.0.0.1:9".to_string());
+    cluster.spawn_with(
+        2,
+        &[
+            "--initial-cluster".to_string(),
+            list.join(","),
+            "--initial-cluster-token".to_string(),
+            "kept".to_string(),
+        ],
+    );
+    let after = wait_one_cluster(&cluster, 3, Duration::from_secs(60)).await;
+    assert_eq!(after[1]["cluster_id"], before[0]["cluster_id"]);
+    let log = cluster.log_text(2);
+    assert!(
+        log.contains("the stored membership differs from the initial cluster given"),
+        "{log}"
+    );
+    assert_eq!(
+        cluster
+            .get(2, "k", "linearizable")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("v")
+    );
+    cluster.assert_no_panics();
+}

@@ -348,6 +348,8 @@ async fn a_node_listens_on_the_wildcard_and_advertises_loopback() {
             .await;
         assert_eq!(s["members"]["3"], raft.as_str(), "node {id}: {s}");
     }
+    let own = c.status(3).await.unwrap();
+    assert_eq!(own["http_advertise"], http.as_str(), "{own}");
     // Traffic flows both ways through the advertised address.
     c.put(3, "through-3", "a").await.unwrap();
     c.put(1, "through-1", "b").await.unwrap();
