@@ -20,7 +20,7 @@ use crate::mem_log_storage::MemLogStorage;
 use crate::node::apply::Applier;
 use crate::node::cluster_id::{self, StampingTransport};
 use crate::node::driver::{Driver, DriverParts};
-use crate::node::membership::{open_envelope, seal_envelope, Members};
+use crate::node::membership::{open_envelope, open_membership, seal_envelope, Members};
 use crate::node::messages::{DriverMsg, MembershipChange};
 use crate::node::peers::Peers;
 use crate::node::server::NodeServer;
@@ -28,7 +28,10 @@ use crate::node::snapshot_transfer::SnapshotAssembler;
 use crate::node::Counters;
 use crate::store::Store;
 use crate::transport::Transport;
-use crate::wire::{request, response, LeaderInfoRequest, Member, MembershipAction, Request};
+use crate::wire::{
+    request, response, LeaderInfoRequest, Member, MembershipAction, Request, Response,
+    StatusRequest,
+};
 
 /// Capacity of the driver's inbox; a full inbox pushes back on clients and peers.
 const DRIVER_INBOX: usize = 16 * 1024;
@@ -245,8 +248,16 @@ impl Raft {
     /// # Ok(()) }
     /// ```
     pub async fn start_cluster(mut self, cluster: InitialCluster) -> Result<()> {
-        let listed = cluster.members().get(&self.node.id).cloned();
-        match listed {
+        if self.has_state()? {
+            self.warn_if_membership_differs(&cluster)?;
+            tracing::info!(
+                node = self.node.id,
+                "log storage holds state: restarting as the same node (the initial cluster \
+                 only bootstraps empty nodes)"
+            );
+            return self.run(None).await;
+        }
+        match cluster.members().get(&self.node.id) {
             None => {
                 return Err(Error::Config(format!(
                     "node {} is not in the initial cluster ({}); a node added later joins \
@@ -255,7 +266,7 @@ impl Raft {
                     describe(cluster.members())
                 )))
             }
-            Some(addr) if addr != self.node.addr => {
+            Some(addr) if *addr != self.node.addr => {
                 return Err(Error::Config(format!(
                     "the initial cluster gives node {} the address {addr}, but it advertises \
                      {}: peers would dial the wrong address",
@@ -264,25 +275,29 @@ impl Raft {
             }
             Some(_) => {}
         }
-        if self.has_state()? {
-            self.warn_if_membership_differs(&cluster)?;
-            tracing::info!(
+        // Empty storage does not prove a first start: a founder whose disk was replaced must
+        // not come back as a voter that forgot its votes and its log (it could elect a leader
+        // without committed entries). If the cluster has already run, join it instead: the
+        // leader then replaces the old incarnation, as for any lost disk.
+        if let Some(via) = self.formed_without_us(&cluster).await {
+            tracing::warn!(
                 node = self.node.id,
-                "log storage holds state: restarting as the same node (the initial cluster \
-                 only bootstraps empty nodes)"
+                via = %via.1,
+                "the initial cluster already runs and this node has no state (a lost disk, or a \
+                 start long after the others): joining it instead of bootstrapping"
             );
-        } else {
-            let members = cluster
-                .members()
-                .iter()
-                .map(|(&id, addr)| Member {
-                    id,
-                    addr: addr.clone(),
-                    promote: false,
-                })
-                .collect();
-            self.bootstrap(members, cluster.cluster_id()).await?;
+            return self.run(Some(via)).await;
         }
+        let members = cluster
+            .members()
+            .iter()
+            .map(|(&id, addr)| Member {
+                id,
+                addr: addr.clone(),
+                promote: false,
+            })
+            .collect();
+        self.bootstrap(members, cluster.cluster_id()).await?;
         self.run(None).await
     }
 
@@ -291,31 +306,69 @@ impl Raft {
         if snapshot_index(&snapshot) == 0 {
             return Ok(());
         }
-        let envelope = open_envelope(&snapshot.data).map_err(Error::Config)?;
-        let stored: std::collections::BTreeMap<u64, String> = envelope
-            .members
-            .into_iter()
-            .map(|m| (m.id, m.addr))
-            .collect();
-        if &stored != cluster.members() {
+        let stored = open_membership(&snapshot.data).map_err(Error::Config)?;
+        let members: std::collections::BTreeMap<u64, String> =
+            stored.members.into_iter().map(|m| (m.id, m.addr)).collect();
+        if &members != cluster.members() {
             tracing::warn!(
                 node = self.node.id,
-                stored = %describe(&stored),
+                stored = %describe(&members),
                 initial = %describe(cluster.members()),
                 "the stored membership differs from the initial cluster given; the stored one \
                  is used (the list only bootstraps empty nodes; change members with membership \
                  calls)"
             );
         }
-        if envelope.cluster_id != 0 && envelope.cluster_id != cluster.cluster_id() {
+        if stored.cluster_id != 0 && stored.cluster_id != cluster.cluster_id() {
             tracing::warn!(
                 node = self.node.id,
-                stored = %cluster_id::display(envelope.cluster_id),
+                stored = %cluster_id::display(stored.cluster_id),
                 initial = %cluster_id::display(cluster.cluster_id()),
                 "this node's state belongs to another cluster than the initial cluster given"
             );
         }
         Ok(())
+    }
+
+    /// A member of `cluster` through which to join when the cluster has run past its
+    /// bootstrap (a term or commit past the initial snapshot's); `None` when no reachable
+    /// member says so (a first start: founders that have not started yet cannot answer).
+    async fn formed_without_us(&self, cluster: &InitialCluster) -> Option<(u64, String)> {
+        let request = Request {
+            kind: Some(request::Kind::Status(StatusRequest {})),
+            cluster_id: 0,
+        };
+        let calls = cluster
+            .members()
+            .iter()
+            .filter(|(&id, _)| id != self.node.id)
+            .map(|(&id, addr)| {
+                let call = self.node.transport.call(addr, request.clone());
+                async move {
+                    let answer = tokio::time::timeout(Duration::from_secs(1), call).await;
+                    (id, addr.clone(), answer)
+                }
+            });
+        for (id, addr, answer) in futures::future::join_all(calls).await {
+            let Ok(Ok(Response {
+                kind: Some(response::Kind::Status(status)),
+            })) = answer
+            else {
+                continue;
+            };
+            if status.cluster_id == cluster.cluster_id()
+                && (status.term > 1 || status.commit_index > 1)
+            {
+                let leader = status.leader_id;
+                let via = match cluster.members().get(&leader) {
+                    Some(leader_addr) if leader != self.node.id => (leader, leader_addr.clone()),
+                    _ => (0, addr),
+                };
+                tracing::debug!(peer = id, term = status.term, "the initial cluster has run");
+                return Some(via);
+            }
+        }
+        None
     }
 
     /// Bootstraps a new single-node cluster with this node as its only voter, then runs until

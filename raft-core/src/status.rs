@@ -222,9 +222,9 @@ pub struct MemberProgress {
     pub lag: u64,
     /// How the leader replicates to it now.
     pub state: ReplicationState,
-    /// Time since the leader last received any raft message from the member, when the status
-    /// was taken; `None` if it never did since it became leader or restarted (and for the
-    /// leader itself).
+    /// Time since this node (the leader) last received any raft message from the member, in
+    /// any role, when the status was taken; `None` if it never did since the node started
+    /// (and for the leader itself).
     pub last_contact: Option<std::time::Duration>,
     /// Whether raft-rs counted the member as active within the last election timeout.
     pub recent_active: bool,

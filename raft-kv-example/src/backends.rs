@@ -126,6 +126,7 @@ pub fn transport(kind: TransportKind, tls: &TlsArgs) -> Result<Arc<dyn Transport
 
 /// The raft log: RocksDB in `<dir>/raft`, raft-engine in `<dir>/raft-engine`, or memory.
 pub fn storage(kind: StorageKind, dir: &Path) -> Result<Arc<dyn LogStorage>> {
+    refuse_other_backends_state(kind, dir)?;
     match kind {
         StorageKind::Memory => {
             let _ = dir;
@@ -146,6 +147,32 @@ pub fn storage(kind: StorageKind, dir: &Path) -> Result<Arc<dyn LogStorage>> {
             Ok(Arc::new(storage))
         }
     }
+}
+
+/// Where each durable backend keeps its log inside a data dir.
+const BACKEND_DIRS: [(&str, &str); 2] = [("rocksdb", "raft"), ("raft-engine", "raft-engine")];
+
+/// A data dir holding another backend's log must not be opened with this one: it would look
+/// empty, and the node would start a new cluster (or bootstrap again) beside its real state.
+fn refuse_other_backends_state(kind: StorageKind, dir: &Path) -> Result<()> {
+    for (name, sub) in BACKEND_DIRS {
+        if name == kind.name() {
+            continue;
+        }
+        let path = dir.join(sub);
+        let holds_state = std::fs::read_dir(&path)
+            .map(|mut entries| entries.next().is_some())
+            .unwrap_or(false);
+        if holds_state {
+            bail!(
+                "{} holds a {name} raft log, but this node was started with --storage {}: \
+                 start it with --storage {name} (or give it another --data-dir)",
+                path.display(),
+                kind.name()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `raft-kv certs`: a development CA and a certificate per node, valid for loopback and for
@@ -248,5 +275,23 @@ mod tests {
             der.windows(6).any(|w| w == [0x87, 4, 10, 77, 3, 2]),
             "node-2.pem does not name 10.77.3.2"
         );
+    }
+}
+
+#[cfg(all(test, feature = "rocksdb", feature = "raft-engine"))]
+mod storage_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_data_dir_of_another_backend_is_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(storage(StorageKind::Rocksdb, dir.path()).unwrap());
+        for other in [StorageKind::RaftEngine, StorageKind::Memory] {
+            let e = storage(other, dir.path()).err().unwrap().to_string();
+            assert!(e.contains("holds a rocksdb raft log"), "{e}");
+            assert!(e.contains("--storage rocksdb"), "{e}");
+        }
+        assert!(storage(StorageKind::Rocksdb, dir.path()).is_ok());
     }
 }

@@ -38,7 +38,8 @@ pub enum SnapshotCmd {
         /// The id of the node that will serve the restored state.
         #[arg(long)]
         id: u64,
-        /// The raft address that node will listen on (host:port).
+        /// The raft address other nodes will dial to reach that node (host:port; its
+        /// --raft-advertise, or --raft-addr): it is stored in the restored membership.
         #[arg(long)]
         raft_addr: String,
         /// The node's data dir: must not exist yet, or be empty.
@@ -191,6 +192,7 @@ async fn restore(
     if id == 0 {
         bail!("--id must be 1 or more");
     }
+    crate::http::check_raft_addr(raft_addr).map_err(|e| anyhow::anyhow!("--raft-addr: {e}"))?;
     let path = file.to_path_buf();
     let backup = blocking(move || read_backup(&path)).await?;
     // A backup of another application would only fail when the node starts: check now.

@@ -35,6 +35,23 @@ const OTHER_ENV: &[&str] = &[crate::client::TOKEN_ENV, "RAFT_KV_LOG"];
 /// node from starting.
 const NO_ENV: &[&str] = &["print-config"];
 
+/// Flags that together name one address: the listen and advertised addresses default to
+/// `*-addr`. A layer that sets any of them replaces the whole group from lower layers, so
+/// `--raft-addr` on the command line is not overridden by `raft-advertise` in the file.
+const ADDRESS_GROUPS: [[&str; 3]; 2] = [
+    ["raft-addr", "raft-listen", "raft-advertise"],
+    ["http-addr", "http-listen", "http-advertise"],
+];
+
+/// The flags that share `key`'s address group (`key` itself included), or just `key`.
+fn group_of(key: &str) -> Vec<&str> {
+    ADDRESS_GROUPS
+        .iter()
+        .find(|g| g.contains(&key))
+        .map(|g| g.to_vec())
+        .unwrap_or_else(|| vec![key])
+}
+
 /// The environment variable of the long flag `long`: `data-dir` -> `RAFT_KV_DATA_DIR`.
 pub fn env_name(long: &str) -> String {
     format!(
@@ -139,8 +156,26 @@ pub fn parse<P: CommandFactory + FromArgMatches>() -> P {
 pub fn try_parse_from<P: CommandFactory + FromArgMatches>(
     args: Vec<OsString>,
 ) -> Result<P, ParseError> {
-    let cmd = P::command().mut_subcommand(SUBCOMMAND, with_env);
     let is_serve = args.get(1).is_some_and(|a| a == SUBCOMMAND);
+    let given = if is_serve {
+        command_line_flags(&args[2..])
+    } else {
+        BTreeSet::new()
+    };
+    // An address group set on the command line ignores the group's environment variables.
+    let cmd = P::command().mut_subcommand(SUBCOMMAND, |c| {
+        with_env(c).mut_args(|arg| {
+            let long = arg.get_long().unwrap_or_default().to_owned();
+            let shadowed = group_of(&long)
+                .iter()
+                .any(|k| *k != long && given.contains(*k));
+            if shadowed {
+                arg.env(None::<&str>)
+            } else {
+                arg
+            }
+        })
+    });
     let Some(serve_cmd) = cmd.find_subcommand(SUBCOMMAND).filter(|_| is_serve) else {
         let matches = cmd
             .try_get_matches_from(args)
@@ -148,7 +183,6 @@ pub fn try_parse_from<P: CommandFactory + FromArgMatches>(
         return P::from_arg_matches(&matches).map_err(|e| ParseError::Clap(e, None));
     };
     let real = &args[2..];
-    let given = command_line_flags(real);
     let file = config_path(real);
     let (injected, file_keys) = match &file {
         Some(path) => file_arguments(serve_cmd, path, &given)?,
@@ -239,7 +273,10 @@ fn file_arguments(
             return Err(fail("cannot be set in a config file".into()));
         }
         let values = file_values(arg, value).map_err(fail)?;
-        if given.contains(key) || std::env::var_os(env_name(key)).is_some() {
+        let higher_layer_sets_it = group_of(key)
+            .iter()
+            .any(|k| given.contains(*k) || std::env::var_os(env_name(k)).is_some());
+        if higher_layer_sets_it {
             continue;
         }
         for v in values {

@@ -398,9 +398,10 @@ async fn transfer_leader(
 /// Longest raft address accepted, in bytes.
 const MAX_RAFT_ADDR: usize = 256;
 
-/// Checks that `addr` looks like `host:port` (`[v6]:port` for IPv6): a typo must not become
+/// Checks that `addr` looks like `host:port` (`[v6]:port` for IPv6) and names one machine
+/// (not `0.0.0.0` or `[::]`): it is what peers dial, so a typo or a wildcard must not become
 /// a member the cluster keeps dialling.
-fn check_raft_addr(addr: &str) -> Result<(), String> {
+pub(crate) fn check_raft_addr(addr: &str) -> Result<(), String> {
     if addr.is_empty() || addr.len() > MAX_RAFT_ADDR {
         return Err(format!("the address must be 1 to {MAX_RAFT_ADDR} bytes"));
     }
@@ -418,7 +419,16 @@ fn check_raft_addr(addr: &str) -> Result<(), String> {
                     .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
         }
     };
-    if host_ok {
+    let wildcard = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_unspecified());
+    if wildcard {
+        Err(format!(
+            "{addr:?} is a wildcard: give the address other nodes dial (the advertised one)"
+        ))
+    } else if host_ok {
         Ok(())
     } else {
         Err(shape())
@@ -494,6 +504,8 @@ mod tests {
             "::1:7001",
             "[zz]:1",
             "http://h:1",
+            "0.0.0.0:7001",
+            "[::]:7001",
             long.as_str(),
         ] {
             assert!(check_raft_addr(bad).is_err(), "{bad:?} accepted");

@@ -167,6 +167,11 @@ fn to_usize(value: u64, flag: &str) -> Result<usize> {
     }
 }
 
+/// The most payload one proposal, append message or snapshot chunk may carry: both
+/// transports refuse messages over 16 MiB (raft-kv keeps their default), less room for the
+/// framing and the entry's own fields.
+const MAX_PAYLOAD_BYTES: u64 = 16 * 1024 * 1024 - 64 * 1024;
+
 impl RaftTunables {
     /// The raft-core configuration these flags describe, checked as a whole: a value that
     /// makes no sense with another (--election-ticks not above --heartbeat-ticks) is refused
@@ -198,6 +203,19 @@ impl RaftTunables {
         if let Err(e) = config.validate() {
             bail!("{}", name_flags(&e.to_string()));
         }
+        for (flag, bytes) in [
+            ("--max-proposal-bytes", self.max_proposal_bytes),
+            ("--max-size-per-msg", self.max_size_per_msg),
+            ("--snapshot-chunk-size", self.snapshot_chunk_size),
+        ] {
+            if bytes > MAX_PAYLOAD_BYTES {
+                bail!(
+                    "{flag} = {bytes} is more than the {MAX_PAYLOAD_BYTES} bytes one transport \
+                     message can carry beside its framing: such a message would be refused \
+                     every time, and replication would stop behind it"
+                );
+            }
+        }
         Ok(config)
     }
 }
@@ -217,6 +235,19 @@ mod tests {
 
     fn parse(args: &[&str]) -> Result<RaftTunables, clap::Error> {
         Cli::try_parse_from(std::iter::once("t").chain(args.iter().copied())).map(|c| c.tunables)
+    }
+
+    #[test]
+    fn sizes_one_transport_message_cannot_carry_are_refused() {
+        for flag in [
+            "--max-proposal-bytes",
+            "--max-size-per-msg",
+            "--snapshot-chunk-size",
+        ] {
+            let t = parse(&[flag, "33554432"]).unwrap();
+            let e = t.to_config().err().unwrap().to_string();
+            assert!(e.contains(flag) && e.contains("transport message"), "{e}");
+        }
     }
 
     #[test]

@@ -90,6 +90,42 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
     path.display().to_string()
 }
 
+/// The address flags go by group: a layer that sets any of `raft-addr`, `raft-listen`,
+/// `raft-advertise` replaces the whole group of the layers below it.
+#[test]
+fn an_address_given_higher_up_replaces_the_whole_group_below() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = write(
+        dir.path(),
+        "node.toml",
+        "id = 1\ndata-dir = \"/nonexistent/raft-kv\"\nhttp-addr = \"127.0.0.1:7101\"\n\
+         raft-listen = \"0.0.0.0:7001\"\nraft-advertise = \"10.0.0.1:7001\"\n",
+    );
+    // The command line's --raft-addr beats the file's listen/advertise pair...
+    let out = run_to_end(serve_cmd(
+        &[
+            "--config",
+            &file,
+            "--raft-addr",
+            "127.0.0.1:7009",
+            "--print-config",
+        ],
+        &[("RAFT_KV_RAFT_LISTEN", "127.0.0.1:1")],
+    ));
+    let got = printed(&out);
+    assert_eq!(got["raft-addr"].0, "\"127.0.0.1:7009\"", "{got:?}");
+    assert!(!got.contains_key("raft-listen"), "{got:?}");
+    assert!(!got.contains_key("raft-advertise"), "{got:?}");
+    // ...and so does an environment variable of the group.
+    let out = run_to_end(serve_cmd(
+        &["--config", &file, "--print-config"],
+        &[("RAFT_KV_RAFT_ADDR", "127.0.0.1:7008")],
+    ));
+    let got = printed(&out);
+    assert_eq!(got["raft-addr"].0, "\"127.0.0.1:7008\"", "{got:?}");
+    assert!(!got.contains_key("raft-advertise"), "{got:?}");
+}
+
 #[test]
 fn print_config_shows_command_line_over_env_over_file_over_default() {
     let dir = tempfile::tempdir().unwrap();

@@ -91,8 +91,9 @@ impl Applier {
             .restore(&envelope.user_data)
             .await
             .map_err(|e| Error::Store(format!("restore failed: {e:#}")))?;
-        // A node that joined learns its cluster from its first snapshot. (A snapshot from
-        // another cluster never gets here: the server side refuses its chunks.)
+        // A node that joined learns its cluster from its first snapshot. Until then it knows
+        // no cluster id and cannot refuse by it: what keeps another cluster's snapshot out is
+        // that a joining node takes one only after its join was accepted, from the leader.
         if envelope.cluster_id != 0 {
             Counters::set(&self.counters.cluster_id, envelope.cluster_id);
         }

@@ -58,9 +58,12 @@ pub(crate) fn open_envelope(data: &[u8]) -> Result<SnapshotEnvelope, String> {
 
 /// The membership of a snapshot, without copying the user's state.
 pub(crate) fn open_members(data: &[u8]) -> Result<Vec<Member>, String> {
-    SnapshotMembers::decode(data)
-        .map(|m| m.members)
-        .map_err(|e| format!("snapshot envelope: {e}"))
+    open_membership(data).map(|m| m.members)
+}
+
+/// The membership and cluster id of a snapshot, without copying the user's state.
+pub(crate) fn open_membership(data: &[u8]) -> Result<SnapshotMembers, String> {
+    SnapshotMembers::decode(data).map_err(|e| format!("snapshot envelope: {e}"))
 }
 
 pub(crate) fn seal_envelope(cluster_id: u64, members: Vec<Member>, user_data: Vec<u8>) -> Vec<u8> {
