@@ -452,8 +452,11 @@ pub(crate) async fn take(applier: &Applier) -> Result<Vec<u8>> {
         members: applier.members.addresses(),
         data,
     };
-    backup
-        .to_bytes()
+    // Encoding and checksumming the whole state is CPU work the size of the state: off the
+    // runtime's workers.
+    tokio::task::spawn_blocking(move || backup.to_bytes())
+        .await
+        .map_err(|e| Error::Store(format!("encoding the backup failed: {e}")))?
         .map_err(|e| Error::Store(format!("encoding the backup failed: {e}")))
 }
 

@@ -299,7 +299,11 @@ impl Mailbox {
                 reply,
             })
             .await?;
-        Ok(crate::Backup::from_bytes(&encoded)?)
+        // Checking the whole state's checksum is CPU work the size of the state.
+        tokio::task::spawn_blocking(move || crate::Backup::from_bytes(&encoded))
+            .await
+            .map_err(|e| Error::Store(format!("decoding the backup failed: {e}")))?
+            .map_err(Error::from)
     }
 
     /// This node's view of the cluster.
