@@ -63,10 +63,10 @@ pub const DEFAULT_TRANSPORT: &str = "quic";
 /// Where the raft log lives; only the durable backends compiled in (cargo features).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum StorageKind {
-    /// RocksDB in <data-dir>/raft: survives restarts.
+    /// RocksDB in DATA_DIR/raft: survives restarts.
     #[cfg(feature = "rocksdb")]
     Rocksdb,
-    /// TiKV's raft-engine in <data-dir>/raft-engine: survives restarts.
+    /// TiKV's raft-engine in DATA_DIR/raft-engine: survives restarts.
     #[cfg(feature = "raft-engine")]
     RaftEngine,
     /// In memory: nothing survives a restart.

@@ -77,8 +77,8 @@ pub struct ServeArgs {
     /// How nodes talk to each other (quic needs the TLS flags).
     #[arg(long, value_enum, default_value = crate::DEFAULT_TRANSPORT)]
     pub transport: TransportKind,
-    /// Where the raft log lives (rocksdb in <data-dir>/raft, raft-engine in
-    /// <data-dir>/raft-engine; memory keeps nothing across restarts).
+    /// Where the raft log lives (rocksdb in DATA_DIR/raft, raft-engine in
+    /// DATA_DIR/raft-engine; memory keeps nothing across restarts).
     #[arg(long, value_enum, default_value = crate::DEFAULT_STORAGE)]
     pub storage: StorageKind,
     #[command(flatten)]
