@@ -439,25 +439,19 @@ pub fn restore_backup(
 }
 
 /// The apply task's half of [`crate::Mailbox::backup`]: the store's state at the applied
-/// index, encoded in the file format (the reply channel carries bytes).
-pub(crate) async fn take(applier: &Applier) -> Result<Vec<u8>> {
+/// index.
+pub(crate) async fn take(applier: &Applier) -> Result<Backup> {
     let data = applier
         .store
         .snapshot()
         .await
         .map_err(|e| Error::Store(format!("snapshot for a backup failed: {e:#}")))?;
-    let backup = Backup {
+    Ok(Backup {
         index: applier.applied,
         term: applier.applied_term,
         members: applier.members.addresses(),
         data,
-    };
-    // Encoding and checksumming the whole state is CPU work the size of the state: off the
-    // runtime's workers.
-    tokio::task::spawn_blocking(move || backup.to_bytes())
-        .await
-        .map_err(|e| Error::Store(format!("encoding the backup failed: {e}")))?
-        .map_err(|e| Error::Store(format!("encoding the backup failed: {e}")))
+    })
 }
 
 #[cfg(test)]

@@ -292,18 +292,18 @@ impl Mailbox {
     /// # Ok(()) }
     /// ```
     pub async fn backup(&self) -> Result<crate::Backup> {
-        let encoded = self
-            .node
+        let (backup, taken) = tokio::sync::oneshot::channel();
+        self.node
             .submit(self.timeout, |deadline, reply| DriverMsg::Backup {
                 deadline,
                 reply,
+                backup,
             })
             .await?;
-        // Checking the whole state's checksum is CPU work the size of the state.
-        tokio::task::spawn_blocking(move || crate::Backup::from_bytes(&encoded))
+        // The apply task sends the backup before it answers the read.
+        taken
             .await
-            .map_err(|e| Error::Store(format!("decoding the backup failed: {e}")))?
-            .map_err(Error::from)
+            .map_err(|_| Error::Store("the apply task dropped the backup".into()))
     }
 
     /// This node's view of the cluster.

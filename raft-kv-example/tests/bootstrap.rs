@@ -9,7 +9,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{KvCluster, Transport};
+use support::{sample, KvCluster, Transport};
 
 const ROUNDS: usize = 20;
 
@@ -161,22 +161,12 @@ async fn a_node_with_another_clusters_state_is_refused_naming_both_ids() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let metrics = cluster
-        .http
-        .get(cluster.url(3, "/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let refused = metrics
-        .lines()
-        .find(|l| l.starts_with("raftkit_refused_messages_total{reason=\"cluster\"}"))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
-    assert!(refused > 0, "{metrics}");
+    let metrics = cluster.metrics(3).await;
+    let refused = sample(
+        &metrics,
+        "raftkit_refused_messages_total{reason=\"cluster\"}",
+    );
+    assert!(refused.unwrap_or(0.0) > 0.0, "{metrics}");
 
     // Neither side was disturbed: node 3 leads only itself, the others still take writes.
     let three = cluster.status(3).await.unwrap();

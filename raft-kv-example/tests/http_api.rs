@@ -11,15 +11,9 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::Value;
-use support::{KvCluster, Transport};
+use support::{sample, KvCluster, Transport};
 
 /// The value of an unlabelled Prometheus sample `name` in `text`.
-fn sample(text: &str, name: &str) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-}
-
 async fn expect_error(response: reqwest::Response, status: StatusCode, what: &str) -> String {
     assert_eq!(response.status(), status, "{what}");
     let body: Value = response.json().await.expect("a JSON error body");
@@ -76,15 +70,7 @@ async fn metrics_bad_input_and_no_leader() {
     }
     assert!(text.contains("# TYPE raftkit_log_write_seconds histogram"));
     // The follower answered the client's proposals and read: its mailbox timed them.
-    let text = c
-        .http
-        .get(c.url(follower, "/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = c.metrics(follower).await;
     assert_eq!(sample(&text, "raftkit_is_leader"), Some(0.0));
     assert!(sample(&text, "raftkit_proposal_seconds_count").unwrap() >= 20.0);
     assert!(sample(&text, "raftkit_read_seconds_count").unwrap() >= 1.0);

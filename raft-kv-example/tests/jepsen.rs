@@ -42,46 +42,20 @@ fn plan(unusable: Option<String>, required: bool) -> Plan {
     }
 }
 
-/// Whether the effective user is root (from /proc, as the suite itself checks).
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|status| {
-            let line = status.lines().find(|l| l.starts_with("Uid:"))?;
-            line.split_whitespace().nth(2).map(|euid| euid == "0")
-        })
-        .unwrap_or(false)
-}
-
-/// Why the suite cannot run on this machine, if it cannot: not root, no `ip`, or network
-/// namespaces that cannot be created (e.g. a container without CAP_SYS_ADMIN).
+/// Why the suite cannot run on this machine, if it cannot, as the tool itself judges it
+/// (`raft-kv-jepsen --check-environment`: root, `ip`, network namespaces).
 fn unusable() -> Option<String> {
-    if !is_root() {
-        return Some("this test runs as a user other than root".into());
-    }
-    let ip = |args: &[&str]| -> Result<(), String> {
-        let out = Command::new("ip")
-            .args(args)
-            .output()
-            .map_err(|e| format!("`ip` (iproute2) cannot run: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "`ip {}` failed: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
+    let out = match Command::new(env!("CARGO_BIN_EXE_raft-kv-jepsen"))
+        .arg("--check-environment")
+        .output()
+    {
+        Ok(out) => out,
+        Err(e) => return Some(format!("raft-kv-jepsen cannot run: {e}")),
     };
-    // A throwaway namespace proves the suite could build its own.
-    let probe = format!("rkjprobe{}", std::process::id());
-    match ip(&["netns", "add", &probe]) {
-        Ok(()) => {
-            let _ = ip(&["netns", "del", &probe]);
-            None
-        }
-        Err(why) => Some(why),
+    if out.status.success() {
+        None
+    } else {
+        Some(String::from_utf8_lossy(&out.stderr).trim().to_string())
     }
 }
 

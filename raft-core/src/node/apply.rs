@@ -282,13 +282,16 @@ impl Applier {
             let _ = read.reply.send(Err(Error::Timeout(Duration::ZERO)));
             return;
         }
-        let answer = match &read.query {
+        let answer = match read.query {
             ReadOp::Query(query) => self
                 .store
-                .query(query)
+                .query(&query)
                 .await
                 .map_err(|e| Error::Store(format!("{e:#}"))),
-            ReadOp::Backup => crate::backup::take(self).await,
+            ReadOp::Backup(backup) => crate::backup::take(self).await.map(|taken| {
+                let _ = backup.send(taken);
+                Vec::new()
+            }),
         };
         let _ = read.reply.send(answer);
     }

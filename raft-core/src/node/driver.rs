@@ -355,8 +355,12 @@ impl Driver {
                 deadline,
                 reply,
             } => self.read(ReadOp::Query(query), consistency, deadline, reply),
-            DriverMsg::Backup { deadline, reply } => self.read(
-                ReadOp::Backup,
+            DriverMsg::Backup {
+                deadline,
+                reply,
+                backup,
+            } => self.read(
+                ReadOp::Backup(backup),
                 ReadConsistency::Linearizable,
                 deadline,
                 reply,
@@ -1284,7 +1288,6 @@ impl Driver {
                     ConfChangeType::RemoveNode => {
                         self.members.remove(id);
                         self.peers.remove(id);
-                        self.last_contact.forget(id);
                         if id == self.id {
                             self.removed = true;
                         }

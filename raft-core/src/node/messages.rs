@@ -52,10 +52,11 @@ pub(crate) enum DriverMsg {
         reply: Responder,
     },
     /// A backup at a linearizable point: a ReadIndex barrier like a linearizable read, then
-    /// the apply task encodes its state (see [`crate::backup`]).
+    /// the apply task sends its state on `backup` (see [`crate::backup`]).
     Backup {
         deadline: Instant,
         reply: Responder,
+        backup: oneshot::Sender<crate::Backup>,
     },
     Membership {
         change: MembershipChange,
@@ -95,8 +96,9 @@ pub(crate) struct ConfOutcome {
 pub(crate) enum ReadOp {
     /// The user's query ([`crate::Store::query`]).
     Query(Vec<u8>),
-    /// An encoded [`crate::Backup`] of the whole state.
-    Backup,
+    /// A [`crate::Backup`] of the whole state, sent on its own channel (the read's reply
+    /// then carries nothing).
+    Backup(oneshot::Sender<crate::Backup>),
 }
 
 /// What the apply task works through, in order.

@@ -11,7 +11,7 @@ use crate::status::{MemberProgress, ReplicationState};
 /// When this node last received a raft message from each member.
 ///
 /// Bounded by the membership: the driver records only ids in its configuration and drops
-/// those that leave it.
+/// the others when it reaps its peer state.
 #[derive(Debug, Default)]
 pub(crate) struct LastContact {
     at: HashMap<u64, Instant>,
@@ -21,11 +21,6 @@ impl LastContact {
     /// Notes a message from member `id`.
     pub(crate) fn record(&mut self, id: u64, now: Instant) {
         self.at.insert(id, now);
-    }
-
-    /// Forgets `id` (it left the configuration).
-    pub(crate) fn forget(&mut self, id: u64) {
-        self.at.remove(&id);
     }
 
     /// Keeps only the ids `keep` accepts.

@@ -32,6 +32,13 @@ pub async fn raft_kv(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// The value of the Prometheus sample `name` (with its labels) in `/metrics` text.
+pub fn sample(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
 /// A free loopback port for both TCP and UDP.
 pub fn free_port() -> u16 {
     loop {
@@ -313,6 +320,17 @@ impl KvCluster {
         if let Some(Some(status)) = exited {
             panic!("node {id} exited ({status}); log:\n{}", self.log_tail(id));
         }
+    }
+
+    /// Node `id`'s `/metrics` text.
+    pub async fn metrics(&self, id: u64) -> String {
+        let response = self
+            .http
+            .get(self.url(id, "/metrics"))
+            .send()
+            .await
+            .unwrap();
+        response.text().await.unwrap()
     }
 
     pub async fn status(&self, id: u64) -> Option<Value> {

@@ -124,6 +124,10 @@ struct Args {
     /// Remove namespaces and links left by crashed runs, then exit.
     #[arg(long)]
     cleanup: bool,
+    /// Check that this machine can run the suite (root, `ip`, network namespaces), then exit:
+    /// 0 if it can, 3 with the reason on stderr if it cannot.
+    #[arg(long)]
+    check_environment: bool,
 }
 
 /// Parses `90`, `90s`, `20m`, `2h`, `500ms`.
@@ -167,6 +171,15 @@ struct Check {
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if args.check_environment {
+        return match net::check_environment() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("{e:#}");
+                ExitCode::from(3)
+            }
+        };
+    }
     if args.cleanup {
         return match net::cleanup_all() {
             Ok(()) => ExitCode::SUCCESS,

@@ -100,6 +100,18 @@ fn remove_run(run: u32) -> Result<()> {
     Ok(())
 }
 
+/// Whether this machine can run the suite: root, `ip`, and network namespaces that can be
+/// created (a container without CAP_SYS_ADMIN cannot); a throwaway namespace proves it.
+pub fn check_environment() -> Result<()> {
+    if !is_root() {
+        bail!("this runs as a user other than root");
+    }
+    let probe = format!("rkjprobe{}", std::process::id());
+    ip(&["netns", "add", &probe])?;
+    let _ = ip(&["netns", "del", &probe]);
+    Ok(())
+}
+
 /// Whether the effective user is root (from /proc: nix's `user` feature is not enabled).
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
