@@ -206,7 +206,10 @@ fn transport(c: &mut Criterion) {
                 rt.block_on(async {
                     let started = Instant::now();
                     for _ in 0..iters {
-                        s.client.call(&s.addr, status_request()).await.unwrap();
+                        s.client
+                            .call(&s.addr, status_request(), Duration::from_secs(30))
+                            .await
+                            .unwrap();
                     }
                     started.elapsed()
                 })

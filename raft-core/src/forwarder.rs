@@ -205,7 +205,7 @@ async fn send(
         .unwrap_or(Duration::ZERO);
     if batch.len() == 1 {
         if let Some(p) = batch.pop() {
-            let call = transport.call(&addr, p.request);
+            let call = transport.call(&addr, p.request, timeout);
             if let Ok(answer) = tokio::time::timeout(timeout, call).await {
                 let _ = p.reply.send(answer);
             }
@@ -221,6 +221,7 @@ async fn send(
             kind: Some(request::Kind::Batch(BatchRequest { requests })),
             cluster_id: 0,
         },
+        timeout,
     );
     let Ok(answer) = tokio::time::timeout(timeout, call).await else {
         return; // every caller times out on its own
@@ -297,7 +298,12 @@ mod tests {
         async fn send(&self, _: &str, _: RaftBatch) -> Result<(), TransportError> {
             unreachable!()
         }
-        async fn call(&self, _: &str, request: Request) -> Result<Response, TransportError> {
+        async fn call(
+            &self,
+            _: &str,
+            request: Request,
+            _: Duration,
+        ) -> Result<Response, TransportError> {
             self.calls.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(5)).await;
             Ok(match request.kind {

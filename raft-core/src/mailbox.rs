@@ -332,7 +332,7 @@ impl Mailbox {
                     kind: Some(request::Kind::Status(StatusRequest {})),
                     ..Default::default()
                 };
-                let call = self.node.transport.call(&addr, request);
+                let call = self.node.transport.call(&addr, request, remaining);
                 // The node answers with its own status: the leader's only while it still
                 // leads. Otherwise this node learns the new leader soon; ask again then.
                 match tokio::time::timeout(remaining, call).await {
@@ -531,7 +531,10 @@ impl Mailbox {
                 }
             };
         }
-        let call = self.node.transport.call(addr, op.to_request(timeout));
+        let call = self
+            .node
+            .transport
+            .call(addr, op.to_request(timeout), timeout);
         match tokio::time::timeout(timeout, call).await {
             Err(_) => Err(Error::Timeout(timeout)),
             Ok(Err(e)) => Err(Error::Transport(e)),

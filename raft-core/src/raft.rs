@@ -33,6 +33,11 @@ use crate::wire::{
     StatusRequest,
 };
 
+/// How long asking one address who leads may take.
+const LEADER_LOOKUP_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a founder waits for each other founder's status before bootstrapping.
+const FOUNDER_PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// Capacity of the driver's inbox; a full inbox pushes back on clients and peers.
 const DRIVER_INBOX: usize = 16 * 1024;
 
@@ -204,8 +209,11 @@ impl Raft {
             cluster_id: 0,
         };
         for peer in peers {
-            let call = self.node.transport.call(&peer, request.clone());
-            match tokio::time::timeout(Duration::from_secs(2), call).await {
+            let call = self
+                .node
+                .transport
+                .call(&peer, request.clone(), LEADER_LOOKUP_TIMEOUT);
+            match tokio::time::timeout(LEADER_LOOKUP_TIMEOUT, call).await {
                 Ok(Ok(response)) => {
                     if let Some(response::Kind::LeaderInfo(info)) = response.kind {
                         if info.leader_id != 0 {
@@ -343,9 +351,12 @@ impl Raft {
             .iter()
             .filter(|(&id, _)| id != self.node.id)
             .map(|(&id, addr)| {
-                let call = self.node.transport.call(addr, request.clone());
+                let call = self
+                    .node
+                    .transport
+                    .call(addr, request.clone(), FOUNDER_PROBE_TIMEOUT);
                 async move {
-                    let answer = tokio::time::timeout(Duration::from_secs(1), call).await;
+                    let answer = tokio::time::timeout(FOUNDER_PROBE_TIMEOUT, call).await;
                     (id, addr.clone(), answer)
                 }
             });

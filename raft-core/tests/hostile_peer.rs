@@ -101,7 +101,7 @@ async fn a_hostile_peer_cannot_stop_or_corrupt_the_cluster() {
                     cluster_id: 0,
                     kind: Some(request::Kind::SnapshotChunk(chunk)),
                 };
-                let _ = impostor.call(&addr, request).await;
+                let _ = impostor.call(&addr, request, Duration::from_secs(5)).await;
             }
         } else {
             // Chunks and calls from the outsider.
@@ -122,6 +122,7 @@ async fn a_hostile_peer_cannot_stop_or_corrupt_the_cluster() {
                         cluster_id: 0,
                         kind: Some(kind),
                     },
+                    Duration::from_secs(5),
                 )
                 .await;
         }

@@ -310,7 +310,11 @@ async fn traffic_from_another_cluster_is_refused_naming_both_ids() {
         })),
         cluster_id: theirs,
     };
-    let answer = network.transport().call("a1", request).await.unwrap();
+    let answer = network
+        .transport()
+        .call("a1", request, Duration::from_secs(5))
+        .await
+        .unwrap();
     let text = format!("{answer:?}");
     let hex = |id: u64| format!("{id:016x}");
     assert!(

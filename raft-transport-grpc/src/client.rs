@@ -32,7 +32,6 @@ pub(crate) struct ClientOptions {
     pub(crate) tls: Option<ClientTlsConfig>,
     pub(crate) max_message_size: usize,
     pub(crate) connect_timeout: Duration,
-    pub(crate) call_timeout: Duration,
     pub(crate) keepalive: Duration,
     pub(crate) queue: usize,
     pub(crate) max_backoff: Duration,
@@ -229,6 +228,7 @@ impl Clients {
         &self,
         addr: &str,
         request: wire::Request,
+        timeout: Duration,
     ) -> Result<wire::Response, TransportError> {
         let len = request.encoded_len();
         let max = self.options.max_message_size;
@@ -238,33 +238,18 @@ impl Clients {
             )));
         }
         let peer = self.peer(addr)?;
-        let deadline = call_deadline(&request, self.options.call_timeout);
         let mut client = peer.calls.clone();
         let mut request = tonic::Request::new(request);
-        request.set_timeout(deadline);
-        match tokio::time::timeout(deadline, client.call(request)).await {
+        request.set_timeout(timeout);
+        match tokio::time::timeout(timeout, client.call(request)).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
             Ok(Err(status)) => Err(classify(addr, status)),
             Err(_) => Err(TransportError::Failed {
                 addr: addr.to_string(),
-                reason: format!("no answer within {deadline:?}"),
+                reason: format!("no answer within {timeout:?}"),
             }),
         }
     }
-}
-
-/// How long a call may take: the transport's call timeout, or longer when the request itself
-/// carries a longer deadline (a forwarded proposal or read).
-fn call_deadline(request: &wire::Request, default: Duration) -> Duration {
-    use wire::request::Kind;
-    let ms = match &request.kind {
-        Some(Kind::Propose(p)) => p.timeout_ms,
-        Some(Kind::Query(q)) => q.timeout_ms,
-        Some(Kind::Membership(m)) => m.timeout_ms,
-        Some(Kind::TransferLeader(t)) => t.timeout_ms,
-        _ => 0,
-    };
-    default.max(Duration::from_millis(ms.saturating_add(1_000)))
 }
 
 /// Splits a batch that is too large for one frame into frames that fit, in order.
@@ -466,29 +451,5 @@ mod tests {
             classify("a", Status::internal("boom")),
             TransportError::Failed { .. }
         ));
-    }
-
-    #[test]
-    fn calls_with_their_own_deadline_get_at_least_that() {
-        use wire::request::Kind;
-        let propose = wire::Request {
-            cluster_id: 0,
-            kind: Some(Kind::Propose(wire::ProposeRequest {
-                data: Vec::new(),
-                timeout_ms: 60_000,
-            })),
-        };
-        assert_eq!(
-            call_deadline(&propose, Duration::from_secs(30)),
-            Duration::from_secs(61)
-        );
-        let status = wire::Request {
-            cluster_id: 0,
-            kind: Some(Kind::Status(wire::StatusRequest {})),
-        };
-        assert_eq!(
-            call_deadline(&status, Duration::from_secs(30)),
-            Duration::from_secs(30)
-        );
     }
 }

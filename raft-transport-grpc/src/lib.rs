@@ -116,7 +116,6 @@ pub struct GrpcTransportBuilder {
     tls: Option<TlsConfig>,
     max_message_size: usize,
     connect_timeout: Duration,
-    call_timeout: Duration,
     keepalive: Duration,
     handshake_timeout: Duration,
     stream_queue: usize,
@@ -131,7 +130,6 @@ impl Default for GrpcTransportBuilder {
             tls: None,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             connect_timeout: Duration::from_secs(2),
-            call_timeout: Duration::from_secs(30),
             keepalive: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             stream_queue: 1024,
@@ -162,13 +160,6 @@ impl GrpcTransportBuilder {
     /// for a full stream queue. Default 2 s.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
-        self
-    }
-
-    /// Deadline of a call that carries none of its own (status, leader info, snapshot
-    /// chunks). Default 30 s.
-    pub fn call_timeout(mut self, timeout: Duration) -> Self {
-        self.call_timeout = timeout;
         self
     }
 
@@ -217,7 +208,6 @@ impl GrpcTransportBuilder {
             tls: tls.map(|t| t.client),
             max_message_size: self.max_message_size,
             connect_timeout: self.connect_timeout,
-            call_timeout: self.call_timeout,
             keepalive: self.keepalive,
             queue: self.stream_queue,
             max_backoff: self.max_backoff,
@@ -244,7 +234,12 @@ impl Transport for GrpcTransport {
         self.inner.clients.send(addr, batch).await
     }
 
-    async fn call(&self, addr: &str, request: Request) -> Result<Response, TransportError> {
-        self.inner.clients.call(addr, request).await
+    async fn call(
+        &self,
+        addr: &str,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response, TransportError> {
+        self.inner.clients.call(addr, request, timeout).await
     }
 }

@@ -132,13 +132,14 @@ impl Transport for CountChunks {
         &self,
         addr: &str,
         request: wire::Request,
+        timeout: Duration,
     ) -> Result<wire::Response, TransportError> {
         if let Some(request::Kind::SnapshotChunk(chunk)) = &request.kind {
             self.chunks.fetch_add(1, Ordering::Relaxed);
             self.bytes
                 .fetch_add(chunk.data.len() as u64, Ordering::Relaxed);
         }
-        self.inner.call(addr, request).await
+        self.inner.call(addr, request, timeout).await
     }
 }
 

@@ -40,7 +40,12 @@ async fn batches_arrive_in_order_and_calls_round_trip() {
             timeout_ms: 1000,
         })),
     };
-    match client.call(&addr, propose).await.unwrap().kind {
+    match client
+        .call(&addr, propose, support::CALL_TIMEOUT)
+        .await
+        .unwrap()
+        .kind
+    {
         Some(response::Kind::Propose(data)) => assert_eq!(data, b"hello"),
         other => panic!("unexpected {other:?}"),
     }
@@ -96,7 +101,7 @@ async fn an_unreachable_peer_fails_fast_with_unreachable() {
         );
         let started = Instant::now();
         let err = client
-            .call(&addr, support::status_request())
+            .call(&addr, support::status_request(), support::CALL_TIMEOUT)
             .await
             .unwrap_err();
         assert!(
@@ -145,7 +150,7 @@ async fn the_stream_comes_back_after_the_server_restarts() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let err = client
-        .call(&addr, support::status_request())
+        .call(&addr, support::status_request(), support::CALL_TIMEOUT)
         .await
         .unwrap_err();
     assert!(matches!(err, TransportError::Unreachable { .. }), "{err}");
@@ -272,13 +277,19 @@ async fn the_maximum_message_size_is_enforced_both_ways() {
             timeout_ms: 0,
         })),
     };
-    let err = client.call(&addr, big_call.clone()).await.unwrap_err();
+    let err = client
+        .call(&addr, big_call.clone(), support::CALL_TIMEOUT)
+        .await
+        .unwrap_err();
     assert!(matches!(err, TransportError::Malformed(_)), "{err}");
 
     // A client with a larger limit gets its oversized call and stream frame refused by the
     // server, which keeps serving.
     let loose = GrpcTransport::default();
-    let err = loose.call(&addr, big_call).await.unwrap_err();
+    let err = loose
+        .call(&addr, big_call, support::CALL_TIMEOUT)
+        .await
+        .unwrap_err();
     assert!(
         !matches!(err, TransportError::Unreachable { .. }),
         "refused after delivery: {err}"

@@ -348,11 +348,12 @@ impl Clients {
         &self,
         addr: &str,
         request: wire::Request,
+        timeout: Duration,
     ) -> Result<wire::Response, TransportError> {
         let max = self.settings.max_message_size;
         let request_frame = frame::encode(&request, max)?;
         let peer = self.peer(addr);
-        let deadline = Instant::now() + call_deadline(&request, self.settings.call_timeout);
+        let deadline = Instant::now() + timeout;
 
         // Until the whole request is handed to QUIC, a failure means it was not delivered.
         let conn = match tokio::time::timeout_at(deadline, peer.connection(false)).await {
@@ -382,30 +383,10 @@ impl Clients {
             Ok(Err(e)) => Err(read_failed(addr, e)),
             Err(_) => {
                 let _ = recv.stop(code::CANCELLED);
-                Err(failed(
-                    addr,
-                    format!(
-                        "no answer within {:?}",
-                        call_deadline(&request, self.settings.call_timeout)
-                    ),
-                ))
+                Err(failed(addr, format!("no answer within {timeout:?}")))
             }
         }
     }
-}
-
-/// How long a call may take: the transport's call timeout, or longer when the request itself
-/// carries a longer deadline (a forwarded proposal or read).
-fn call_deadline(request: &wire::Request, default: Duration) -> Duration {
-    use wire::request::Kind;
-    let ms = match &request.kind {
-        Some(Kind::Propose(p)) => p.timeout_ms,
-        Some(Kind::Query(q)) => q.timeout_ms,
-        Some(Kind::Membership(m)) => m.timeout_ms,
-        Some(Kind::TransferLeader(t)) => t.timeout_ms,
-        _ => 0,
-    };
-    default.max(Duration::from_millis(ms.saturating_add(1_000)))
 }
 
 /// True when the connection was refused during the handshake (TLS alert): the peer never
@@ -559,30 +540,6 @@ async fn pump(
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
-
-    #[test]
-    fn calls_with_their_own_deadline_get_at_least_that() {
-        use wire::request::Kind;
-        let propose = wire::Request {
-            cluster_id: 0,
-            kind: Some(Kind::Propose(wire::ProposeRequest {
-                data: Vec::new(),
-                timeout_ms: 60_000,
-            })),
-        };
-        assert_eq!(
-            call_deadline(&propose, Duration::from_secs(30)),
-            Duration::from_secs(61)
-        );
-        let status = wire::Request {
-            cluster_id: 0,
-            kind: Some(Kind::Status(wire::StatusRequest {})),
-        };
-        assert_eq!(
-            call_deadline(&status, Duration::from_secs(30)),
-            Duration::from_secs(30)
-        );
-    }
 
     #[test]
     fn not_processed_and_handshake_refusals_mean_not_delivered() {

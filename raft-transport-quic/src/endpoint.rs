@@ -27,7 +27,6 @@ pub(crate) struct Settings {
     pub(crate) tls: LoadedTls,
     pub(crate) max_message_size: usize,
     pub(crate) connect_timeout: Duration,
-    pub(crate) call_timeout: Duration,
     pub(crate) keepalive: Duration,
     pub(crate) handshake_timeout: Duration,
     pub(crate) stream_queue: usize,

@@ -134,7 +134,6 @@ pub struct QuicTransportBuilder {
     server_name: Option<String>,
     max_message_size: usize,
     connect_timeout: Duration,
-    call_timeout: Duration,
     keepalive: Duration,
     handshake_timeout: Duration,
     stream_queue: usize,
@@ -148,7 +147,6 @@ impl Default for QuicTransportBuilder {
             server_name: None,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             connect_timeout: Duration::from_secs(2),
-            call_timeout: Duration::from_secs(30),
             keepalive: Duration::from_secs(2),
             handshake_timeout: Duration::from_secs(10),
             stream_queue: 1024,
@@ -205,13 +203,6 @@ impl QuicTransportBuilder {
         self
     }
 
-    /// Deadline of a call that carries none of its own (status, leader info, snapshot
-    /// chunks). Default 30 s.
-    pub fn call_timeout(mut self, timeout: Duration) -> Self {
-        self.call_timeout = timeout;
-        self
-    }
-
     /// QUIC keepalive interval; a connection silent for three intervals is dead. Default 2 s.
     pub fn keepalive(mut self, interval: Duration) -> Self {
         self.keepalive = interval.max(Duration::from_millis(10));
@@ -255,7 +246,6 @@ impl QuicTransportBuilder {
             tls: pem.load()?,
             max_message_size: self.max_message_size,
             connect_timeout: self.connect_timeout,
-            call_timeout: self.call_timeout,
             keepalive: self.keepalive,
             handshake_timeout: self.handshake_timeout,
             stream_queue: self.stream_queue,
@@ -284,7 +274,12 @@ impl Transport for QuicTransport {
         self.inner.clients.send(addr, batch).await
     }
 
-    async fn call(&self, addr: &str, request: Request) -> Result<Response, TransportError> {
-        self.inner.clients.call(addr, request).await
+    async fn call(
+        &self,
+        addr: &str,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response, TransportError> {
+        self.inner.clients.call(addr, request, timeout).await
     }
 }

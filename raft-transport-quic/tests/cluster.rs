@@ -317,7 +317,10 @@ async fn a_peer_with_a_certificate_from_another_ca_is_refused() {
 
     // A node of another CA trusts neither the cluster's servers nor they its certificate.
     let rogue = rogue_certs.transport(4);
-    let e = rogue.call(&addr1, request.clone()).await.unwrap_err();
+    let e = rogue
+        .call(&addr1, request.clone(), common::CALL_TIMEOUT)
+        .await
+        .unwrap_err();
     assert!(common::is_unreachable(&e), "{e}");
     let batch = wire::RaftBatch {
         cluster_id: 0,
@@ -336,7 +339,10 @@ async fn a_peer_with_a_certificate_from_another_ca_is_refused() {
         rogue_certs.tls(4).key,
     ))
     .unwrap();
-    let e = impostor.call(&addr1, request.clone()).await.unwrap_err();
+    let e = impostor
+        .call(&addr1, request.clone(), common::CALL_TIMEOUT)
+        .await
+        .unwrap_err();
     assert!(common::is_unreachable(&e), "{e}");
     // (Its raft stream may look open for a round trip before the refusal arrives.)
     eventually("the impostor's sends fail", Duration::from_secs(5), || {
@@ -383,7 +389,7 @@ async fn a_peer_with_a_certificate_from_another_ca_is_refused() {
         .unwrap();
     let member = cluster.certs.transport(1);
     let e = member
-        .call(&rogue_server_addr, request.clone())
+        .call(&rogue_server_addr, request.clone(), common::CALL_TIMEOUT)
         .await
         .unwrap_err();
     assert!(common::is_unreachable(&e), "{e}");

@@ -116,7 +116,10 @@ async fn batches_arrive_in_order_and_calls_are_answered() {
             let addr = addr.clone();
             tokio::spawn(async move {
                 let data = i.to_be_bytes().to_vec();
-                let answer = client.call(&addr, propose(data.clone())).await.unwrap();
+                let answer = client
+                    .call(&addr, propose(data.clone()), common::CALL_TIMEOUT)
+                    .await
+                    .unwrap();
                 assert_eq!(answer.kind, Some(response::Kind::Propose(data)));
             })
         })
@@ -127,7 +130,7 @@ async fn batches_arrive_in_order_and_calls_are_answered() {
 
     // Too large to send: refused before anything goes out.
     let e = client
-        .call(&addr, propose(vec![0; 100 * 1024]))
+        .call(&addr, propose(vec![0; 100 * 1024]), common::CALL_TIMEOUT)
         .await
         .unwrap_err();
     assert!(matches!(e, TransportError::Malformed(_)), "{e}");
@@ -161,10 +164,13 @@ async fn a_dead_peer_is_reported_unreachable_promptly() {
             started.elapsed()
         );
     }
-    let e = client.call(&nobody, propose(vec![])).await.unwrap_err();
+    let e = client
+        .call(&nobody, propose(vec![]), common::CALL_TIMEOUT)
+        .await
+        .unwrap_err();
     assert!(is_unreachable(&e), "{e}");
     let e = client
-        .call("not an address", propose(vec![]))
+        .call("not an address", propose(vec![]), common::CALL_TIMEOUT)
         .await
         .unwrap_err();
     assert!(is_unreachable(&e), "{e}");
@@ -194,7 +200,10 @@ async fn a_stopped_server_is_unreachable_and_reached_again_after_restart() {
         }
     })
     .await;
-    let e = client.call(&addr, propose(vec![1])).await.unwrap_err();
+    let e = client
+        .call(&addr, propose(vec![1]), common::CALL_TIMEOUT)
+        .await
+        .unwrap_err();
     assert!(is_unreachable(&e), "{e}");
 
     // A new server (a new process) on the same address: the client comes back by itself.
@@ -225,7 +234,7 @@ async fn a_stopped_server_is_unreachable_and_reached_again_after_restart() {
         let addr = addr.clone();
         async move {
             client
-                .call(&addr, propose(vec![4]))
+                .call(&addr, propose(vec![4]), common::CALL_TIMEOUT)
                 .await
                 .map_err(|e| e.to_string())
         }
@@ -426,7 +435,7 @@ async fn the_maximum_message_size_is_enforced_both_ways() {
 
     // A call over the server's limit is refused as malformed.
     let e = client
-        .call(&addr, propose(vec![0; 100 * 1024]))
+        .call(&addr, propose(vec![0; 100 * 1024]), common::CALL_TIMEOUT)
         .await
         .unwrap_err();
     assert!(matches!(e, TransportError::Malformed(_)), "{e}");
@@ -439,13 +448,19 @@ async fn the_maximum_message_size_is_enforced_both_ways() {
             timeout_ms: 0,
         })),
     };
-    let answer = client.call(&addr, query).await.unwrap();
+    let answer = client
+        .call(&addr, query, common::CALL_TIMEOUT)
+        .await
+        .unwrap();
     assert!(
         matches!(answer.kind, Some(response::Kind::Error(_))),
         "{answer:?}"
     );
     // The connection still serves normal calls.
-    let answer = client.call(&addr, propose(vec![5])).await.unwrap();
+    let answer = client
+        .call(&addr, propose(vec![5]), common::CALL_TIMEOUT)
+        .await
+        .unwrap();
     assert_eq!(answer.kind, Some(response::Kind::Propose(vec![5])));
 }
 

@@ -6,6 +6,7 @@
 //! certificates (see [`crate::transport::PeerIdentity`]).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -97,9 +98,14 @@ impl Transport for StampingTransport {
         self.inner.send(addr, batch).await
     }
 
-    async fn call(&self, addr: &str, mut request: Request) -> Result<Response, TransportError> {
+    async fn call(
+        &self,
+        addr: &str,
+        mut request: Request,
+        timeout: Duration,
+    ) -> Result<Response, TransportError> {
         request.cluster_id = self.cluster_id();
-        self.inner.call(addr, request).await
+        self.inner.call(addr, request, timeout).await
     }
 }
 

@@ -12,6 +12,9 @@ use crate::metrics::NodeMetrics;
 use crate::transport::Transport;
 use crate::wire::{self, request, response, Request, SnapshotChunk};
 
+/// How long one snapshot chunk may take to reach the peer and be stored there.
+const CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Sends one MsgSnapshot to `addr` in chunks of `chunk_size` bytes.
 pub(crate) async fn send_snapshot(
     transport: &Arc<dyn Transport>,
@@ -45,7 +48,7 @@ pub(crate) async fn send_snapshot(
             kind: Some(request::Kind::SnapshotChunk(chunk)),
             cluster_id: 0,
         };
-        match transport.call(addr, request).await?.kind {
+        match transport.call(addr, request, CHUNK_TIMEOUT).await?.kind {
             Some(response::Kind::SnapshotChunk(true)) => {}
             Some(response::Kind::Error(e)) => {
                 return Err(TransportError::Failed {

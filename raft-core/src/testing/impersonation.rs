@@ -19,6 +19,9 @@ use crate::wire::{
 };
 use crate::{Mailbox, Transport};
 
+/// How long each impersonation attempt may take to be answered.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The callers of the scenario, each presenting one certificate issued by the cluster's CA.
 pub struct Impostors {
     /// A member's id and a transport presenting that member's own certificate: it will claim
@@ -94,7 +97,7 @@ fn chunk(from: u64, to: u64) -> Request {
 /// Sends `request` and asserts it was refused (an error answer, or no answer at all).
 async fn refused(who: &str, transport: &dyn Transport, addr: &str, request: Request) {
     let what = format!("{:?}", request.kind);
-    match transport.call(addr, request).await {
+    match transport.call(addr, request, CALL_TIMEOUT).await {
         Ok(response) => match response.kind {
             Some(response::Kind::Error(e)) => {
                 tracing::info!(who, "refused as expected: {}", e.message)
@@ -183,6 +186,7 @@ pub async fn assert_impersonation_refused(
                 cluster_id: 0,
                 kind: Some(request::Kind::Status(StatusRequest {})),
             },
+            CALL_TIMEOUT,
         )
         .await
         .unwrap();

@@ -286,7 +286,12 @@ impl<T: Transport> Transport for FaultyTransport<T> {
         self.inner.send(addr, batch).await
     }
 
-    async fn call(&self, addr: &str, request: Request) -> Result<Response, TransportError> {
+    async fn call(
+        &self,
+        addr: &str,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response, TransportError> {
         self.faults.keep_call(&request);
         let verdict = self.faults.judge(&self.local_addr, addr);
         if let Some(delay) = verdict.delay {
@@ -303,7 +308,7 @@ impl<T: Transport> Transport for FaultyTransport<T> {
             // Half the drops lose the request, half lose the response: the caller cannot tell
             // the second kind from success-then-loss.
             if verdict.duplicate {
-                let _ = self.inner.call(addr, request).await;
+                let _ = self.inner.call(addr, request, timeout).await;
                 return Err(TransportError::Failed {
                     addr: addr.to_string(),
                     reason: "response lost (fault injection)".into(),
@@ -311,7 +316,7 @@ impl<T: Transport> Transport for FaultyTransport<T> {
             }
             return Err(unreachable(addr, "request lost (fault injection)"));
         }
-        self.inner.call(addr, request).await
+        self.inner.call(addr, request, timeout).await
     }
 }
 

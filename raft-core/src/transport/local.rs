@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -100,8 +101,18 @@ impl Transport for LocalTransport {
             .await
     }
 
-    async fn call(&self, addr: &str, request: Request) -> Result<Response, TransportError> {
+    async fn call(
+        &self,
+        addr: &str,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response, TransportError> {
         let handler = self.network.lookup(addr)?;
-        Ok(handler.call(self.identity, request).await)
+        tokio::time::timeout(timeout, handler.call(self.identity, request))
+            .await
+            .map_err(|_| TransportError::Failed {
+                addr: addr.to_string(),
+                reason: format!("no answer within {timeout:?}"),
+            })
     }
 }

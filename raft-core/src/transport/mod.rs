@@ -9,6 +9,7 @@ mod identity;
 mod local;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
@@ -83,8 +84,15 @@ pub trait Transport: Send + Sync + 'static {
     /// Delivers a batch of raft messages to the node at `addr`, one-way.
     async fn send(&self, addr: &str, batch: RaftBatch) -> Result<(), TransportError>;
 
-    /// Sends a request to the node at `addr` and waits for its response.
-    async fn call(&self, addr: &str, request: Request) -> Result<Response, TransportError>;
+    /// Sends a request to the node at `addr` and waits for its response, at most `timeout`:
+    /// then the call fails with [`TransportError::Failed`] (it may have been processed), or
+    /// with [`TransportError::Unreachable`] when it certainly was not delivered.
+    async fn call(
+        &self,
+        addr: &str,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response, TransportError>;
 }
 
 /// Keeps a transport's server running; dropping it stops the server.
@@ -129,7 +137,12 @@ impl<T: Transport + ?Sized> Transport for Arc<T> {
         (**self).send(addr, batch).await
     }
 
-    async fn call(&self, addr: &str, request: Request) -> Result<Response, TransportError> {
-        (**self).call(addr, request).await
+    async fn call(
+        &self,
+        addr: &str,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response, TransportError> {
+        (**self).call(addr, request, timeout).await
     }
 }

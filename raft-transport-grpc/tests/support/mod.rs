@@ -237,8 +237,11 @@ pub fn status_request() -> wire::Request {
 }
 
 /// Asks `addr` for its status over `transport`; returns the node id it reports.
+/// How long the tests' own calls may take.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 pub async fn status_id(transport: &dyn Transport, addr: &str) -> Result<u64, TransportError> {
-    let response = transport.call(addr, status_request()).await?;
+    let response = transport.call(addr, status_request(), CALL_TIMEOUT).await?;
     match response.kind {
         Some(response::Kind::Status(s)) => Ok(s.id),
         other => panic!("unexpected answer {other:?}"),

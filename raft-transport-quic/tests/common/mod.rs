@@ -306,3 +306,6 @@ where
 pub fn is_unreachable(e: &TransportError) -> bool {
     matches!(e, TransportError::Unreachable { .. })
 }
+
+/// How long the tests' own calls may take.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
