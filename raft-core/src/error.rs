@@ -179,3 +179,21 @@ pub enum TransportError {
     #[error("transport setup failed: {0}")]
     Setup(String),
 }
+
+impl TransportError {
+    /// [`TransportError::Unreachable`]: `addr` certainly did not get the message.
+    pub fn unreachable(addr: &str, reason: impl Into<String>) -> Self {
+        TransportError::Unreachable {
+            addr: addr.to_string(),
+            reason: reason.into(),
+        }
+    }
+
+    /// [`TransportError::Failed`]: `addr` may have processed the request.
+    pub fn failed(addr: &str, reason: impl Into<String>) -> Self {
+        TransportError::Failed {
+            addr: addr.to_string(),
+            reason: reason.into(),
+        }
+    }
+}

@@ -42,6 +42,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use raft_core::transport::link::{LinkSettings, PeerLinks};
 use raft_core::wire::{RaftBatch, Request, Response};
 use raft_core::{InboundHandler, ServerGuard, Transport, TransportError};
 
@@ -204,16 +205,24 @@ impl GrpcTransportBuilder {
             stream_window: self.stream_window,
             connection_window: self.connection_window,
         };
-        let clients = client::Clients::new(client::ClientOptions {
+        let channels = client::Channels::new(client::ClientOptions {
             tls: tls.map(|t| t.client),
             max_message_size: self.max_message_size,
             connect_timeout: self.connect_timeout,
             keepalive: self.keepalive,
-            queue: self.stream_queue,
-            max_backoff: self.max_backoff,
             stream_window: self.stream_window,
             connection_window: self.connection_window,
         });
+        let links = PeerLinks::new(
+            channels,
+            LinkSettings {
+                max_message_size: self.max_message_size,
+                connect_timeout: self.connect_timeout,
+                queue: self.stream_queue,
+                max_backoff: self.max_backoff,
+            },
+        );
+        let clients = client::Clients::new(links, self.max_message_size);
         GrpcTransport {
             inner: Arc::new(Inner { server, clients }),
         }

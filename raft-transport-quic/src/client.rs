@@ -1,42 +1,28 @@
 //! The client side: per peer address, one QUIC connection (dialled lazily, redialled with
-//! exponential backoff) carrying one long-lived unidirectional raft stream, fed in order by a
-//! bounded queue, and one bidirectional stream per call.
+//! exponential backoff) carrying one long-lived unidirectional raft stream (run by raft-core's
+//! [`PeerLinks`]) and one bidirectional stream per call.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use async_trait::async_trait;
 use bytes::Bytes;
 use quinn::{Connection, ConnectionError, Endpoint, ReadError, SendStream, WriteError};
+use raft_core::transport::link::{LinkSettings, OpenStream, PeerLinks, RaftStreams};
 use raft_core::wire::{self, RaftBatch};
 use raft_core::TransportError;
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::endpoint::Settings;
 use crate::frame::{self, code, FrameError};
 
-/// The first pause after a failed dial or a broken stream; doubles up to `max_backoff`.
+/// The first pause after a failed dial; doubles up to `max_backoff`.
 const INITIAL_BACKOFF: Duration = Duration::from_millis(20);
-/// A raft stream that stayed up this long resets its backoff.
-const STABLE: Duration = Duration::from_secs(2);
-/// A peer nobody sent to for this long is not redialled until someone does.
-const IDLE: Duration = Duration::from_secs(30);
 /// Most frames written to the raft stream in one go.
 const WRITE_BATCH: usize = 64;
-
-/// The state of the raft stream to one peer.
-#[derive(Clone)]
-enum Link {
-    /// The first attempt to open the stream: `send` waits (up to the connect timeout).
-    Connecting,
-    /// Open: frames go into this queue, which feeds the stream in order.
-    Up(mpsc::Sender<Bytes>),
-    /// Broken or refused, and reconnecting: `send` fails at once with this reason.
-    Down(String),
-}
 
 /// Dial state of one peer, shared by its raft stream and its calls.
 struct Dial {
@@ -54,41 +40,9 @@ struct Peer {
     conn: Mutex<Option<Connection>>,
     /// Held while dialling, so concurrent users share one attempt.
     dial: tokio::sync::Mutex<Dial>,
-    link_started: AtomicBool,
-    link: watch::Sender<Link>,
-    /// Woken by `send` so a parked (idle) link dials again.
-    demand: Notify,
-    /// When `send` last ran, in ms since `epoch`.
-    last_demand_ms: AtomicU64,
-    epoch: Instant,
-}
-
-fn unreachable(addr: &str, reason: impl Into<String>) -> TransportError {
-    TransportError::Unreachable {
-        addr: addr.to_string(),
-        reason: reason.into(),
-    }
-}
-
-fn failed(addr: &str, reason: impl Into<String>) -> TransportError {
-    TransportError::Failed {
-        addr: addr.to_string(),
-        reason: reason.into(),
-    }
 }
 
 impl Peer {
-    fn touch(&self) {
-        let now = self.epoch.elapsed().as_millis() as u64;
-        self.last_demand_ms.store(now, Ordering::Relaxed);
-        self.demand.notify_one();
-    }
-
-    fn idle_for(&self) -> Duration {
-        let now = self.epoch.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.last_demand_ms.load(Ordering::Relaxed)))
-    }
-
     fn live(&self) -> Option<Connection> {
         let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         conn.as_ref()
@@ -110,7 +64,7 @@ impl Peer {
             let now = Instant::now();
             if now < dial.not_before {
                 if !wait {
-                    return Err(unreachable(
+                    return Err(TransportError::unreachable(
                         &self.addr,
                         format!("reconnecting; last attempt: {}", dial.last_error),
                     ));
@@ -143,7 +97,7 @@ impl Peer {
             dial.not_before = Instant::now() + dial.backoff;
             dial.backoff = (dial.backoff * 2).min(self.settings.max_backoff);
             dial.last_error = error.clone();
-            return Err(unreachable(&self.addr, error));
+            return Err(TransportError::unreachable(&self.addr, error));
         }
     }
 }
@@ -220,31 +174,14 @@ async fn resolve(addr: &str) -> Result<(SocketAddr, String), String> {
     Ok((sock, host))
 }
 
-/// Outbound connections of one transport, by peer address.
-pub(crate) struct Clients {
+/// Outbound connections of one transport, by peer address; opens raft streams for the links.
+pub(crate) struct Connections {
     settings: Arc<Settings>,
     dialer: Arc<Dialer>,
     peers: Mutex<HashMap<String, Arc<Peer>>>,
-    /// Dropped with the transport: link tasks see it and stop.
-    closed: watch::Sender<()>,
 }
 
-impl Drop for Clients {
-    fn drop(&mut self) {
-        self.dialer.close();
-    }
-}
-
-impl Clients {
-    pub(crate) fn new(settings: Arc<Settings>) -> Self {
-        Clients {
-            dialer: Arc::new(Dialer::new(settings.clone())),
-            settings,
-            peers: Mutex::new(HashMap::new()),
-            closed: watch::channel(()).0,
-        }
-    }
-
+impl Connections {
     fn peer(&self, addr: &str) -> Arc<Peer> {
         let mut peers = self.peers.lock().unwrap_or_else(|e| e.into_inner());
         peers
@@ -260,87 +197,67 @@ impl Clients {
                         backoff: INITIAL_BACKOFF,
                         last_error: String::new(),
                     }),
-                    link_started: AtomicBool::new(false),
-                    link: watch::channel(Link::Connecting).0,
-                    demand: Notify::new(),
-                    last_demand_ms: AtomicU64::new(0),
-                    epoch: Instant::now(),
                 })
             })
             .clone()
     }
+}
 
-    /// Queues `batch` on the raft stream to `addr`. Fails at once while the stream is down
-    /// (the caller reports the peer unreachable to raft), and after the connect timeout when
-    /// the first connection cannot be made or the queue stays full.
-    pub(crate) async fn send(&self, addr: &str, batch: RaftBatch) -> Result<(), TransportError> {
-        let max = self.settings.max_message_size;
-        // Encode here, on the caller's task, so the link task only writes.
-        let frames = frame::split(batch, max)?
-            .iter()
-            .map(|b| frame::encode(b, max))
-            .collect::<Result<Vec<_>, _>>()?;
+#[async_trait]
+impl RaftStreams for Connections {
+    type Frame = Bytes;
+
+    fn frame(&self, batch: RaftBatch, max: usize) -> Result<Bytes, TransportError> {
+        frame::encode(&batch, max)
+    }
+
+    /// Dials (sharing the peer's connection and its backoff with calls) and opens a
+    /// unidirectional stream.
+    async fn open(&self, addr: &str, frames: mpsc::Receiver<Bytes>) -> Result<OpenStream, String> {
         let peer = self.peer(addr);
-        peer.touch();
-        if !peer.link_started.swap(true, Ordering::AcqRel) {
-            tokio::spawn(run_link(peer.clone(), self.closed.subscribe()));
-        }
-        let queue = self.link(&peer).await?;
-        for frame in frames {
-            self.enqueue(&peer, &queue, frame).await?;
-        }
-        Ok(())
+        let conn = peer.connection(true).await.map_err(|e| e.to_string())?;
+        let stream = conn
+            .open_uni()
+            .await
+            .map_err(|e| format!("opening the raft stream failed: {e}"))?;
+        Ok(Box::pin(pump(conn, stream, frames)))
     }
+}
 
-    async fn link(&self, peer: &Peer) -> Result<mpsc::Sender<Bytes>, TransportError> {
-        match &*peer.link.borrow() {
-            Link::Up(queue) => return Ok(queue.clone()),
-            Link::Down(reason) => return Err(unreachable(&peer.addr, reason.clone())),
-            Link::Connecting => {}
-        }
-        let mut rx = peer.link.subscribe();
-        let waited = tokio::time::timeout(
-            self.settings.connect_timeout,
-            rx.wait_for(|l| !matches!(l, Link::Connecting)),
-        )
-        .await;
-        match waited {
-            Err(_) => Err(unreachable(&peer.addr, "opening the raft stream timed out")),
-            Ok(Err(_)) => Err(unreachable(&peer.addr, "the transport is shutting down")),
-            Ok(Ok(link)) => match &*link {
-                Link::Up(queue) => Ok(queue.clone()),
-                Link::Down(reason) => Err(unreachable(&peer.addr, reason.clone())),
-                Link::Connecting => Err(unreachable(&peer.addr, "still connecting")),
-            },
-        }
+/// Outbound traffic of one transport: raft links and calls.
+pub(crate) struct Clients {
+    settings: Arc<Settings>,
+    links: PeerLinks<Connections>,
+}
+
+impl Drop for Clients {
+    fn drop(&mut self) {
+        self.links.streams().dialer.close();
     }
+}
 
-    async fn enqueue(
-        &self,
-        peer: &Peer,
-        queue: &mpsc::Sender<Bytes>,
-        frame: Bytes,
-    ) -> Result<(), TransportError> {
-        let permit = match queue.try_reserve() {
-            Ok(permit) => permit,
-            Err(mpsc::error::TrySendError::Closed(())) => {
-                return Err(unreachable(&peer.addr, "the raft stream closed"))
-            }
-            Err(mpsc::error::TrySendError::Full(())) => {
-                match tokio::time::timeout(self.settings.connect_timeout, queue.reserve()).await {
-                    Ok(Ok(permit)) => permit,
-                    Ok(Err(_)) => return Err(unreachable(&peer.addr, "the raft stream closed")),
-                    Err(_) => {
-                        return Err(unreachable(
-                            &peer.addr,
-                            "the peer does not keep up: its stream queue stayed full",
-                        ))
-                    }
-                }
-            }
+impl Clients {
+    pub(crate) fn new(settings: Arc<Settings>) -> Self {
+        let connections = Connections {
+            dialer: Arc::new(Dialer::new(settings.clone())),
+            settings: settings.clone(),
+            peers: Mutex::new(HashMap::new()),
         };
-        permit.send(frame);
-        Ok(())
+        let links = PeerLinks::new(
+            connections,
+            LinkSettings {
+                max_message_size: settings.max_message_size,
+                connect_timeout: settings.connect_timeout,
+                queue: settings.stream_queue,
+                max_backoff: settings.max_backoff,
+            },
+        );
+        Clients { settings, links }
+    }
+
+    /// Queues `batch` on the raft stream to `addr`.
+    pub(crate) async fn send(&self, addr: &str, batch: RaftBatch) -> Result<(), TransportError> {
+        self.links.send(addr, batch).await
     }
 
     /// One request/response call on its own bidirectional stream.
@@ -352,25 +269,38 @@ impl Clients {
     ) -> Result<wire::Response, TransportError> {
         let max = self.settings.max_message_size;
         let request_frame = frame::encode(&request, max)?;
-        let peer = self.peer(addr);
+        let peer = self.links.streams().peer(addr);
         let deadline = Instant::now() + timeout;
 
         // Until the whole request is handed to QUIC, a failure means it was not delivered.
         let conn = match tokio::time::timeout_at(deadline, peer.connection(false)).await {
             Ok(conn) => conn?,
-            Err(_) => return Err(unreachable(addr, "connecting timed out")),
+            Err(_) => return Err(TransportError::unreachable(addr, "connecting timed out")),
         };
         let (mut send, mut recv) = match tokio::time::timeout_at(deadline, conn.open_bi()).await {
             Ok(Ok(streams)) => streams,
-            Ok(Err(e)) => return Err(unreachable(addr, format!("cannot open a stream: {e}"))),
-            Err(_) => return Err(unreachable(addr, "no stream available before the deadline")),
+            Ok(Err(e)) => {
+                return Err(TransportError::unreachable(
+                    addr,
+                    format!("cannot open a stream: {e}"),
+                ))
+            }
+            Err(_) => {
+                return Err(TransportError::unreachable(
+                    addr,
+                    "no stream available before the deadline",
+                ))
+            }
         };
         match tokio::time::timeout_at(deadline, send.write_all(&request_frame)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => return Err(write_failed(addr, e)),
             Err(_) => {
                 let _ = send.reset(code::CANCELLED);
-                return Err(unreachable(addr, "the request could not be sent in time"));
+                return Err(TransportError::unreachable(
+                    addr,
+                    "the request could not be sent in time",
+                ));
             }
         }
         let _ = send.finish();
@@ -379,11 +309,17 @@ impl Clients {
         match tokio::time::timeout_at(deadline, frame::read::<wire::Response>(&mut recv, max)).await
         {
             Ok(Ok(Some(response))) => Ok(response),
-            Ok(Ok(None)) => Err(failed(addr, "the peer closed the stream without answering")),
+            Ok(Ok(None)) => Err(TransportError::failed(
+                addr,
+                "the peer closed the stream without answering",
+            )),
             Ok(Err(e)) => Err(read_failed(addr, e)),
             Err(_) => {
                 let _ = recv.stop(code::CANCELLED);
-                Err(failed(addr, format!("no answer within {timeout:?}")))
+                Err(TransportError::failed(
+                    addr,
+                    format!("no answer within {timeout:?}"),
+                ))
             }
         }
     }
@@ -404,100 +340,35 @@ fn refused_in_handshake(e: &ConnectionError) -> bool {
 
 /// Writing the request failed before all of it was handed to QUIC: not delivered.
 fn write_failed(addr: &str, e: WriteError) -> TransportError {
-    unreachable(addr, format!("sending the request failed: {e}"))
+    TransportError::unreachable(addr, format!("sending the request failed: {e}"))
 }
 
 /// Reading the answer failed: delivered or not?
 fn read_failed(addr: &str, e: FrameError) -> TransportError {
     match e {
         FrameError::Stream(ReadError::Reset(c)) if c == code::NOT_PROCESSED => {
-            unreachable(addr, frame::describe_code(c))
+            TransportError::unreachable(addr, frame::describe_code(c))
         }
         FrameError::Stream(ReadError::Reset(c)) if c == code::BAD_FRAME => {
             TransportError::Malformed(format!("{addr} refused the request as a bad frame"))
         }
         FrameError::Stream(ReadError::ConnectionLost(e)) if refused_in_handshake(&e) => {
-            unreachable(addr, format!("the peer refused the connection: {e}"))
+            TransportError::unreachable(addr, format!("the peer refused the connection: {e}"))
         }
-        FrameError::Stream(ReadError::Reset(c)) => failed(
+        FrameError::Stream(ReadError::Reset(c)) => TransportError::failed(
             addr,
             format!(
                 "the peer reset the stream ({}: {c})",
                 frame::describe_code(c)
             ),
         ),
-        other => failed(addr, format!("reading the answer failed: {other}")),
+        other => TransportError::failed(addr, format!("reading the answer failed: {other}")),
     }
 }
 
-/// Keeps the raft stream to one peer open: dials (sharing the peer's connection and its
-/// backoff), opens a unidirectional stream, writes queued frames in order until the stream or
-/// connection breaks, backs off, and starts over. Parks while the peer is idle; stops when the
-/// transport is dropped.
-async fn run_link(peer: Arc<Peer>, mut closed: watch::Receiver<()>) {
-    let settings = peer.settings.clone();
-    let mut backoff = INITIAL_BACKOFF;
-    let mut was_up = false;
-    loop {
-        if peer.idle_for() > IDLE {
-            tokio::select! {
-                _ = peer.demand.notified() => {}
-                _ = closed.changed() => return,
-            }
-        }
-        let opened = tokio::select! {
-            opened = open_stream(&peer) => opened,
-            _ = closed.changed() => return,
-        };
-        let reason = match opened {
-            Err(reason) => reason,
-            Ok((conn, stream)) => {
-                let (queue, rx) = mpsc::channel(settings.stream_queue);
-                peer.link.send_replace(Link::Up(queue));
-                if was_up {
-                    tracing::info!(peer = %peer.addr, "raft stream open again");
-                } else {
-                    tracing::debug!(peer = %peer.addr, "raft stream open");
-                }
-                was_up = true;
-                let since = Instant::now();
-                let Some(reason) = pump(&conn, stream, rx, &mut closed).await else {
-                    return;
-                };
-                if since.elapsed() >= STABLE {
-                    backoff = INITIAL_BACKOFF;
-                }
-                tracing::info!(peer = %peer.addr, "raft stream broke: {reason}");
-                reason
-            }
-        };
-        tracing::debug!(peer = %peer.addr, ?backoff, "raft stream down: {reason}");
-        peer.link.send_replace(Link::Down(reason));
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = closed.changed() => return,
-        }
-        backoff = (backoff * 2).min(settings.max_backoff);
-    }
-}
-
-async fn open_stream(peer: &Peer) -> Result<(Connection, SendStream), String> {
-    let conn = peer.connection(true).await.map_err(|e| e.to_string())?;
-    let stream = tokio::time::timeout(peer.settings.connect_timeout, conn.open_uni())
-        .await
-        .map_err(|_| "opening the raft stream timed out".to_string())?
-        .map_err(|e| format!("opening the raft stream failed: {e}"))?;
-    Ok((conn, stream))
-}
-
-/// Writes queued frames to the stream in order. Returns why it stopped, or `None` when the
-/// transport was dropped.
-async fn pump(
-    conn: &Connection,
-    mut stream: SendStream,
-    mut rx: mpsc::Receiver<Bytes>,
-    closed: &mut watch::Receiver<()>,
-) -> Option<String> {
+/// Writes queued frames to the stream in order until the stream or its connection breaks;
+/// returns why. Dropping it finishes the stream.
+async fn pump(conn: Connection, mut stream: SendStream, mut rx: mpsc::Receiver<Bytes>) -> String {
     let mut frames = Vec::with_capacity(WRITE_BATCH);
     // Created once: both only watch for the end of the connection or the stream.
     let lost = conn.closed();
@@ -506,29 +377,25 @@ async fn pump(
     loop {
         tokio::select! {
             biased;
-            _ = closed.changed() => {
-                let _ = stream.finish();
-                return None;
-            }
-            e = &mut lost => return Some(format!("connection lost: {e}")),
+            e = &mut lost => return format!("connection lost: {e}"),
             e = &mut stopped => {
-                return Some(match e {
+                return match e {
                     Ok(Some(c)) => format!("the peer stopped the stream: {}", frame::describe_code(c)),
                     Ok(None) => "the stream finished".to_string(),
                     Err(e) => format!("the stream failed: {e}"),
-                });
+                };
             }
             n = rx.recv_many(&mut frames, WRITE_BATCH) => {
                 if n == 0 {
-                    return Some("the queue closed".to_string());
+                    return "the queue closed".to_string();
                 }
                 if let Err(e) = stream.write_all_chunks(&mut frames).await {
-                    return Some(match e {
+                    return match e {
                         WriteError::Stopped(c) => {
                             format!("the peer stopped the stream: {}", frame::describe_code(c))
                         }
                         other => format!("writing failed: {other}"),
-                    });
+                    };
                 }
                 frames.clear();
             }

@@ -9,7 +9,6 @@
 use bytes::Bytes;
 use prost::Message;
 use quinn::{ReadError, RecvStream, VarInt};
-use raft_core::wire::RaftBatch;
 use raft_core::TransportError;
 
 /// Bytes of the length prefix.
@@ -30,9 +29,6 @@ pub(crate) mod code {
     /// The transport was dropped; closes its outbound connections.
     pub(crate) const CLIENT_CLOSED: VarInt = VarInt::from_u32(0x52_05);
 }
-
-/// Bytes a batch frame adds around each message (tag + length), at most.
-const PER_MESSAGE_OVERHEAD: usize = 11;
 
 /// Why reading a frame failed.
 #[derive(Debug)]
@@ -124,41 +120,6 @@ pub(crate) async fn read<M: Message + Default>(
         .map_err(FrameError::Decode)
 }
 
-/// Splits a batch into frames of at most `max` encoded bytes each, keeping message order.
-/// A single message that cannot fit is refused.
-pub(crate) fn split(batch: RaftBatch, max: usize) -> Result<Vec<RaftBatch>, TransportError> {
-    if batch.encoded_len() <= max {
-        return Ok(vec![batch]);
-    }
-    let empty = RaftBatch {
-        messages: Vec::new(),
-        ..batch.clone()
-    };
-    let base = empty.encoded_len();
-    let mut frames = Vec::new();
-    let mut current = empty.clone();
-    let mut size = base;
-    for message in batch.messages {
-        let cost = message.len() + PER_MESSAGE_OVERHEAD;
-        if base + cost > max {
-            return Err(TransportError::Malformed(format!(
-                "a raft message of {} bytes exceeds the maximum message size of {max} bytes",
-                message.len()
-            )));
-        }
-        if size + cost > max {
-            frames.push(std::mem::replace(&mut current, empty.clone()));
-            size = base;
-        }
-        size += cost;
-        current.messages.push(message);
-    }
-    if !current.messages.is_empty() {
-        frames.push(current);
-    }
-    Ok(frames)
-}
-
 /// Describes a QUIC application error code of this transport.
 pub(crate) fn describe_code(c: VarInt) -> &'static str {
     match c {
@@ -175,6 +136,7 @@ pub(crate) fn describe_code(c: VarInt) -> &'static str {
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
     use super::*;
+    use raft_core::wire::RaftBatch;
 
     #[test]
     fn frames_carry_a_big_endian_length_prefix() {
@@ -191,39 +153,6 @@ mod tests {
         assert_eq!(RaftBatch::decode(&frame[PREFIX..]).unwrap(), batch);
         assert!(matches!(
             encode(&batch, 4),
-            Err(TransportError::Malformed(_))
-        ));
-    }
-
-    #[test]
-    fn oversized_batches_split_in_order_and_fit() {
-        let batch = RaftBatch {
-            cluster_id: 0,
-            from: 1,
-            to: 2,
-            messages: (0..100u8).map(|i| vec![i; 1000]).collect(),
-            from_addr: "127.0.0.1:1".into(),
-        };
-        let max = 10_000;
-        let frames = split(batch.clone(), max).unwrap();
-        assert!(frames.len() > 1);
-        assert!(frames.iter().all(|f| f.encoded_len() <= max));
-        assert!(frames.iter().all(|f| f.from == 1 && f.to == 2));
-        let joined: Vec<Vec<u8>> = frames.into_iter().flat_map(|f| f.messages).collect();
-        assert_eq!(joined, batch.messages);
-    }
-
-    #[test]
-    fn a_message_larger_than_the_limit_is_refused() {
-        let batch = RaftBatch {
-            cluster_id: 0,
-            from: 1,
-            to: 2,
-            messages: vec![vec![0; 100], vec![0; 5000]],
-            from_addr: String::new(),
-        };
-        assert!(matches!(
-            split(batch, 1000),
             Err(TransportError::Malformed(_))
         ));
     }

@@ -6,6 +6,7 @@
 
 mod faulty;
 mod identity;
+pub mod link;
 mod local;
 
 use std::sync::Arc;
