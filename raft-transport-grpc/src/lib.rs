@@ -46,7 +46,7 @@ use raft_core::transport::link::{LinkSettings, PeerLinks};
 use raft_core::wire::{RaftBatch, Request, Response};
 use raft_core::{InboundHandler, ServerGuard, Transport, TransportError};
 
-pub use crate::tls::{ClientAuth, TlsConfig};
+pub use raft_core::transport::tls::{ClientAuth, TlsConfig};
 
 /// The generated gRPC service (`raftkit.grpc.v1.Raftkit`): client, server trait and the
 /// stream ack. Its requests and responses are [`raft_core::wire`] types. Most users need only
@@ -192,7 +192,7 @@ impl GrpcTransportBuilder {
 
     /// Checks the settings, loads the TLS files, and builds the transport.
     pub fn build(self) -> Result<GrpcTransport, TransportError> {
-        let tls = self.tls.as_ref().map(TlsConfig::load).transpose()?;
+        let tls = self.tls.as_ref().map(tls::load).transpose()?;
         Ok(self.assemble(tls))
     }
 

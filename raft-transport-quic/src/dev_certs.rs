@@ -54,7 +54,7 @@ use rcgen::{
     Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
-use crate::tls::TlsConfig;
+use raft_core::transport::tls::TlsConfig;
 
 /// Names every development node certificate carries.
 pub const DEFAULT_NAMES: &[&str] = &["localhost", "127.0.0.1", "::1"];
@@ -358,7 +358,7 @@ mod tests {
         }
         // Every certificate, old and new, loads against the CA.
         for id in [1, 2, 3] {
-            tls_config(dir.path(), id).read().unwrap().load().unwrap();
+            crate::tls::load(&tls_config(dir.path(), id).read().unwrap()).unwrap();
         }
     }
 

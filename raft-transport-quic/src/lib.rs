@@ -61,7 +61,9 @@ use async_trait::async_trait;
 use raft_core::wire::{RaftBatch, Request, Response};
 use raft_core::{InboundHandler, ServerGuard, Transport, TransportError};
 
-pub use crate::tls::{TlsConfig, ALPN};
+pub use crate::tls::ALPN;
+pub use raft_core::transport::tls::TlsConfig;
+use raft_core::transport::tls::TlsPem;
 
 /// Default [`QuicTransportBuilder::max_message_size`]: 16 MiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
@@ -123,7 +125,7 @@ impl QuicTransport {
 #[derive(Debug, Clone)]
 enum TlsSource {
     Files(TlsConfig),
-    Pem(tls::TlsPem),
+    Pem(TlsPem),
 }
 
 /// Builds a [`QuicTransport`]. TLS is required: QUIC is always encrypted, and this transport
@@ -169,13 +171,7 @@ impl QuicTransportBuilder {
         cert_pem: impl Into<Vec<u8>>,
         key_pem: impl Into<Vec<u8>>,
     ) -> Self {
-        self.tls = Some(TlsSource::Pem(tls::TlsPem {
-            ca: ca_pem.into(),
-            cert: cert_pem.into(),
-            key: key_pem.into(),
-            server_name: None,
-            origin: None,
-        }));
+        self.tls = Some(TlsSource::Pem(TlsPem::mutual(ca_pem, cert_pem, key_pem)));
         self
     }
 
@@ -243,7 +239,7 @@ impl QuicTransportBuilder {
             pem.server_name = self.server_name;
         }
         let settings = Arc::new(endpoint::Settings {
-            tls: pem.load()?,
+            tls: tls::load(&pem)?,
             max_message_size: self.max_message_size,
             connect_timeout: self.connect_timeout,
             keepalive: self.keepalive,

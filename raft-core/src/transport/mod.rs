@@ -8,6 +8,8 @@ mod faulty;
 mod identity;
 pub mod link;
 mod local;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 use std::sync::Arc;
 use std::time::Duration;
