@@ -42,7 +42,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use raft_core::transport::link::{LinkSettings, PeerLinks};
+use raft_core::transport::builder::{NetworkSettings, NetworkTransport, TransportBuilder};
+use raft_core::transport::link::PeerLinks;
 use raft_core::wire::{RaftBatch, Request, Response};
 use raft_core::{InboundHandler, ServerGuard, Transport, TransportError};
 
@@ -62,8 +63,14 @@ pub mod proto {
     tonic::include_proto!("raftkit.grpc.v1");
 }
 
-/// Default [`GrpcTransportBuilder::max_message_size`]: 16 MiB.
-pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
+pub use raft_core::transport::builder::DEFAULT_MAX_MESSAGE_SIZE;
+
+/// Builds a [`GrpcTransport`]: TLS (optional), message size limit, timeouts, queue sizes.
+pub type GrpcTransportBuilder = TransportBuilder<GrpcTransport>;
+
+/// HTTP/2 flow-control windows: how much unread data one stream, and one connection, may have.
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 8 * 1024 * 1024;
 
 /// A [`Transport`] over gRPC. Cheap to clone; clones share connections.
 ///
@@ -90,7 +97,7 @@ impl std::fmt::Debug for GrpcTransport {
 
 impl Default for GrpcTransport {
     fn default() -> Self {
-        GrpcTransportBuilder::default().assemble(None)
+        assemble(&NetworkSettings::default(), None)
     }
 }
 
@@ -111,121 +118,36 @@ impl GrpcTransport {
     }
 }
 
-/// Builds a [`GrpcTransport`].
-#[derive(Debug, Clone)]
-pub struct GrpcTransportBuilder {
-    tls: Option<TlsConfig>,
-    max_message_size: usize,
-    connect_timeout: Duration,
-    keepalive: Duration,
-    handshake_timeout: Duration,
-    stream_queue: usize,
-    max_backoff: Duration,
-    stream_window: u32,
-    connection_window: u32,
-}
-
-impl Default for GrpcTransportBuilder {
-    fn default() -> Self {
-        GrpcTransportBuilder {
-            tls: None,
-            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
-            connect_timeout: Duration::from_secs(2),
-            keepalive: Duration::from_secs(10),
-            handshake_timeout: Duration::from_secs(10),
-            stream_queue: 1024,
-            max_backoff: Duration::from_secs(1),
-            stream_window: 2 * 1024 * 1024,
-            connection_window: 8 * 1024 * 1024,
-        }
+impl NetworkTransport for GrpcTransport {
+    fn from_settings(settings: NetworkSettings) -> Result<Self, TransportError> {
+        let tls = settings.read_tls()?.as_ref().map(tls::load).transpose()?;
+        Ok(assemble(&settings, tls))
     }
 }
 
-impl GrpcTransportBuilder {
-    /// Serve and connect with TLS (server-authenticated or mutual). Default: plaintext.
-    pub fn tls(mut self, tls: TlsConfig) -> Self {
-        self.tls = Some(tls);
-        self
-    }
-
-    /// Largest encoded message accepted or sent, in bytes. Raft batches larger than this are
-    /// sent as several frames; a single raft message or call larger than this is refused
-    /// with [`TransportError::Malformed`]. Keep it above `Config::snapshot_chunk_size` and
-    /// `Config::max_size_per_msg`. Default [`DEFAULT_MAX_MESSAGE_SIZE`].
-    pub fn max_message_size(mut self, bytes: usize) -> Self {
-        self.max_message_size = bytes.max(1024);
-        self
-    }
-
-    /// How long opening a connection or raft stream may take; also how long `send` waits
-    /// for a full stream queue. Default 2 s.
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// HTTP/2 keepalive ping interval and timeout, both ways: a dead peer is noticed within
-    /// about twice this. Default 10 s.
-    pub fn keepalive(mut self, interval: Duration) -> Self {
-        self.keepalive = interval;
-        self
-    }
-
-    /// How long an inbound connection may take to complete its TLS handshake or send the
-    /// HTTP/2 preface before it is closed. Default 10 s.
-    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
-        self.handshake_timeout = timeout;
-        self
-    }
-
-    /// Batches queued per peer stream before `send` waits. Default 1024.
-    pub fn stream_queue(mut self, batches: usize) -> Self {
-        self.stream_queue = batches.max(1);
-        self
-    }
-
-    /// Longest pause between attempts to re-open a broken stream. Default 1 s.
-    pub fn max_backoff(mut self, backoff: Duration) -> Self {
-        self.max_backoff = backoff;
-        self
-    }
-
-    /// Checks the settings, loads the TLS files, and builds the transport.
-    pub fn build(self) -> Result<GrpcTransport, TransportError> {
-        let tls = self.tls.as_ref().map(tls::load).transpose()?;
-        Ok(self.assemble(tls))
-    }
-
-    fn assemble(self, tls: Option<tls::LoadedTls>) -> GrpcTransport {
-        let server = server::ServerOptions {
-            max_message_size: self.max_message_size,
-            tls: tls.as_ref().map(|t| t.server.clone()),
-            handshake_timeout: self.handshake_timeout,
-            keepalive: self.keepalive,
-            stream_window: self.stream_window,
-            connection_window: self.connection_window,
-        };
-        let channels = client::Channels::new(client::ClientOptions {
-            tls: tls.map(|t| t.client),
-            max_message_size: self.max_message_size,
-            connect_timeout: self.connect_timeout,
-            keepalive: self.keepalive,
-            stream_window: self.stream_window,
-            connection_window: self.connection_window,
-        });
-        let links = PeerLinks::new(
-            channels,
-            LinkSettings {
-                max_message_size: self.max_message_size,
-                connect_timeout: self.connect_timeout,
-                queue: self.stream_queue,
-                max_backoff: self.max_backoff,
-            },
-        );
-        let clients = client::Clients::new(links, self.max_message_size);
-        GrpcTransport {
-            inner: Arc::new(Inner { server, clients }),
-        }
+fn assemble(settings: &NetworkSettings, tls: Option<tls::LoadedTls>) -> GrpcTransport {
+    let server = server::ServerOptions {
+        max_message_size: settings.max_message_size,
+        tls: tls.as_ref().map(|t| t.server.clone()),
+        handshake_timeout: settings.handshake_timeout,
+        keepalive: settings.keepalive,
+        stream_window: STREAM_WINDOW,
+        connection_window: CONNECTION_WINDOW,
+    };
+    let channels = client::Channels::new(client::ClientOptions {
+        tls: tls.map(|t| t.client),
+        max_message_size: settings.max_message_size,
+        connect_timeout: settings.connect_timeout,
+        keepalive: settings.keepalive,
+        stream_window: STREAM_WINDOW,
+        connection_window: CONNECTION_WINDOW,
+    });
+    let links = PeerLinks::new(channels, settings.links());
+    GrpcTransport {
+        inner: Arc::new(Inner {
+            server,
+            clients: client::Clients::new(links, settings.max_message_size),
+        }),
     }
 }
 

@@ -1,9 +1,9 @@
-//! TLS for gRPC: raft-core's shared [`TlsConfig`] turned into a rustls server configuration
+//! TLS for gRPC: raft-core's shared TLS material turned into a rustls server configuration
 //! (ALPN `h2`) and tonic's client configuration.
 
 use std::sync::Arc;
 
-use raft_core::transport::tls::{ClientAuth, TlsConfig};
+use raft_core::transport::tls::{ClientAuth, TlsPem};
 use raft_core::TransportError;
 use rustls::ServerConfig;
 use tonic::transport::{Certificate, ClientTlsConfig, Identity};
@@ -15,10 +15,9 @@ pub(crate) struct LoadedTls {
     pub(crate) client: ClientTlsConfig,
 }
 
-/// Reads the PEM files and builds the server and client configurations, so that a bad file
-/// fails here rather than at the first connection.
-pub(crate) fn load(tls: &TlsConfig) -> Result<LoadedTls, TransportError> {
-    let pem = tls.read()?;
+/// Builds the server and client configurations, so that bad PEM fails here rather than at
+/// the first connection.
+pub(crate) fn load(pem: &TlsPem) -> Result<LoadedTls, TransportError> {
     let server = pem.server_config(rustls::DEFAULT_VERSIONS, b"h2")?;
     let mut client = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&pem.ca));
     if pem.client_auth == ClientAuth::Required {

@@ -58,15 +58,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use raft_core::transport::builder::{NetworkSettings, NetworkTransport, TransportBuilder};
 use raft_core::wire::{RaftBatch, Request, Response};
 use raft_core::{InboundHandler, ServerGuard, Transport, TransportError};
 
 pub use crate::tls::ALPN;
 pub use raft_core::transport::tls::TlsConfig;
-use raft_core::transport::tls::TlsPem;
 
-/// Default [`QuicTransportBuilder::max_message_size`]: 16 MiB.
-pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
+pub use raft_core::transport::builder::DEFAULT_MAX_MESSAGE_SIZE;
+
+/// Builds a [`QuicTransport`]. TLS is required: QUIC is always encrypted, and this transport
+/// always authenticates both ends. The keepalive defaults to 2 s here: a connection silent
+/// for three keepalives is dead.
+pub type QuicTransportBuilder = TransportBuilder<QuicTransport>;
 
 /// A [`Transport`] over QUIC with mutual TLS. Cheap to clone; clones share connections.
 ///
@@ -121,131 +125,29 @@ impl QuicTransport {
     }
 }
 
-/// Where the TLS identity comes from.
-#[derive(Debug, Clone)]
-enum TlsSource {
-    Files(TlsConfig),
-    Pem(TlsPem),
-}
-
-/// Builds a [`QuicTransport`]. TLS is required: QUIC is always encrypted, and this transport
-/// always authenticates both ends.
-#[derive(Debug, Clone)]
-pub struct QuicTransportBuilder {
-    tls: Option<TlsSource>,
-    server_name: Option<String>,
-    max_message_size: usize,
-    connect_timeout: Duration,
-    keepalive: Duration,
-    handshake_timeout: Duration,
-    stream_queue: usize,
-    max_backoff: Duration,
-}
-
-impl Default for QuicTransportBuilder {
-    fn default() -> Self {
-        QuicTransportBuilder {
-            tls: None,
-            server_name: None,
-            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
-            connect_timeout: Duration::from_secs(2),
+impl NetworkTransport for QuicTransport {
+    fn defaults() -> NetworkSettings {
+        NetworkSettings {
             keepalive: Duration::from_secs(2),
-            handshake_timeout: Duration::from_secs(10),
-            stream_queue: 1024,
-            max_backoff: Duration::from_secs(1),
+            ..NetworkSettings::default()
         }
-    }
-}
-
-impl QuicTransportBuilder {
-    /// The node's certificate, key and cluster CA, as PEM files.
-    pub fn tls(mut self, tls: TlsConfig) -> Self {
-        self.tls = Some(TlsSource::Files(tls));
-        self
-    }
-
-    /// The node's certificate chain, key and cluster CA, as PEM bytes.
-    pub fn tls_pem(
-        mut self,
-        ca_pem: impl Into<Vec<u8>>,
-        cert_pem: impl Into<Vec<u8>>,
-        key_pem: impl Into<Vec<u8>>,
-    ) -> Self {
-        self.tls = Some(TlsSource::Pem(TlsPem::mutual(ca_pem, cert_pem, key_pem)));
-        self
-    }
-
-    /// Verifies peers' certificates against `name` rather than the host they are dialled at
-    /// (overrides [`TlsConfig::with_server_name`]).
-    pub fn server_name(mut self, name: impl Into<String>) -> Self {
-        self.server_name = Some(name.into());
-        self
-    }
-
-    /// Largest frame payload accepted or sent, in bytes. Raft batches larger than this are
-    /// sent as several frames; a single raft message or call larger than this is refused
-    /// with [`TransportError::Malformed`]; an inbound frame announcing more closes its
-    /// stream. Keep it above `Config::snapshot_chunk_size` and `Config::max_size_per_msg`.
-    /// Default [`DEFAULT_MAX_MESSAGE_SIZE`].
-    pub fn max_message_size(mut self, bytes: usize) -> Self {
-        self.max_message_size = bytes.clamp(1024, u32::MAX as usize);
-        self
-    }
-
-    /// How long dialling a peer (QUIC + TLS handshake) may take; also how long `send` waits
-    /// for the first connection or a full stream queue. Default 2 s.
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = timeout;
-        self
-    }
-
-    /// QUIC keepalive interval; a connection silent for three intervals is dead. Default 2 s.
-    pub fn keepalive(mut self, interval: Duration) -> Self {
-        self.keepalive = interval.max(Duration::from_millis(10));
-        self
-    }
-
-    /// How long an inbound connection may take to complete its handshake, and a call stream
-    /// to deliver its request, before it is closed. Default 10 s.
-    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
-        self.handshake_timeout = timeout;
-        self
-    }
-
-    /// Frames queued per peer raft stream before `send` waits. Default 1024.
-    pub fn stream_queue(mut self, frames: usize) -> Self {
-        self.stream_queue = frames.max(1);
-        self
-    }
-
-    /// Longest pause between attempts to reconnect to a peer. Default 1 s.
-    pub fn max_backoff(mut self, backoff: Duration) -> Self {
-        self.max_backoff = backoff;
-        self
     }
 
     /// Loads and checks the TLS material and builds the transport. Needs no runtime.
-    pub fn build(self) -> Result<QuicTransport, TransportError> {
-        let mut pem = match self.tls {
-            Some(TlsSource::Files(files)) => files.read()?,
-            Some(TlsSource::Pem(pem)) => pem,
-            None => {
-                return Err(TransportError::Setup(
-                    "QUIC is always encrypted: give the transport a TlsConfig (.tls(...))".into(),
-                ))
-            }
+    fn from_settings(settings: NetworkSettings) -> Result<Self, TransportError> {
+        let Some(pem) = settings.read_tls()? else {
+            return Err(TransportError::Setup(
+                "QUIC is always encrypted: give the transport a TlsConfig (.tls(...))".into(),
+            ));
         };
-        if self.server_name.is_some() {
-            pem.server_name = self.server_name;
-        }
         let settings = Arc::new(endpoint::Settings {
             tls: tls::load(&pem)?,
-            max_message_size: self.max_message_size,
-            connect_timeout: self.connect_timeout,
-            keepalive: self.keepalive,
-            handshake_timeout: self.handshake_timeout,
-            stream_queue: self.stream_queue,
-            max_backoff: self.max_backoff,
+            max_message_size: settings.max_message_size,
+            connect_timeout: settings.connect_timeout,
+            keepalive: settings.keepalive,
+            handshake_timeout: settings.handshake_timeout,
+            stream_queue: settings.stream_queue,
+            max_backoff: settings.max_backoff,
         });
         Ok(QuicTransport {
             inner: Arc::new(Inner {

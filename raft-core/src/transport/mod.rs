@@ -4,11 +4,13 @@
 //! (one-way, in order per peer) and [`Request`]/[`Response`] calls. Snapshots travel as
 //! ordinary calls in chunks, so no transport needs special code for them.
 
+#[cfg(feature = "network")]
+pub mod builder;
 mod faulty;
 mod identity;
 pub mod link;
 mod local;
-#[cfg(feature = "tls")]
+#[cfg(feature = "network")]
 pub mod tls;
 
 use std::sync::Arc;
