@@ -14,12 +14,13 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use raft_core::transport::Serving;
 use raft_core::wire::{self, RaftBatch};
 use raft_core::{InboundHandler, PeerIdentity, ServerGuard, TransportError};
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::time::Sleep;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::Connected;
@@ -55,20 +56,14 @@ fn stopped() -> Status {
 /// State shared by the service, the accept task and the [`ServerGuard`].
 struct Shared {
     addr: String,
-    /// `None` once the guard is dropped: nothing reaches the node after that.
-    handler: Mutex<Option<Arc<dyn InboundHandler>>>,
-    stop: watch::Sender<bool>,
+    serving: Serving,
     /// Whether connections are TLS (then a peer proves who it is, or is no node).
     tls: bool,
 }
 
 impl Shared {
     fn handler(&self) -> Result<Arc<dyn InboundHandler>, Status> {
-        self.handler
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-            .ok_or_else(stopped)
+        self.serving.handler().ok_or_else(stopped)
     }
 }
 
@@ -85,11 +80,9 @@ pub(crate) async fn serve(
     let local = listener
         .local_addr()
         .map_err(|e| TransportError::Setup(format!("cannot listen on {addr}: {e}")))?;
-    let (stop, _) = watch::channel(false);
     let shared = Arc::new(Shared {
         addr: addr.to_string(),
-        handler: Mutex::new(Some(handler)),
-        stop,
+        serving: Serving::new(handler),
         tls: options.tls.is_some(),
     });
     let slot = Arc::new(Mutex::new(Some(listener)));
@@ -106,7 +99,7 @@ pub(crate) async fn serve(
     })
     .max_decoding_message_size(options.max_message_size)
     .max_encoding_message_size(options.max_message_size);
-    let mut stop_rx = shared.stop.subscribe();
+    let stopped = shared.serving.stopped();
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(options.keepalive))
         .http2_keepalive_timeout(Some(options.keepalive))
@@ -117,13 +110,7 @@ pub(crate) async fn serve(
     let name = shared.addr.clone();
     tokio::spawn(async move {
         let incoming = ReceiverStream::new(conn_rx);
-        let shutdown = async move {
-            let _ = stop_rx.wait_for(|stopped| *stopped).await;
-        };
-        if let Err(e) = router
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await
-        {
+        if let Err(e) = router.serve_with_incoming_shutdown(incoming, stopped).await {
             tracing::error!(addr = %name, "gRPC server failed: {e}");
         }
         tracing::debug!(addr = %name, "gRPC server stopped");
@@ -134,14 +121,7 @@ pub(crate) async fn serve(
         // Close the listening socket now (not when a task next runs), so the address can be
         // bound again at once; then cut the node off and end every stream.
         drop(slot.lock().unwrap_or_else(|e| e.into_inner()).take());
-        drop(
-            shared
-                .handler
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take(),
-        );
-        shared.stop.send_replace(true);
+        shared.serving.stop();
     }))
 }
 
@@ -262,7 +242,7 @@ impl Raftkit for RaftkitService {
         let identity = identity_of_request(&request, self.shared.tls);
         let inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
-        let stop = self.shared.stop.subscribe();
+        let stop = self.shared.serving.stopped();
         let addr = self.shared.addr.clone();
         tracing::debug!(addr = %addr, %peer, "raft stream opened");
         tokio::spawn(pump(inbound, handler, tx, stop, addr, peer, identity));
@@ -287,17 +267,18 @@ async fn pump(
     mut inbound: Streaming<RaftBatch>,
     handler: Arc<dyn InboundHandler>,
     acks: mpsc::Sender<Result<StreamAck, Status>>,
-    mut stop: watch::Receiver<bool>,
+    stop: impl std::future::Future<Output = ()>,
     addr: String,
     peer: String,
     identity: PeerIdentity,
 ) {
     let mut received = 0u64;
     let mut rejected = 0u64;
+    tokio::pin!(stop);
     loop {
         let next = tokio::select! {
             biased;
-            _ = stop.wait_for(|stopped| *stopped) => None,
+            _ = &mut stop => None,
             next = inbound.message() => Some(next),
         };
         let Some(next) = next else {

@@ -8,14 +8,14 @@
 //! logged and the stream stays up.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream};
+use raft_core::transport::Serving;
 use raft_core::wire::{self, RaftBatch};
 use raft_core::{InboundHandler, PeerIdentity, ServerGuard, TransportError};
 use rustls::pki_types::CertificateDer;
-use tokio::sync::watch;
 
 use crate::endpoint::{self, Settings};
 use crate::frame::{self, code};
@@ -29,25 +29,7 @@ const REBIND_GRACE: Duration = Duration::from_secs(1);
 struct Shared {
     addr: String,
     settings: Arc<Settings>,
-    /// `None` once the guard is dropped: nothing reaches the node after that.
-    handler: Mutex<Option<Arc<dyn InboundHandler>>>,
-    stop: watch::Sender<bool>,
-}
-
-impl Shared {
-    fn handler(&self) -> Option<Arc<dyn InboundHandler>> {
-        self.handler
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-    }
-
-    fn stopped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
-        let mut rx = self.stop.subscribe();
-        async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }
-    }
+    serving: Serving,
 }
 
 /// Resolves `addr` to the one socket address to listen on.
@@ -99,28 +81,20 @@ pub(crate) async fn serve(
     let shared = Arc::new(Shared {
         addr: addr.to_string(),
         settings,
-        handler: Mutex::new(Some(handler)),
-        stop: watch::channel(false).0,
+        serving: Serving::new(handler),
     });
     tokio::spawn(accept_loop(endpoint.clone(), shared.clone()));
     tracing::debug!(addr, ?local, "QUIC raft server listening");
 
     Ok(ServerGuard::new(move || {
-        drop(
-            shared
-                .handler
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take(),
-        );
-        shared.stop.send_replace(true);
+        shared.serving.stop();
         endpoint.close(code::SERVER_STOPPED, b"raft server stopped");
         tracing::debug!(addr = %shared.addr, "QUIC raft server stopped");
     }))
 }
 
 async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
-    let stopped = shared.stopped();
+    let stopped = shared.serving.stopped();
     tokio::pin!(stopped);
     loop {
         let incoming = tokio::select! {
@@ -179,7 +153,7 @@ async fn serve_connection(
     peer: SocketAddr,
     identity: PeerIdentity,
 ) {
-    let stopped = shared.stopped();
+    let stopped = shared.serving.stopped();
     tokio::pin!(stopped);
     loop {
         tokio::select! {
@@ -215,7 +189,7 @@ async fn raft_stream(
     identity: PeerIdentity,
 ) {
     let max = shared.settings.max_message_size;
-    let stopped = shared.stopped();
+    let stopped = shared.serving.stopped();
     tokio::pin!(stopped);
     let mut received = 0u64;
     let mut rejected = 0u64;
@@ -243,7 +217,7 @@ async fn raft_stream(
             }
         };
         received += 1;
-        let Some(handler) = shared.handler() else {
+        let Some(handler) = shared.serving.handler() else {
             return;
         };
         let (from, to) = (batch.from, batch.to);
@@ -292,7 +266,7 @@ async fn call_stream(
             return;
         }
     };
-    let Some(handler) = shared.handler() else {
+    let Some(handler) = shared.serving.handler() else {
         let _ = send.reset(code::NOT_PROCESSED);
         return;
     };

@@ -10,6 +10,7 @@ mod faulty;
 mod identity;
 pub mod link;
 mod local;
+mod serving;
 #[cfg(feature = "network")]
 pub mod tls;
 
@@ -21,6 +22,7 @@ use async_trait::async_trait;
 pub use faulty::{Faults, FaultyTransport};
 pub use identity::{identity_of_certificate, node_uri, read_private_key, NODE_URI_PREFIX};
 pub use local::{LocalNetwork, LocalTransport};
+pub use serving::Serving;
 
 use crate::error::TransportError;
 use crate::wire::{RaftBatch, Request, Response};
