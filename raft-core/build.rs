@@ -1,7 +1,10 @@
-//! Generates the wire schema from `proto/raftkit.proto` (needs `protoc`).
+//! Generates the wire schema from `proto/raftkit.proto` and raft-core's durable records from
+//! `proto/records.proto` (needs `protoc`).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/raftkit.proto");
-    prost_build::Config::new().compile_protos(&["proto/raftkit.proto"], &["proto"])?;
+    println!("cargo:rerun-if-changed=proto/records.proto");
+    prost_build::Config::new()
+        .compile_protos(&["proto/raftkit.proto", "proto/records.proto"], &["proto"])?;
     Ok(())
 }

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use raft_core::{async_trait, InitialCluster, LocalNetwork, Raft, Store, StoreResult};
+use raft_core::{async_trait, InitialCluster, LocalNetwork, Raft, Store, StoreError, StoreResult};
 use serde::{Deserialize, Serialize};
 
 #[derive(Serialize, Deserialize)]
@@ -37,14 +37,14 @@ impl Store for HashStore {
                 self.0.insert(key, value.clone());
                 encode(&value)
             }
-            Message::Get { .. } => anyhow::bail!("Get is a query, not a command"),
+            Message::Get { .. } => Err(StoreError::msg("Get is a query, not a command")),
         }
     }
 
     async fn query(&self, query: &[u8]) -> StoreResult<Vec<u8>> {
         match decode(query)? {
             Message::Get { key } => encode(&self.0.get(&key)),
-            Message::Insert { .. } => anyhow::bail!("Insert is a command, not a query"),
+            Message::Insert { .. } => Err(StoreError::msg("Insert is a command, not a query")),
         }
     }
 

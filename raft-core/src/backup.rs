@@ -29,7 +29,7 @@ use crate::log_storage::{snapshot_index, LogStorage};
 use crate::node::apply::Applier;
 use crate::node::cluster_id;
 use crate::node::membership::seal_envelope;
-use crate::wire::Member;
+use crate::records::Member;
 
 /// The first bytes of every backup file.
 const MAGIC: [u8; 8] = *b"RKBACKUP";
@@ -377,21 +377,18 @@ pub fn restore_backup(
     backup: &Backup,
 ) -> Result<()> {
     if id == 0 {
-        return Err(Error::Config("node id 0 is reserved; use 1 or more".into()));
+        return Err(Error::config("node id 0 is reserved; use 1 or more"));
     }
     if addr.is_empty() {
-        return Err(Error::Config(
-            "no raft address for the restored node".into(),
-        ));
+        return Err(Error::config("no raft address for the restored node"));
     }
     backup
         .check()
         .map_err(|e| Error::Invalid(format!("backup: {e}")))?;
     if crate::raft::has_state(storage)? {
-        return Err(Error::Config(
+        return Err(Error::config(
             "the log storage already holds state: a backup is restored into empty storage only \
-             (use a new data directory)"
-                .into(),
+             (use a new data directory)",
         ));
     }
     let members = vec![Member {
@@ -422,7 +419,7 @@ pub fn restore_backup(
     }
     let installed = snapshot_index(&storage.snapshot()?);
     if installed != backup.index {
-        return Err(Error::Config(format!(
+        return Err(Error::config(format!(
             "the log storage holds a snapshot at {installed} after installing one at {}",
             backup.index
         )));
@@ -445,7 +442,7 @@ pub(crate) async fn take(applier: &Applier) -> Result<Backup> {
         .store
         .snapshot()
         .await
-        .map_err(|e| Error::Store(format!("snapshot for a backup failed: {e:#}")))?;
+        .map_err(|e| Error::store(format!("snapshot for a backup failed: {e:#}")))?;
     Ok(Backup {
         index: applier.applied,
         term: applier.applied_term,

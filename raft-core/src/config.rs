@@ -53,20 +53,20 @@ pub struct Config {
     /// Default 100.
     pub promote_lag: u64,
     /// Bytes of committed entries waiting for [`crate::Store::apply`] beyond which the leader
-    /// answers new proposals [`crate::Error::Busy`], and beyond twice which a node stops
+    /// answers new proposals [`crate::NotApplied::Busy`], and beyond twice which a node stops
     /// taking new committed entries from raft until its store catches up. Default 64 MiB.
     pub max_apply_backlog_bytes: u64,
     /// Bytes of proposed but uncommitted entries a leader holds before it answers new
-    /// proposals [`crate::Error::Busy`] (raft-rs's `max_uncommitted_size`). Default 64 MiB;
+    /// proposals [`crate::NotApplied::Busy`] (raft-rs's `max_uncommitted_size`). Default 64 MiB;
     /// at least `max_size_per_msg`.
     pub max_uncommitted_bytes: u64,
     /// Largest proposal accepted, in bytes. Default 8 MiB.
     pub max_proposal_bytes: usize,
     /// Reads a node keeps waiting (for a read index or for the state machine to catch up)
-    /// before it answers new ones [`crate::Error::Busy`]. Default 65 536.
+    /// before it answers new ones [`crate::NotApplied::Busy`]. Default 65 536.
     pub max_pending_reads: usize,
     /// Requests a follower queues for forwarding to one leader before it answers new ones
-    /// [`crate::Error::Busy`]. Default 4 096.
+    /// [`crate::NotApplied::Busy`]. Default 4 096.
     pub max_forward_queue: usize,
     /// A snapshot transfer from the leader that sends no chunk for this long is dropped.
     /// Default 60 s.
@@ -104,7 +104,7 @@ impl Default for Config {
 impl Config {
     /// Checks the values make sense together.
     pub fn validate(&self) -> Result<(), Error> {
-        let fail = |m: &str| Err(Error::Config(m.to_string()));
+        let fail = |m: &str| Err(Error::config(m.to_string()));
         if self.tick_interval.is_zero() {
             return fail("tick_interval must be positive");
         }

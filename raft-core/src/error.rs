@@ -5,17 +5,33 @@ use std::time::Duration;
 /// The result type of raft-core's public API.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-/// An error from a [`crate::Raft`] node or its [`crate::Mailbox`].
+/// An error from a [`crate::Raft`] node or its [`crate::Mailbox`], typed by what it means for
+/// the request: match on the variant to decide whether to retry.
 ///
-/// Errors about proposals say whether the proposal took effect:
-/// [`Error::outcome_unknown`] is true when it may or may not have been applied.
+/// - [`Error::NotApplied`]: it certainly did not take effect; retrying is safe.
+/// - [`Error::MaybeApplied`]: a write may or may not have taken effect; only reading the state
+///   tells.
+/// - [`Error::NotLeader`]: this node does not lead (low-level calls only: the mailbox forwards).
+/// - [`Error::Store`]: the state machine answered with an error, the same on every replica.
+/// - [`Error::Invalid`]: the request cannot succeed as asked; retrying fails the same way.
+/// - [`Error::Fatal`]: this node cannot serve (stopped, its disk failed, misconfigured).
+///
+/// ```
+/// use raft_core::{Error, NotApplied};
+/// fn should_retry(e: &Error) -> bool {
+///     matches!(e, Error::NotApplied(_) | Error::NotLeader { .. })
+/// }
+/// assert!(should_retry(&Error::NotApplied(NotApplied::Dropped)));
+/// ```
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// No leader answered before the deadline: the cluster may be electing one, or a quorum
-    /// of voters is down or unreachable. Retry later.
-    #[error("no leader available within {0:?}: the cluster is electing a leader or has lost its quorum; retry later")]
-    NoLeader(Duration),
+    /// The request did not take effect; it can be retried safely.
+    #[error(transparent)]
+    NotApplied(#[from] NotApplied),
+    /// A write may or may not have taken effect.
+    #[error(transparent)]
+    MaybeApplied(#[from] MaybeApplied),
     /// This node is not the leader. The [`crate::Mailbox`] forwards to the leader by itself;
     /// this error reaches users only from low-level calls.
     #[error("not the leader (leader: {leader_id:?} at {leader_addr:?})")]
@@ -25,85 +41,219 @@ pub enum Error {
         /// The leader's address, when known.
         leader_addr: Option<String>,
     },
-    /// The request did not finish before its deadline. A write may or may not have taken effect.
+    /// The user's [`crate::Store`] returned an error while applying or querying. A write that
+    /// failed so counts as applied (with this answer) on every replica.
+    #[error("state machine error: {0}")]
+    Store(StoreError),
+    /// The request is malformed or not allowed (for example removing the last voter).
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// This node cannot serve.
+    #[error(transparent)]
+    Fatal(#[from] Fatal),
+}
+
+/// Why a request did not take effect. Retrying is safe.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum NotApplied {
+    /// No leader answered before the deadline: the cluster may be electing one, or a quorum
+    /// of voters is down or unreachable. Retry later.
+    #[error("no leader available within {0:?}: the cluster is electing a leader or has lost its quorum; retry later")]
+    NoLeader(Duration),
+    /// The proposal's log entry was replaced by another leader's entry, or raft refused it.
+    #[error("proposal dropped before it committed (the leader changed); it did not take effect and can be retried")]
+    Dropped,
+    /// Another membership change is in progress; retry once it completes.
+    #[error("another membership change is in progress; retry when it completes")]
+    MembershipBusy,
+    /// The node is overloaded (a bounded queue is full, or the state machine lags behind the
+    /// log). Retry after a short pause.
+    #[error("busy: {0}; the request did not take effect, retry shortly")]
+    Busy(String),
+    /// The request never reached the node it was for.
+    #[error(transparent)]
+    Unreachable(TransportError),
+}
+
+/// Why a write's outcome is unknown: it may have been applied.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum MaybeApplied {
+    /// The request did not finish before its deadline.
     #[error("request timed out after {0:?}; a write may or may not have taken effect")]
     Timeout(Duration),
-    /// The proposal's log entry was replaced by another leader's entry: it did not take effect
-    /// and can be retried safely.
-    #[error("proposal dropped before it committed (the leader changed); it did not take effect and can be retried")]
-    ProposalDropped,
     /// The leader that accepted the proposal lost its leadership before the entry committed.
     /// It may still commit under the new leader.
     #[error("leadership lost while the proposal was pending; it may or may not take effect")]
     LeadershipLost,
-    /// The user's [`crate::Store`] returned an error while applying or querying.
-    #[error("state machine error: {0}")]
-    Store(String),
-    /// The durable log failed. The node stops: nothing is acknowledged after a failed write.
-    #[error("log storage failed: {0}")]
-    Storage(#[from] StorageError),
-    /// The transport failed to reach a peer.
+    /// The node stopped while the request was pending.
+    #[error("the node stopped while the request was pending; it may or may not take effect")]
+    NodeStopped,
+    /// The call to another node failed after the request may have been delivered.
     #[error(transparent)]
-    Transport(#[from] TransportError),
-    /// The request is malformed or not allowed (for example removing the last voter).
-    #[error("invalid request: {0}")]
-    Invalid(String),
-    /// Another membership change is in progress; retry once it completes.
-    #[error("another membership change is in progress; retry when it completes")]
-    MembershipBusy,
-    /// The node is overloaded (a bounded queue is full, or the state machine lags behind
-    /// the log). The request did not take effect; retry after a short pause.
-    #[error("busy: {0}; the request did not take effect, retry shortly")]
-    Busy(String),
-    /// The node has stopped (shut down, removed from the cluster, or failed).
-    #[error("the raft node is not running (stopped, removed, or failed)")]
-    Shutdown,
-    /// The node was configured inconsistently, or its storage holds an impossible state.
-    #[error("configuration error: {0}")]
-    Config(String),
-    /// raft-rs rejected an operation.
-    #[error("raft: {0}")]
-    Raft(String),
-    /// A peer answered with an error this version does not know.
+    Transport(TransportError),
+    /// Another node answered with an error this version does not know.
     #[error("remote node failed: {0}")]
     Remote(String),
 }
 
+/// Why this node cannot serve.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum Fatal {
+    /// The node is not running (shut down, removed from the cluster, or failed). A request
+    /// refused so did not take effect.
+    #[error("the raft node is not running (stopped, removed, or failed)")]
+    Shutdown,
+    /// The durable log failed. The node stops: nothing is acknowledged after a failed write.
+    #[error("log storage failed: {0}")]
+    Storage(#[from] StorageError),
+    /// The node was configured inconsistently, or its storage holds an impossible state.
+    #[error("configuration error: {0}")]
+    Config(String),
+    /// The node failed and stopped (its state machine panicked, for example). Requests that
+    /// were pending on it may or may not have taken effect.
+    #[error("the node failed: {0}")]
+    Failed(String),
+}
+
 impl Error {
-    /// True when a write that failed with this error may nevertheless have been applied.
-    pub fn outcome_unknown(&self) -> bool {
-        matches!(
-            self,
-            Error::Timeout(_)
-                | Error::LeadershipLost
-                | Error::Transport(TransportError::Failed { .. })
-                | Error::Remote(_)
-                | Error::Shutdown
-                | Error::Storage(_)
-        )
+    /// [`Fatal::Config`].
+    pub(crate) fn config(message: impl Into<String>) -> Self {
+        Error::Fatal(Fatal::Config(message.into()))
     }
 
-    /// True when the request certainly did not take effect and retrying it is safe.
-    pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            Error::NoLeader(_)
-                | Error::NotLeader { .. }
-                | Error::ProposalDropped
-                | Error::MembershipBusy
-                | Error::Busy(_)
-                | Error::Transport(TransportError::Unreachable { .. })
-        )
+    /// [`NotApplied::Busy`].
+    pub(crate) fn busy(message: impl Into<String>) -> Self {
+        Error::NotApplied(NotApplied::Busy(message.into()))
+    }
+
+    /// [`Fatal::Shutdown`]: the node refused the request, so it did not take effect.
+    pub(crate) fn shutdown() -> Self {
+        Error::Fatal(Fatal::Shutdown)
+    }
+
+    /// [`MaybeApplied::Timeout`].
+    pub(crate) fn timeout(after: Duration) -> Self {
+        Error::MaybeApplied(MaybeApplied::Timeout(after))
+    }
+
+    /// [`NotApplied::NoLeader`].
+    pub(crate) fn no_leader(waited: Duration) -> Self {
+        Error::NotApplied(NotApplied::NoLeader(waited))
+    }
+
+    /// [`NotApplied::Dropped`].
+    pub(crate) fn dropped() -> Self {
+        Error::NotApplied(NotApplied::Dropped)
+    }
+
+    /// [`NotApplied::MembershipBusy`].
+    pub(crate) fn membership_busy() -> Self {
+        Error::NotApplied(NotApplied::MembershipBusy)
+    }
+
+    /// [`MaybeApplied::LeadershipLost`].
+    pub(crate) fn leadership_lost() -> Self {
+        Error::MaybeApplied(MaybeApplied::LeadershipLost)
+    }
+
+    /// [`MaybeApplied::NodeStopped`]: the node stopped while the request was pending.
+    pub(crate) fn node_stopped() -> Self {
+        Error::MaybeApplied(MaybeApplied::NodeStopped)
+    }
+
+    /// [`MaybeApplied::Remote`].
+    pub(crate) fn remote(message: impl Into<String>) -> Self {
+        Error::MaybeApplied(MaybeApplied::Remote(message.into()))
+    }
+
+    /// [`Error::Store`] with this message.
+    pub(crate) fn store(message: impl std::fmt::Display) -> Self {
+        Error::Store(StoreError::msg(message))
+    }
+}
+
+impl From<StorageError> for Error {
+    fn from(e: StorageError) -> Self {
+        Error::Fatal(Fatal::Storage(e))
+    }
+}
+
+impl From<TransportError> for Error {
+    /// By what the transport knows: not delivered, too large to send, or maybe delivered.
+    fn from(e: TransportError) -> Self {
+        match e {
+            TransportError::Unreachable { .. } => Error::NotApplied(NotApplied::Unreachable(e)),
+            TransportError::Malformed(m) => Error::Invalid(m),
+            TransportError::Setup(m) => Error::config(m),
+            TransportError::Failed { .. } => Error::MaybeApplied(MaybeApplied::Transport(e)),
+        }
     }
 }
 
 impl From<raft::Error> for Error {
     fn from(e: raft::Error) -> Self {
         match e {
-            raft::Error::ProposalDropped => Error::ProposalDropped,
-            raft::Error::Store(s) => Error::Storage(StorageError::from(raft::Error::Store(s))),
-            other => Error::Raft(other.to_string()),
+            raft::Error::ProposalDropped => Error::NotApplied(NotApplied::Dropped),
+            raft::Error::Store(s) => StorageError::from(raft::Error::Store(s)).into(),
+            other => Error::Invalid(format!("raft refused: {other}")),
         }
+    }
+}
+
+/// An error from the user's [`crate::Store`]. Any error converts into it with `?`; it travels
+/// to the caller, possibly on another node, as its message.
+///
+/// ```
+/// use raft_core::StoreError;
+/// fn parse(bytes: &[u8]) -> Result<u64, StoreError> {
+///     let text = std::str::from_utf8(bytes)?;
+///     let n = text.parse::<u64>()?;
+///     if n == 0 {
+///         return Err(StoreError::msg("zero is not allowed"));
+///     }
+///     Ok(n)
+/// }
+/// assert_eq!(parse(b"0").unwrap_err().to_string(), "zero is not allowed");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreError(String);
+
+impl StoreError {
+    /// An error with this message.
+    pub fn msg(message: impl std::fmt::Display) -> Self {
+        StoreError(message.to_string())
+    }
+
+    /// The message.
+    pub fn message(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for StoreError {
+    fn from(e: E) -> Self {
+        StoreError(e.to_string())
+    }
+}
+
+impl From<StoreError> for Box<dyn std::error::Error + Send + Sync> {
+    fn from(e: StoreError) -> Self {
+        e.0.into()
+    }
+}
+
+impl From<StoreError> for anyhow::Error {
+    fn from(e: StoreError) -> Self {
+        anyhow::Error::msg(e.0)
     }
 }
 

@@ -32,23 +32,23 @@ impl InitialCluster {
         let mut by_id = BTreeMap::new();
         for (id, addr) in members {
             if id == 0 {
-                return Err(Error::Config(
-                    "initial cluster: node id 0 is reserved; use 1 or more".into(),
+                return Err(Error::config(
+                    "initial cluster: node id 0 is reserved; use 1 or more",
                 ));
             }
             if addr.is_empty() || addr.len() > MAX_ADDR {
-                return Err(Error::Config(format!(
+                return Err(Error::config(format!(
                     "initial cluster: node {id} needs an address of 1 to {MAX_ADDR} bytes"
                 )));
             }
             if by_id.insert(id, addr).is_some() {
-                return Err(Error::Config(format!(
+                return Err(Error::config(format!(
                     "initial cluster: node {id} is listed twice"
                 )));
             }
         }
         if by_id.is_empty() {
-            return Err(Error::Config("initial cluster: no members".into()));
+            return Err(Error::config("initial cluster: no members"));
         }
         Ok(InitialCluster {
             members: by_id,
@@ -94,12 +94,12 @@ impl FromStr for InitialCluster {
             .filter(|item| !item.is_empty())
             .map(|item| {
                 let (id, addr) = item.split_once('=').ok_or_else(|| {
-                    Error::Config(format!(
+                    Error::config(format!(
                         "initial cluster: `{item}` is not id=host:port (e.g. 1=10.0.0.1:7001)"
                     ))
                 })?;
                 let id = id.trim().parse::<u64>().map_err(|_| {
-                    Error::Config(format!(
+                    Error::config(format!(
                         "initial cluster: `{id}` in `{item}` is not a node id"
                     ))
                 })?;

@@ -56,6 +56,7 @@ mod metrics;
 mod node;
 pub mod private_files;
 mod raft;
+mod records;
 mod status;
 mod store;
 pub mod transport;
@@ -66,7 +67,9 @@ pub mod testing;
 
 pub use crate::backup::{restore_backup, Backup, BackupError};
 pub use crate::config::Config;
-pub use crate::error::{Error, Result, StorageError, TransportError};
+pub use crate::error::{
+    Error, Fatal, MaybeApplied, NotApplied, Result, StorageError, StoreError, TransportError,
+};
 pub use crate::initial_cluster::InitialCluster;
 pub use crate::log_storage::{limit_size, LogStorage};
 pub use crate::mailbox::Mailbox;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{Error, MaybeApplied, NotApplied, Result};
 use crate::forwarder::{Forwarded, Forwarder};
 use crate::metrics::Metrics;
 use crate::metrics::NodeMetrics;
@@ -43,9 +43,9 @@ async fn wait_answer(
 ) -> Result<Vec<u8>> {
     // The driver and apply task enforce the deadline; the grace only guards against bugs.
     match tokio::time::timeout(timeout + Duration::from_millis(500), rx).await {
-        Err(_) => Err(Error::Timeout(timeout)),
-        Ok(Err(_)) => Err(Error::Shutdown),
-        Ok(Ok(Err(Error::Timeout(_)))) => Err(Error::Timeout(timeout)),
+        Err(_) => Err(Error::timeout(timeout)),
+        Ok(Err(_)) => Err(Error::node_stopped()),
+        Ok(Ok(Err(Error::MaybeApplied(MaybeApplied::Timeout(_))))) => Err(Error::timeout(timeout)),
         Ok(Ok(answer)) => answer,
     }
 }
@@ -64,9 +64,9 @@ impl NodeHandle {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 NodeMetrics::inc(&self.counters.metrics.busy);
-                return Err(Error::Busy("the node's inbox is full".into()));
+                return Err(Error::busy("the node's inbox is full"));
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => return Err(Error::Shutdown),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(Error::shutdown()),
         }
         wait_answer(rx, timeout).await
     }
@@ -172,7 +172,7 @@ fn from_response(response: crate::wire::Response) -> Result<Vec<u8>> {
             Ok(Vec::new())
         }
         Some(response::Kind::Error(e)) => Err(error_from_wire(e)),
-        _ => Err(Error::Remote("unexpected response".into())),
+        _ => Err(Error::remote("unexpected response")),
     }
 }
 
@@ -225,9 +225,8 @@ impl Mailbox {
 
     /// Replicates `data` and returns what [`crate::Store::apply`] returned for it.
     ///
-    /// On error, [`Error::outcome_unknown`] says whether the command may still have been
-    /// applied (for example after a timeout); [`Error::is_retryable`] errors certainly were
-    /// not.
+    /// The error says what became of the command: [`Error::NotApplied`] certainly was not
+    /// applied, [`Error::MaybeApplied`] may still have been (for example after a timeout).
     pub async fn send_proposal(&self, data: Vec<u8>) -> Result<Vec<u8>> {
         let limit = self.node.config.max_proposal_bytes;
         if data.len() > limit {
@@ -303,7 +302,7 @@ impl Mailbox {
         // The apply task sends the backup before it answers the read.
         taken
             .await
-            .map_err(|_| Error::Store("the apply task dropped the backup".into()))
+            .map_err(|_| Error::store("the apply task dropped the backup"))
     }
 
     /// This node's view of the cluster.
@@ -347,7 +346,7 @@ impl Mailbox {
                 }
             }
             if Instant::now() >= deadline {
-                return Err(Error::NoLeader(self.timeout));
+                return Err(Error::no_leader(self.timeout));
             }
             tokio::time::sleep(backoff.min(deadline.saturating_duration_since(Instant::now())))
                 .await;
@@ -422,7 +421,7 @@ impl Mailbox {
                 tokio::time::sleep(self.node.config.tick_interval).await;
             }
             if Instant::now() >= deadline {
-                return Err(Error::Timeout(self.timeout));
+                return Err(Error::timeout(self.timeout));
             }
         }
     }
@@ -445,9 +444,9 @@ impl Mailbox {
             let now = Instant::now();
             if now >= deadline {
                 return Err(if leader_seen {
-                    Error::Timeout(self.timeout)
+                    Error::timeout(self.timeout)
                 } else {
-                    Error::NoLeader(self.timeout)
+                    Error::no_leader(self.timeout)
                 });
             }
             let remaining = deadline - now;
@@ -478,12 +477,14 @@ impl Mailbox {
                         continue;
                     }
                 }
-                Error::Timeout(_) if !op.idempotent() => return Err(Error::Timeout(self.timeout)),
+                Error::MaybeApplied(MaybeApplied::Timeout(_)) if !op.idempotent() => {
+                    return Err(Error::timeout(self.timeout))
+                }
                 // Overload goes back to the caller at once: retrying here would only add load.
-                e @ Error::Busy(_) => return Err(e),
-                e if e.is_retryable()
-                    || (op.idempotent()
-                        && !matches!(e, Error::Invalid(_) | Error::Store(_) | Error::Shutdown)) =>
+                e @ Error::NotApplied(NotApplied::Busy(_)) => return Err(e),
+                // Did not take effect, or is harmless to repeat (a read): try again.
+                e if matches!(e, Error::NotApplied(_) | Error::NotLeader { .. })
+                    || (op.idempotent() && matches!(e, Error::MaybeApplied(_))) =>
                 {
                     if failed.is_some() {
                         failed_recently = failed;
@@ -520,14 +521,12 @@ impl Mailbox {
                 .await;
             return match forwarded {
                 // Timed out, or the call was lost after it may have been sent.
-                Forwarded::TimedOut => Err(Error::Timeout(timeout)),
-                Forwarded::Failed(e) => Err(Error::Transport(e)),
+                Forwarded::TimedOut => Err(Error::timeout(timeout)),
+                Forwarded::Failed(e) => Err(Error::from(e)),
                 Forwarded::Answer(response) => from_response(response),
                 Forwarded::Busy => {
                     NodeMetrics::inc(&self.node.counters.metrics.busy);
-                    Err(Error::Busy(
-                        "too many requests queued for the leader".into(),
-                    ))
+                    Err(Error::busy("too many requests queued for the leader"))
                 }
             };
         }
@@ -536,8 +535,8 @@ impl Mailbox {
             .transport
             .call(addr, op.to_request(timeout), timeout);
         match tokio::time::timeout(timeout, call).await {
-            Err(_) => Err(Error::Timeout(timeout)),
-            Ok(Err(e)) => Err(Error::Transport(e)),
+            Err(_) => Err(Error::timeout(timeout)),
+            Ok(Err(e)) => Err(Error::from(e)),
             Ok(Ok(response)) => from_response(response),
         }
     }

@@ -10,7 +10,7 @@ use raft::RawNode;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
-use crate::error::{Error, Result, StorageError};
+use crate::error::{Error, Fatal, MaybeApplied, NotApplied, Result, StorageError};
 use crate::forwarder::Forwarder;
 use crate::initial_cluster::InitialCluster;
 use crate::log_storage::{snapshot_index, LogStorage, RaftStorage};
@@ -28,9 +28,9 @@ use crate::node::snapshot_transfer::SnapshotAssembler;
 use crate::node::Counters;
 use crate::store::Store;
 use crate::transport::Transport;
+use crate::records::Member;
 use crate::wire::{
-    request, response, LeaderInfoRequest, Member, MembershipAction, Request, Response,
-    StatusRequest,
+    request, response, LeaderInfoRequest, MembershipAction, Request, Response, StatusRequest,
 };
 
 /// How long asking one address who leads may take.
@@ -130,16 +130,16 @@ impl RaftBuilder {
     /// Checks the settings and builds the node (nothing runs yet).
     pub fn build(self) -> Result<Raft> {
         if self.id == 0 {
-            return Err(Error::Config("node id 0 is reserved; use 1 or more".into()));
+            return Err(Error::config("node id 0 is reserved; use 1 or more"));
         }
         self.config.validate()?;
         let addr = self
             .addr
             .filter(|a| !a.is_empty())
-            .ok_or_else(|| Error::Config("no raft address: call .raft_addr(...)".into()))?;
+            .ok_or_else(|| Error::config("no raft address: call .raft_addr(...)"))?;
         let transport = self
             .transport
-            .ok_or_else(|| Error::Config("no transport: call .transport(...)".into()))?;
+            .ok_or_else(|| Error::config("no transport: call .transport(...)"))?;
         let storage = self
             .storage
             .unwrap_or_else(|| Arc::new(MemLogStorage::new()));
@@ -267,7 +267,7 @@ impl Raft {
         }
         match cluster.members().get(&self.node.id) {
             None => {
-                return Err(Error::Config(format!(
+                return Err(Error::config(format!(
                     "node {} is not in the initial cluster ({}); a node added later joins \
                      through a member instead",
                     self.node.id,
@@ -275,7 +275,7 @@ impl Raft {
                 )))
             }
             Some(addr) if *addr != self.node.addr => {
-                return Err(Error::Config(format!(
+                return Err(Error::config(format!(
                     "the initial cluster gives node {} the address {addr}, but it advertises \
                      {}: peers would dial the wrong address",
                     self.node.id, self.node.addr
@@ -314,7 +314,7 @@ impl Raft {
         if snapshot_index(&snapshot) == 0 {
             return Ok(());
         }
-        let stored = open_membership(&snapshot.data).map_err(Error::Config)?;
+        let stored = open_membership(&snapshot.data).map_err(Error::config)?;
         let members: std::collections::BTreeMap<u64, String> =
             stored.members.into_iter().map(|m| (m.id, m.addr)).collect();
         if &members != cluster.members() {
@@ -420,7 +420,7 @@ impl Raft {
     async fn bootstrap(&mut self, members: Vec<Member>, cluster_id: u64) -> Result<()> {
         let user_data =
             self.store.snapshot().await.map_err(|e| {
-                Error::Store(format!("snapshot of the initial state failed: {e:#}"))
+                Error::store(format!("snapshot of the initial state failed: {e:#}"))
             })?;
         let voters = members.iter().map(|m| m.id).collect::<Vec<_>>();
         // Index 1 rather than 0: every node that joins later starts from this snapshot, so all
@@ -460,13 +460,13 @@ impl Raft {
         let state = storage.initial_state()?;
         let snap_index = snapshot_index(&snapshot);
         if state.hard_state.commit < snap_index {
-            return Err(Error::Config(format!(
+            return Err(Error::config(format!(
                 "log storage is inconsistent: snapshot at {snap_index} beyond commit index {}",
                 state.hard_state.commit
             )));
         }
         let members = if snap_index > 0 {
-            let envelope = open_envelope(&snapshot.data).map_err(Error::Config)?;
+            let envelope = open_envelope(&snapshot.data).map_err(Error::config)?;
             Members::from_list(envelope.members)
         } else {
             Members::default()
@@ -597,7 +597,7 @@ async fn request_join(node: Arc<NodeHandle>, hint: (u64, String)) {
             // incarnation after a lost disk; a lost answer; a leader change). Only an explicit
             // refusal ends it.
             Err(e)
-                if !matches!(e, Error::Invalid(_) | Error::Config(_))
+                if !matches!(e, Error::Invalid(_) | Error::Fatal(Fatal::Config(_)))
                     && std::time::Instant::now() + pause < deadline =>
             {
                 tracing::info!(node = node.id, "join not done yet: {e}");
@@ -606,14 +606,13 @@ async fn request_join(node: Arc<NodeHandle>, hint: (u64, String)) {
             }
             Err(e) => {
                 let e = match e {
-                    e @ (Error::NoLeader(_) | Error::Timeout(_) | Error::Busy(_)) => {
-                        Error::Config(format!(
-                            "joining the cluster failed: {e}. If node {} was a member that \
+                    e @ (Error::NotApplied(NotApplied::NoLeader(_) | NotApplied::Busy(_))
+                    | Error::MaybeApplied(MaybeApplied::Timeout(_))) => Error::config(format!(
+                        "joining the cluster failed: {e}. If node {} was a member that \
                              lost its disk, the cluster re-admits it only while a quorum of its \
                              other voters runs: bring them back, then start this node again",
-                            node.id
-                        ))
-                    }
+                        node.id
+                    )),
                     e => e,
                 };
                 tracing::error!(node = node.id, "joining the cluster failed: {e}");

@@ -2,8 +2,11 @@
 
 use async_trait::async_trait;
 
-/// The result type of [`Store`] methods: any error type converts into it with `?`.
-pub type StoreResult<T> = anyhow::Result<T>;
+pub use crate::error::StoreError;
+
+/// The result type of [`Store`] methods: any error type converts into its [`StoreError`] with
+/// `?`.
+pub type StoreResult<T> = Result<T, StoreError>;
 
 /// The replicated state machine: the four methods a user implements.
 ///

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use raft_core::testing::cluster::test_config;
 use raft_core::{
-    async_trait, Config, Error, LocalNetwork, Mailbox, QueueDepths, Raft, ReadConsistency, Store,
-    StoreResult,
+    async_trait, Config, Error, LocalNetwork, Mailbox, NotApplied, QueueDepths, Raft,
+    ReadConsistency, Store, StoreResult,
 };
 use support::init_tracing;
 
@@ -121,7 +121,9 @@ async fn ten_times_the_apply_rate_keeps_queues_and_memory_flat() {
                     tokio::spawn(async move {
                         match mailbox.send_proposal(vec![1; PAYLOAD]).await {
                             Ok(_) => tally.ok.fetch_add(1, Ordering::Relaxed),
-                            Err(Error::Busy(_)) => tally.busy.fetch_add(1, Ordering::Relaxed),
+                            Err(Error::NotApplied(NotApplied::Busy(_))) => {
+                                tally.busy.fetch_add(1, Ordering::Relaxed)
+                            }
                             Err(_) => tally.other.fetch_add(1, Ordering::Relaxed),
                         };
                     });

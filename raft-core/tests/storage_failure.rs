@@ -11,7 +11,7 @@ use raft_core::testing::breakable::BreakableLog;
 use raft_core::testing::cluster::test_config;
 use raft_core::testing::kv::{encode_op, KvStore};
 use raft_core::testing::linearizability::KvOp;
-use raft_core::{Error, LocalNetwork, LogStorage, MemLogStorage, Raft};
+use raft_core::{Error, Fatal, LocalNetwork, LogStorage, MemLogStorage, Raft};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_write_stops_the_node_and_acknowledges_nothing() {
@@ -52,7 +52,9 @@ async fn failed_write_stops_the_node_and_acknowledges_nothing() {
         .expect("the node stops")
         .expect("no panic");
     match exit {
-        Err(Error::Storage(e)) => assert!(e.to_string().contains("no space left"), "{e}"),
+        Err(Error::Fatal(Fatal::Storage(e))) => {
+            assert!(e.to_string().contains("no space left"), "{e}")
+        }
         other => panic!("the node must stop with the storage error, got {other:?}"),
     }
     assert_eq!(
@@ -62,5 +64,8 @@ async fn failed_write_stops_the_node_and_acknowledges_nothing() {
     );
     // The stopped node refuses further work instead of hanging.
     let after = mailbox.send_proposal(put("later")).await;
-    assert!(matches!(after, Err(Error::Shutdown)), "{after:?}");
+    assert!(
+        matches!(after, Err(Error::Fatal(Fatal::Shutdown))),
+        "{after:?}"
+    );
 }

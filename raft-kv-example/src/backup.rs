@@ -199,6 +199,7 @@ async fn restore(
     KvStore::default()
         .restore(&backup.data)
         .await
+        .map_err(anyhow::Error::from)
         .with_context(|| format!("{} does not hold raft-kv state", file.display()))?;
 
     let dir = data_dir.to_path_buf();

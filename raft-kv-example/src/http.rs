@@ -13,7 +13,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use raft_core::{Error, Mailbox, ReadConsistency};
+use raft_core::{Error, Fatal, Mailbox, NotApplied, ReadConsistency, StoreError};
 use serde::{Deserialize, Serialize};
 
 use crate::http_stats::HttpStats;
@@ -59,14 +59,16 @@ pub fn router(mailbox: Mailbox, stats: Arc<HttpStats>, http_advertise: &str) -> 
         })
 }
 
-/// An error answer: a status code, a JSON reason, and for an overloaded node a
-/// `Retry-After` header.
+/// An error answer: a status code, a JSON body with the reason and, for errors of the raft
+/// node, what became of the request (`"outcome"`), and for an overloaded node a `Retry-After`
+/// header.
 pub struct ApiError {
     status: StatusCode,
     reason: String,
     /// Set when the request was refused because the node is overloaded: it did not take
     /// effect, and the client should come back after a pause rather than at once.
     retry_after: bool,
+    outcome: Option<&'static str>,
 }
 
 impl ApiError {
@@ -75,7 +77,22 @@ impl ApiError {
             status,
             reason: reason.into(),
             retry_after: false,
+            outcome: None,
         }
+    }
+}
+
+/// What became of a request that failed with `e`, as clients read it: `not_applied` (safe to
+/// retry), `maybe_applied` (read the state to know), or `store_error` (the state machine's
+/// own answer).
+fn outcome_of(e: &Error) -> &'static str {
+    match e {
+        Error::NotApplied(_)
+        | Error::NotLeader { .. }
+        | Error::Invalid(_)
+        | Error::Fatal(Fatal::Shutdown) => "not_applied",
+        Error::Store(_) => "store_error",
+        _ => "maybe_applied",
     }
 }
 
@@ -85,7 +102,10 @@ const BUSY_RETRY_AFTER_SECS: &str = "1";
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Json(serde_json::json!({ "error": self.reason }));
+        let body = match self.outcome {
+            Some(outcome) => Json(serde_json::json!({ "error": self.reason, "outcome": outcome })),
+            None => Json(serde_json::json!({ "error": self.reason })),
+        };
         if self.retry_after {
             (
                 self.status,
@@ -103,23 +123,25 @@ impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
         let status = match &e {
             Error::Invalid(_) | Error::Store(_) => StatusCode::BAD_REQUEST,
-            Error::NoLeader(_)
-            | Error::Timeout(_)
+            Error::NotApplied(_)
+            | Error::MaybeApplied(_)
             | Error::NotLeader { .. }
-            | Error::ProposalDropped
-            | Error::LeadershipLost
-            | Error::MembershipBusy
-            | Error::Busy(_)
-            | Error::Transport(_)
-            | Error::Remote(_)
-            | Error::Shutdown => StatusCode::SERVICE_UNAVAILABLE,
+            | Error::Fatal(Fatal::Shutdown) => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError {
             status,
             reason: e.to_string(),
-            retry_after: matches!(e, Error::Busy(_)),
+            retry_after: matches!(e, Error::NotApplied(NotApplied::Busy(_))),
+            outcome: Some(outcome_of(&e)),
         }
+    }
+}
+
+/// raft-kv's own encoding failed: a bug, not the client's fault.
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
     }
 }
 
@@ -472,6 +494,7 @@ async fn promote(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use raft_core::MaybeApplied;
 
     async fn body_json(response: Response) -> serde_json::Value {
         let bytes = axum::body::to_bytes(response.into_body(), 64 * 1024)
@@ -514,8 +537,10 @@ mod tests {
 
     #[tokio::test]
     async fn busy_is_503_with_retry_after_and_a_reason() {
-        let response =
-            ApiError::from(Error::Busy("the node's inbox is full".into())).into_response();
+        let response = ApiError::from(Error::from(NotApplied::Busy(
+            "the node's inbox is full".into(),
+        )))
+        .into_response();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(
             response
@@ -536,12 +561,24 @@ mod tests {
     async fn other_errors_keep_their_status_and_no_retry_after() {
         for (error, status) in [
             (Error::Invalid("no".into()), StatusCode::BAD_REQUEST),
-            (Error::Store("bad".into()), StatusCode::BAD_REQUEST),
-            (Error::MembershipBusy, StatusCode::SERVICE_UNAVAILABLE),
-            (Error::ProposalDropped, StatusCode::SERVICE_UNAVAILABLE),
-            (Error::LeadershipLost, StatusCode::SERVICE_UNAVAILABLE),
-            (Error::Shutdown, StatusCode::SERVICE_UNAVAILABLE),
-            (Error::Config("x".into()), StatusCode::INTERNAL_SERVER_ERROR),
+            (
+                Error::Store(StoreError::msg("bad")),
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                NotApplied::MembershipBusy.into(),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (NotApplied::Dropped.into(), StatusCode::SERVICE_UNAVAILABLE),
+            (
+                MaybeApplied::LeadershipLost.into(),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (Fatal::Shutdown.into(), StatusCode::SERVICE_UNAVAILABLE),
+            (
+                Fatal::Config("x".into()).into(),
+                StatusCode::INTERNAL_SERVER_ERROR,
+            ),
         ] {
             let what = error.to_string();
             let response = ApiError::from(error).into_response();
@@ -552,6 +589,29 @@ mod tests {
             );
             let body = body_json(response).await;
             assert_eq!(body["error"].as_str(), Some(what.as_str()));
+            assert!(body["outcome"].is_string(), "{body}");
         }
+    }
+
+    #[test]
+    fn outcomes_follow_the_error_type() {
+        assert_eq!(outcome_of(&NotApplied::Dropped.into()), "not_applied");
+        assert_eq!(
+            outcome_of(&NotApplied::Busy("full".into()).into()),
+            "not_applied"
+        );
+        assert_eq!(outcome_of(&Fatal::Shutdown.into()), "not_applied");
+        assert_eq!(
+            outcome_of(&MaybeApplied::LeadershipLost.into()),
+            "maybe_applied"
+        );
+        assert_eq!(
+            outcome_of(&MaybeApplied::Timeout(std::time::Duration::from_secs(1)).into()),
+            "maybe_applied"
+        );
+        assert_eq!(
+            outcome_of(&Error::Store(StoreError::msg("no"))),
+            "store_error"
+        );
     }
 }

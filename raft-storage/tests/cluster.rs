@@ -14,7 +14,7 @@ use raft_core::testing::breakable::BreakableLog;
 use raft_core::testing::cluster::{seed, test_config, StorageFactory, TestCluster};
 use raft_core::testing::kv::{encode_op, KvClient, KvStore};
 use raft_core::testing::linearizability::{assert_linearizable, History, KvOp, KvOutput};
-use raft_core::{Error, LocalNetwork, LogStorage, Raft, StorageError};
+use raft_core::{Error, Fatal, LocalNetwork, LogStorage, Raft, StorageError};
 use raft_storage::RocksLogStorage;
 
 fn init_tracing() {
@@ -90,11 +90,14 @@ async fn failed_write_stops_the_node_and_acknowledges_nothing() {
         .expect("the node stops")
         .expect("no panic");
     match &exit {
-        Err(Error::Storage(e)) => assert!(e.to_string().contains("simulated"), "{e}"),
+        Err(Error::Fatal(Fatal::Storage(e))) => assert!(e.to_string().contains("simulated"), "{e}"),
         other => panic!("the node must stop with the storage error, got {other:?}"),
     }
     let after = mailbox.send_proposal(put("k", "later")).await;
-    assert!(matches!(after, Err(Error::Shutdown)), "{after:?}");
+    assert!(
+        matches!(after, Err(Error::Fatal(Fatal::Shutdown))),
+        "{after:?}"
+    );
     assert_eq!(
         rocks.last_index().unwrap(),
         last_durable,

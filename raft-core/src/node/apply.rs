@@ -86,11 +86,11 @@ impl Applier {
 
     /// Restores the user's store from a snapshot's envelope.
     pub(crate) async fn restore_store(&mut self, snapshot: &Snapshot) -> Result<()> {
-        let envelope = open_envelope(&snapshot.data).map_err(Error::Config)?;
+        let envelope = open_envelope(&snapshot.data).map_err(Error::config)?;
         self.store
             .restore(&envelope.user_data)
             .await
-            .map_err(|e| Error::Store(format!("restore failed: {e:#}")))?;
+            .map_err(|e| Error::store(format!("restore failed: {e:#}")))?;
         // A node that joined learns its cluster from its first snapshot. Until then it knows
         // no cluster id and cannot refuse by it: what keeps another cluster's snapshot out is
         // that a joining node takes one only after its join was accepted, from the leader.
@@ -152,7 +152,7 @@ impl Applier {
             } => {
                 if index <= self.applied {
                     // Cannot happen in order; never leave the client hanging if it does.
-                    let _ = reply.send(Err(Error::LeadershipLost));
+                    let _ = reply.send(Err(Error::leadership_lost()));
                 } else if let Some(old) = self.waiters.insert(
                     index,
                     Waiter {
@@ -162,7 +162,7 @@ impl Applier {
                         reply,
                     },
                 ) {
-                    let _ = old.reply.send(Err(Error::ProposalDropped));
+                    let _ = old.reply.send(Err(Error::dropped()));
                 }
             }
             ApplyMsg::Entries(entries) => {
@@ -179,7 +179,7 @@ impl Applier {
                     // Proposals at or below the snapshot may or may not be in it.
                     let later = self.waiters.split_off(&(self.applied + 1));
                     for (_, w) in std::mem::replace(&mut self.waiters, later) {
-                        let _ = w.reply.send(Err(Error::LeadershipLost));
+                        let _ = w.reply.send(Err(Error::leadership_lost()));
                     }
                     self.serve_reads().await;
                 }
@@ -207,7 +207,7 @@ impl Applier {
             }
             ApplyMsg::FailProposals => {
                 for (_, w) in std::mem::take(&mut self.waiters) {
-                    let _ = w.reply.send(Err(Error::LeadershipLost));
+                    let _ = w.reply.send(Err(Error::leadership_lost()));
                 }
             }
         }
@@ -225,7 +225,7 @@ impl Applier {
                 .store
                 .apply(&entry.data)
                 .await
-                .map_err(|e| Error::Store(format!("{e:#}"))),
+                .map_err(|e| Error::store(format!("{e:#}"))),
             (_, Some(outcome)) => {
                 self.members = Members::from_list(outcome.members);
                 match outcome.result {
@@ -257,10 +257,10 @@ impl Applier {
                     c.origin == self.node_id && c.term == waiter.term && c.seq == waiter.seq
                 });
             let answer = if ours {
-                result.take().unwrap_or(Err(Error::ProposalDropped))
+                result.take().unwrap_or(Err(Error::dropped()))
             } else {
                 // Another leader's entry took this index: ours never committed.
-                Err(Error::ProposalDropped)
+                Err(Error::dropped())
             };
             let _ = waiter.reply.send(answer);
         }
@@ -279,7 +279,7 @@ impl Applier {
             return;
         }
         if Instant::now() > read.deadline {
-            let _ = read.reply.send(Err(Error::Timeout(Duration::ZERO)));
+            let _ = read.reply.send(Err(Error::timeout(Duration::ZERO)));
             return;
         }
         let answer = match read.query {
@@ -287,7 +287,7 @@ impl Applier {
                 .store
                 .query(&query)
                 .await
-                .map_err(|e| Error::Store(format!("{e:#}"))),
+                .map_err(|e| Error::store(format!("{e:#}"))),
             ReadOp::Backup(backup) => crate::backup::take(self).await.map(|taken| {
                 let _ = backup.send(taken);
                 Vec::new()
@@ -355,7 +355,7 @@ impl Applier {
             .collect();
         for index in expired {
             if let Some(w) = self.waiters.remove(&index) {
-                let _ = w.reply.send(Err(Error::Timeout(Duration::ZERO)));
+                let _ = w.reply.send(Err(Error::timeout(Duration::ZERO)));
             }
         }
         for reads in self.reads.values_mut() {
@@ -364,7 +364,7 @@ impl Applier {
                 .partition(|r| r.deadline > now && !r.reply.is_closed());
             *reads = keep;
             for r in gone {
-                let _ = r.reply.send(Err(Error::Timeout(Duration::ZERO)));
+                let _ = r.reply.send(Err(Error::timeout(Duration::ZERO)));
             }
         }
         self.reads.retain(|_, v| !v.is_empty());

@@ -36,11 +36,12 @@ use super::progress::{member_progress, LastContact};
 use super::snapshot_transfer::SnapshotAssembler;
 use super::Counters;
 use crate::config::Config;
-use crate::error::{Error, Result, StorageError};
+use crate::error::{Error, Fatal, Result, StorageError};
 use crate::log_storage::{snapshot_index, LogStorage, RaftStorage};
 use crate::metrics::NodeMetrics;
 use crate::status::{ReadConsistency, Role, Status};
-use crate::wire::{self, EntryContext, Member, MembershipAction};
+use crate::records::{EntryContext, Member};
+use crate::wire::{self, MembershipAction};
 
 /// Most driver messages handled in one turn before the next `Ready`.
 const MAX_MESSAGES_PER_TURN: usize = 4096;
@@ -324,7 +325,7 @@ impl Driver {
 
     fn busy(&self, why: String) -> Error {
         NodeMetrics::inc(&self.counters.metrics.busy);
-        Error::Busy(why)
+        Error::busy(why)
     }
 
     fn to_apply(&self, msg: ApplyMsg) {
@@ -562,7 +563,7 @@ impl Driver {
             result => {
                 let error = match result {
                     Err(e) => Error::from(e),
-                    Ok(()) => Error::ProposalDropped,
+                    Ok(()) => Error::dropped(),
                 };
                 for (_, reply) in waiters {
                     let _ = reply.send(Err(error.clone()));
@@ -682,7 +683,7 @@ impl Driver {
                 .drain(..)
                 .partition(|r| r.deadline > now && !r.reply.is_closed());
             for read in expired {
-                let _ = read.reply.send(Err(Error::Timeout(Duration::ZERO)));
+                let _ = read.reply.send(Err(Error::timeout(Duration::ZERO)));
             }
             batch.reads = live;
             if !batch.reads.is_empty() && now.duration_since(batch.last_issued) >= retry {
@@ -789,7 +790,7 @@ impl Driver {
                 // Remove the old incarnation now; the joining node retries its join and is
                 // added again as a learner once the removal applied.
                 if self.conf_pending() {
-                    let _ = reply.send(Err(Error::MembershipBusy));
+                    let _ = reply.send(Err(Error::membership_busy()));
                     return;
                 }
                 let (_, _, context) = self.next_context(Vec::new());
@@ -802,12 +803,12 @@ impl Driver {
                             "node {node_id} joined with empty storage: removing its old \
                              incarnation before it is added again as a learner"
                         );
-                        Err(Error::Busy(format!(
+                        Err(Error::busy(format!(
                             "node {node_id} lost its state; its old incarnation is being \
                              removed, retry the join"
                         )))
                     }
-                    Err(raft::Error::ProposalDropped) => Err(Error::MembershipBusy),
+                    Err(raft::Error::ProposalDropped) => Err(Error::membership_busy()),
                     Err(e) => Err(Error::from(e)),
                 };
                 let _ = reply.send(answer);
@@ -819,7 +820,7 @@ impl Driver {
             }
         };
         if self.conf_pending() {
-            let _ = reply.send(Err(Error::MembershipBusy));
+            let _ = reply.send(Err(Error::membership_busy()));
             return;
         }
         let (term, seq, context) = self.next_context(member.into_iter().collect());
@@ -829,7 +830,7 @@ impl Driver {
         {
             Ok(()) => self.register(term, seq, deadline, reply),
             Err(raft::Error::ProposalDropped) => {
-                let _ = reply.send(Err(Error::MembershipBusy));
+                let _ = reply.send(Err(Error::membership_busy()));
             }
             Err(e) => {
                 let _ = reply.send(Err(Error::from(e)));
@@ -1063,7 +1064,7 @@ impl Driver {
                 node = self.id,
                 "log storage write failed, stopping the node: {e}"
             );
-            Error::Storage(e)
+            Error::from(e)
         })
     }
 
@@ -1101,7 +1102,7 @@ impl Driver {
             .map(|()| index)
             .map_err(|e| {
                 tracing::error!(node, "saving a snapshot failed, stopping the node: {e}");
-                Error::Storage(e)
+                Error::from(e)
             });
             let _ = tx.send(DriverMsg::SnapshotSaved(result)).await;
         });
@@ -1178,7 +1179,7 @@ impl Driver {
         if !ready.snapshot().is_empty() {
             let snapshot = ready.snapshot().clone();
             let members = open_members(&snapshot.data).map_err(|e| {
-                Error::Config(format!(
+                Error::config(format!(
                     "a snapshot that passed its checks is unreadable: {e}"
                 ))
             })?;
@@ -1385,9 +1386,9 @@ enum Plan {
 }
 
 fn apply_task_gone() -> Error {
-    Error::Store(
+    Error::Fatal(Fatal::Failed(
         "the apply task stopped (the state machine panicked?); stopping the node".to_string(),
-    )
+    ))
 }
 
 fn single_change(change_type: ConfChangeType, node_id: u64) -> ConfChangeV2 {
@@ -1415,8 +1416,8 @@ pub(crate) async fn ask<T>(
     make: impl FnOnce(oneshot::Sender<T>) -> DriverMsg,
 ) -> Result<T> {
     let (reply, rx) = oneshot::channel();
-    tx.send(make(reply)).await.map_err(|_| Error::Shutdown)?;
-    rx.await.map_err(|_| Error::Shutdown)
+    tx.send(make(reply)).await.map_err(|_| Error::shutdown())?;
+    rx.await.map_err(|_| Error::node_stopped())
 }
 
 #[cfg(test)]

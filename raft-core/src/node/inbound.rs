@@ -21,7 +21,7 @@ use prost::Message as _;
 use raft::eraftpb::{ConfChangeType, ConfState, EntryType, Message, MessageType, Snapshot};
 use raft::{Changer, ProgressTracker};
 
-use crate::wire::SnapshotMembers;
+use crate::records::SnapshotMembers;
 
 /// The largest index or term a message may carry. A real cluster never comes near it, and
 /// every sum of an index and a length stays far from overflowing.
@@ -424,7 +424,7 @@ mod tests {
 
     use super::*;
     use crate::node::membership::seal_envelope;
-    use crate::wire::Member;
+    use crate::records::Member;
 
     fn msg(t: MessageType) -> Message {
         let mut m = Message {

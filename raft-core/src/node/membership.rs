@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use prost::Message as _;
 
-use crate::wire::{EntryContext, Member, SnapshotEnvelope, SnapshotMembers};
+use crate::records::{EntryContext, Member, SnapshotEnvelope, SnapshotMembers};
 
 /// The members this node knows, by id.
 #[derive(Debug, Clone, Default)]

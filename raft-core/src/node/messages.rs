@@ -8,7 +8,8 @@ use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 use crate::status::{ReadConsistency, Status};
-use crate::wire::{Member, MembershipAction};
+use crate::records::Member;
+use crate::wire::MembershipAction;
 
 /// Answers one waiting client, exactly once.
 pub(crate) type Responder = oneshot::Sender<Result<Vec<u8>>>;

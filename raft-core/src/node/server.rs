@@ -10,7 +10,7 @@ use super::inbound::{check_wire, Refusal, Route, MAX_ADDR};
 use super::messages::{DriverMsg, MembershipChange};
 use super::snapshot_transfer::SnapshotAssembler;
 use super::Counters;
-use crate::error::{Error, TransportError};
+use crate::error::{Error, Fatal, MaybeApplied, NotApplied, TransportError};
 use crate::mailbox::NodeHandle;
 use crate::transport::{InboundHandler, PeerIdentity};
 use crate::wire::{
@@ -278,7 +278,7 @@ impl NodeServer {
                         .await
                     {
                         Ok(()) => Ok(response::Kind::SnapshotChunk(true)),
-                        Err(_) => Err(Error::Shutdown),
+                        Err(_) => Err(Error::shutdown()),
                     }
                     .inspect(|_| tracing::info!(node = self.node.id, from, "received a snapshot"))
                 }
@@ -324,19 +324,22 @@ pub(crate) fn error_to_wire(e: &Error) -> ErrorReply {
             leader_id.unwrap_or(0),
             leader_addr.clone().unwrap_or_default(),
         ),
-        Error::NoLeader(_) => (ErrorCode::NotLeader, 0, String::new()),
-        Error::Timeout(_) => (ErrorCode::Timeout, 0, String::new()),
-        Error::ProposalDropped => (ErrorCode::Dropped, 0, String::new()),
-        Error::LeadershipLost => (ErrorCode::UnknownOutcome, 0, String::new()),
+        Error::NotApplied(NotApplied::NoLeader(_)) => (ErrorCode::NotLeader, 0, String::new()),
+        Error::NotApplied(NotApplied::MembershipBusy) => {
+            (ErrorCode::MembershipBusy, 0, String::new())
+        }
+        Error::NotApplied(NotApplied::Busy(_)) => (ErrorCode::Busy, 0, String::new()),
+        Error::NotApplied(_) => (ErrorCode::Dropped, 0, String::new()),
+        Error::MaybeApplied(MaybeApplied::Timeout(_)) => (ErrorCode::Timeout, 0, String::new()),
+        Error::MaybeApplied(_) => (ErrorCode::UnknownOutcome, 0, String::new()),
         Error::Store(_) => (ErrorCode::Store, 0, String::new()),
         Error::Invalid(_) => (ErrorCode::Invalid, 0, String::new()),
-        Error::Shutdown => (ErrorCode::Shutdown, 0, String::new()),
-        Error::MembershipBusy => (ErrorCode::MembershipBusy, 0, String::new()),
-        Error::Busy(_) => (ErrorCode::Busy, 0, String::new()),
-        _ => (ErrorCode::Internal, 0, String::new()),
+        Error::Fatal(Fatal::Shutdown) => (ErrorCode::Shutdown, 0, String::new()),
+        Error::Fatal(_) => (ErrorCode::Internal, 0, String::new()),
     };
     let message = match e {
-        Error::Store(m) | Error::Invalid(m) | Error::Busy(m) => m.clone(),
+        Error::Store(m) => m.message().to_string(),
+        Error::Invalid(m) | Error::NotApplied(NotApplied::Busy(m)) => m.clone(),
         other => other.to_string(),
     };
     ErrorReply {
@@ -354,15 +357,15 @@ pub(crate) fn error_from_wire(e: ErrorReply) -> Error {
             leader_id: (e.leader_id != 0).then_some(e.leader_id),
             leader_addr: (!e.leader_addr.is_empty()).then_some(e.leader_addr),
         },
-        Ok(ErrorCode::Timeout) => Error::Timeout(Duration::ZERO),
-        Ok(ErrorCode::Dropped) => Error::ProposalDropped,
-        Ok(ErrorCode::UnknownOutcome) => Error::LeadershipLost,
-        Ok(ErrorCode::Store) => Error::Store(e.message),
+        Ok(ErrorCode::Timeout) => Error::timeout(Duration::ZERO),
+        Ok(ErrorCode::Dropped) => Error::dropped(),
+        Ok(ErrorCode::UnknownOutcome) => Error::leadership_lost(),
+        Ok(ErrorCode::Store) => Error::store(e.message),
         Ok(ErrorCode::Invalid) => Error::Invalid(e.message),
-        Ok(ErrorCode::MembershipBusy) => Error::MembershipBusy,
-        Ok(ErrorCode::Busy) => Error::Busy(e.message),
-        Ok(ErrorCode::Shutdown) => Error::Remote(format!("remote node stopped: {}", e.message)),
-        Ok(ErrorCode::Internal) | Err(_) => Error::Remote(e.message),
+        Ok(ErrorCode::MembershipBusy) => Error::membership_busy(),
+        Ok(ErrorCode::Busy) => Error::busy(e.message),
+        Ok(ErrorCode::Shutdown) => Error::remote(format!("remote node stopped: {}", e.message)),
+        Ok(ErrorCode::Internal) | Err(_) => Error::remote(e.message),
     }
 }
 
@@ -378,18 +381,22 @@ mod tests {
                 leader_id: Some(3),
                 leader_addr: Some("node-3".into()),
             },
-            Error::ProposalDropped,
-            Error::LeadershipLost,
-            Error::Store("bad command".into()),
+            Error::dropped(),
+            Error::leadership_lost(),
+            Error::store("bad command"),
             Error::Invalid("no".into()),
-            Error::MembershipBusy,
-            Error::Busy("full".into()),
-            Error::Timeout(Duration::from_secs(1)),
+            Error::membership_busy(),
+            Error::busy("full"),
+            Error::timeout(Duration::from_secs(1)),
         ];
         for e in cases {
             let back = error_from_wire(error_to_wire(&e));
-            assert_eq!(back.is_retryable(), e.is_retryable(), "{e} -> {back}");
-            assert_eq!(back.outcome_unknown(), e.outcome_unknown(), "{e} -> {back}");
+            // The same outcome: not applied, maybe applied, store error...
+            assert_eq!(
+                std::mem::discriminant(&back),
+                std::mem::discriminant(&e),
+                "{e} -> {back}"
+            );
         }
         match error_from_wire(error_to_wire(&Error::NotLeader {
             leader_id: Some(3),
@@ -407,7 +414,7 @@ mod tests {
             ..Default::default()
         };
         assert!(
-            error_from_wire(unknown).outcome_unknown(),
+            matches!(error_from_wire(unknown), Error::MaybeApplied(_)),
             "unknown codes are unknown outcomes"
         );
     }

@@ -497,7 +497,7 @@ impl TestCluster {
                                 _ => {}
                             }
                         }
-                        Err(e) if e.outcome_unknown() => stats.unknown += 1,
+                        Err(e) if super::kv::may_have_applied(&e) => stats.unknown += 1,
                         Err(_) => stats.failed += 1,
                     }
                 }

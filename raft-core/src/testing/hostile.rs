@@ -10,7 +10,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::node::membership::seal_envelope;
-use crate::wire::{Member, RaftBatch, SnapshotChunk};
+use crate::records::Member;
+use crate::wire::{RaftBatch, SnapshotChunk};
 
 /// Generates hostile traffic from a seed.
 pub struct HostilePeer {

@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use prost::Message as _;
 
 use super::linearizability::{History, KvOp, KvOutput, Outcome};
-use crate::error::Error;
+use crate::error::{Error, Fatal, StoreError};
 use crate::mailbox::Mailbox;
 use crate::store::{Store, StoreResult};
 
@@ -148,13 +148,15 @@ impl Store for KvStore {
                 }
             }
             PAD => Vec::new(),
-            other => anyhow::bail!("unknown command {other}"),
+            other => return Err(StoreError::msg(format!("unknown command {other}"))),
         })
     }
 
     async fn query(&self, query: &[u8]) -> StoreResult<Vec<u8>> {
         let command = Command::decode(query)?;
-        anyhow::ensure!(command.op == GET, "queries must be gets");
+        if command.op != GET {
+            return Err(StoreError::msg("queries must be gets"));
+        }
         Ok(encode_value(self.map.get(&command.key)))
     }
 
@@ -210,7 +212,7 @@ impl KvClient {
         let output = result.and_then(|answer| match op {
             KvOp::Get { .. } => decode_value(&answer)
                 .map(KvOutput::Value)
-                .map_err(Error::Store),
+                .map_err(|e| Error::Store(StoreError::msg(e))),
             KvOp::Cas { .. } => Ok(KvOutput::Swapped(answer == [1])),
             _ => Ok(KvOutput::Done),
         });
@@ -218,10 +220,19 @@ impl KvClient {
             Ok(out) => Outcome::Ok(out.clone()),
             // A read has no effect: a failed read can be left out whatever happened.
             Err(_) if is_read => Outcome::Failed,
-            Err(e) if e.outcome_unknown() => Outcome::Unknown,
+            Err(e) if may_have_applied(e) => Outcome::Unknown,
             Err(_) => Outcome::Failed,
         };
         self.history.complete(id, outcome);
         output
     }
+}
+
+/// True when a failed write may nevertheless have taken effect: the checker must then allow
+/// both. A node that failed while the write was pending counts too.
+pub fn may_have_applied(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::MaybeApplied(_) | Error::Fatal(Fatal::Storage(_) | Fatal::Failed(_))
+    )
 }

@@ -114,22 +114,13 @@ enum Answer {
     Unknown(String),
 }
 
-/// Whether a 503 body (`{"error": "..."}`) is a raft-core error that promises the write did
-/// not take effect. Only the start of the message counts: a wrapped remote error that
-/// merely mentions one of them is not such a promise.
+/// Whether a 503 body (`{"error": "...", "outcome": "..."}`) promises that the write did not
+/// take effect: raft-kv says so by the error's type, never in the reason's text.
 fn not_applied(body: &str) -> bool {
     let Ok(value) = serde_json::from_str::<serde_json::Value>(body) else {
         return false;
     };
-    let message = value["error"].as_str().unwrap_or_default();
-    [
-        "no leader available",
-        "not the leader",
-        "proposal dropped",
-        "another membership change",
-    ]
-    .iter()
-    .any(|s| message.starts_with(s))
+    value["outcome"].as_str() == Some("not_applied")
 }
 
 fn key_path(url: &str, key: &str) -> String {
