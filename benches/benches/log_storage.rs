@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use raft_core::eraftpb::{ConfState, Entry, Snapshot, SnapshotMetadata};
+use raft_core::backend::eraftpb::{ConfState, Entry, Snapshot, SnapshotMetadata};
 use raft_core::{LogStorage, MemLogStorage};
 use raft_storage::{RaftEngineLogStorage, RocksLogStorage};
 

@@ -71,9 +71,9 @@ pub use crate::error::{
     Error, Fatal, MaybeApplied, NotApplied, Result, StorageError, StoreError, TransportError,
 };
 pub use crate::initial_cluster::InitialCluster;
-pub use crate::log_storage::{limit_size, LogStorage};
+pub use crate::log_storage::LogStorage;
 pub use crate::mailbox::Mailbox;
-pub use crate::mem_log_storage::{check_contiguous, MemLogStorage};
+pub use crate::mem_log_storage::MemLogStorage;
 pub use crate::metrics::{HistogramSnapshot, Metrics, QueueDepths};
 pub use crate::raft::{Raft, RaftBuilder};
 pub use crate::status::{MemberProgress, ReadConsistency, ReplicationState, Role, Status};
@@ -84,8 +84,17 @@ pub use crate::transport::{
 };
 pub use async_trait::async_trait;
 
-/// raft-rs's protobuf types, for [`LogStorage`] implementations.
-pub mod eraftpb {
-    pub use raft::prelude::{ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMetadata};
-    pub use raft::{RaftState, StorageError as RaftStorageError};
+/// What a [`LogStorage`] implementation needs beyond the trait: raft-rs's protobuf types and
+/// helpers every backend uses. The conformance suite is `testing::conformance`.
+pub mod backend {
+    pub use crate::log_storage::limit_size;
+    pub use crate::mem_log_storage::check_contiguous;
+
+    /// raft-rs's protobuf types.
+    pub mod eraftpb {
+        pub use raft::prelude::{
+            ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMetadata,
+        };
+        pub use raft::{RaftState, StorageError as RaftStorageError};
+    }
 }

@@ -15,20 +15,21 @@ use crate::forwarder::Forwarder;
 use crate::initial_cluster::InitialCluster;
 use crate::log_storage::{snapshot_index, LogStorage, RaftStorage};
 use crate::logging::raft_logger;
-use crate::mailbox::{Mailbox, NodeHandle, Op};
+use crate::mailbox::{Mailbox, Op};
 use crate::mem_log_storage::MemLogStorage;
 use crate::node::apply::Applier;
 use crate::node::cluster_id::{self, StampingTransport};
 use crate::node::driver::{Driver, DriverParts};
+use crate::node::handle::NodeHandle;
 use crate::node::membership::{open_envelope, open_membership, seal_envelope, Members};
 use crate::node::messages::{DriverMsg, MembershipChange};
 use crate::node::peers::Peers;
 use crate::node::server::NodeServer;
 use crate::node::snapshot_transfer::SnapshotAssembler;
 use crate::node::Counters;
+use crate::records::Member;
 use crate::store::Store;
 use crate::transport::Transport;
-use crate::records::Member;
 use crate::wire::{
     request, response, LeaderInfoRequest, MembershipAction, Request, Response, StatusRequest,
 };

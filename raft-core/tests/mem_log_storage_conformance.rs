@@ -27,7 +27,7 @@ fn mem_log_storage_conforms() {
 /// The suite also catches a broken backend: one that forgets to truncate on overwrite.
 #[test]
 fn conformance_suite_rejects_a_broken_backend() {
-    use raft_core::eraftpb::{Entry, HardState, RaftState, Snapshot};
+    use raft_core::backend::eraftpb::{Entry, HardState, RaftState, Snapshot};
     use raft_core::{LogStorage, StorageError};
 
     #[derive(Default, Clone)]

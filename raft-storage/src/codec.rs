@@ -1,7 +1,7 @@
 //! Byte formats shared by the backends: protobuf (prost 0.11, raft-rs's codec) for raft's own
 //! messages, and small fixed layouts for our records.
 
-use raft_core::eraftpb::{Entry, HardState, SnapshotMetadata};
+use raft_core::backend::eraftpb::{Entry, HardState, SnapshotMetadata};
 use raft_core::StorageError;
 use raft_prost::Message;
 
@@ -105,7 +105,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use raft_core::eraftpb::ConfState;
+    use raft_core::backend::eraftpb::ConfState;
 
     #[test]
     fn records_round_trip_and_reject_garbage() {

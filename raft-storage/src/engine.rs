@@ -4,8 +4,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use raft_core::eraftpb::{Entry, HardState, RaftState, Snapshot, SnapshotMetadata};
-use raft_core::{limit_size, LogStorage, StorageError};
+use raft_core::backend::eraftpb::{Entry, HardState, RaftState, Snapshot, SnapshotMetadata};
+use raft_core::backend::limit_size;
+use raft_core::{LogStorage, StorageError};
 use raft_engine::{Command, Config, Engine, LogBatch, MessageExt, ReadableSize};
 
 use crate::codec::{

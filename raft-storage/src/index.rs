@@ -5,8 +5,9 @@
 
 use std::collections::VecDeque;
 
-use raft_core::eraftpb::{ConfState, Entry, HardState, SnapshotMetadata};
-use raft_core::{check_contiguous, StorageError};
+use raft_core::backend::check_contiguous;
+use raft_core::backend::eraftpb::{ConfState, Entry, HardState, SnapshotMetadata};
+use raft_core::StorageError;
 
 fn compacted<T>() -> raft::Result<T> {
     Err(raft::Error::Store(raft::StorageError::Compacted))

@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use raft_core::eraftpb::{Entry, HardState, RaftState, Snapshot, SnapshotMetadata};
+use raft_core::backend::eraftpb::{Entry, HardState, RaftState, Snapshot, SnapshotMetadata};
 use raft_core::{LogStorage, StorageError};
 use raft_prost::Message;
 use rocksdb::{ErrorKind, Options, ReadOptions, WriteBatch, WriteOptions, DB};

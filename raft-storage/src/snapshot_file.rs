@@ -13,7 +13,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
-use raft_core::eraftpb::Snapshot;
+use raft_core::backend::eraftpb::Snapshot;
 use raft_core::StorageError;
 
 use crate::codec::SnapshotRecord;
@@ -396,7 +396,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use raft_core::eraftpb::SnapshotMetadata;
+    use raft_core::backend::eraftpb::SnapshotMetadata;
 
     fn record(seq: u64, (len, crc): (u64, u32)) -> SnapshotRecord {
         SnapshotRecord {

@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use raft_core::eraftpb::{ConfState, Entry, Snapshot, SnapshotMetadata};
+use raft_core::backend::eraftpb::{ConfState, Entry, Snapshot, SnapshotMetadata};
 use raft_core::{LogStorage, StorageError};
 use raft_storage::OpenOptions;
 

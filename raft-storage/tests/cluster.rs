@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use raft_core::eraftpb::{Entry, HardState, RaftState, Snapshot, SnapshotMetadata};
+use raft_core::backend::eraftpb::{Entry, HardState, RaftState, Snapshot, SnapshotMetadata};
 use raft_core::testing::breakable::BreakableLog;
 use raft_core::testing::cluster::{seed, test_config, StorageFactory, TestCluster};
 use raft_core::testing::kv::{encode_op, KvClient, KvStore};

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use raft_core::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft_core::backend::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft_core::testing::cluster::seed;
 use raft_core::LogStorage;
 use rand::rngs::StdRng;

@@ -10,7 +10,7 @@ mod support;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use raft_core::eraftpb::{ConfState, Entry, Snapshot, SnapshotMetadata};
+use raft_core::backend::eraftpb::{ConfState, Entry, Snapshot, SnapshotMetadata};
 
 use support::Backend;
 

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use raft_core::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft_core::backend::eraftpb::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft_core::{LogStorage, StorageError};
 
 use support::Backend;

@@ -39,8 +39,8 @@ use crate::config::Config;
 use crate::error::{Error, Fatal, Result, StorageError};
 use crate::log_storage::{snapshot_index, LogStorage, RaftStorage};
 use crate::metrics::NodeMetrics;
-use crate::status::{ReadConsistency, Role, Status};
 use crate::records::{EntryContext, Member};
+use crate::status::{ReadConsistency, Role, Status};
 use crate::wire::{self, MembershipAction};
 
 /// Most driver messages handled in one turn before the next `Ready`.

@@ -7,8 +7,8 @@ use raft::SnapshotStatus;
 use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
-use crate::status::{ReadConsistency, Status};
 use crate::records::Member;
+use crate::status::{ReadConsistency, Status};
 use crate::wire::MembershipAction;
 
 /// Answers one waiting client, exactly once.

@@ -5,6 +5,8 @@
 pub(crate) mod apply;
 pub(crate) mod cluster_id;
 pub(crate) mod driver;
+pub(crate) mod error_codec;
+pub(crate) mod handle;
 pub(crate) mod inbound;
 pub(crate) mod membership;
 pub(crate) mod messages;

@@ -1,0 +1,117 @@
+//! The local node as its mailbox and its server side see it: submitting proposals, reads and
+//! membership changes to this node's driver and waiting for the answer.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::driver::ask;
+use super::messages::{DriverMsg, MembershipChange};
+use super::Counters;
+use crate::config::Config;
+use crate::error::{Error, MaybeApplied, Result};
+use crate::forwarder::Forwarder;
+use crate::metrics::NodeMetrics;
+use crate::status::{ReadConsistency, Status};
+use crate::transport::Transport;
+
+/// The local node as seen by its mailbox and its server side.
+pub(crate) struct NodeHandle {
+    pub(crate) id: u64,
+    pub(crate) addr: String,
+    /// Where the transport listens: `addr` unless the builder set another.
+    pub(crate) listen_addr: String,
+    pub(crate) config: Config,
+    pub(crate) driver_tx: mpsc::Sender<DriverMsg>,
+    pub(crate) transport: Arc<dyn Transport>,
+    /// Batches the proposals and reads this node forwards to the leader.
+    pub(crate) forwarder: Forwarder,
+    pub(crate) counters: Arc<Counters>,
+}
+
+/// Waits for a waiter's answer, turning raft-core's internal deadline errors into the caller's.
+async fn wait_answer(
+    rx: tokio::sync::oneshot::Receiver<Result<Vec<u8>>>,
+    timeout: Duration,
+) -> Result<Vec<u8>> {
+    // The driver and apply task enforce the deadline; the grace only guards against bugs.
+    match tokio::time::timeout(timeout + Duration::from_millis(500), rx).await {
+        Err(_) => Err(Error::timeout(timeout)),
+        Ok(Err(_)) => Err(Error::node_stopped()),
+        Ok(Ok(Err(Error::MaybeApplied(MaybeApplied::Timeout(_))))) => Err(Error::timeout(timeout)),
+        Ok(Ok(answer)) => answer,
+    }
+}
+
+impl NodeHandle {
+    pub(crate) async fn submit(
+        &self,
+        timeout: Duration,
+        make: impl FnOnce(Instant, crate::node::messages::Responder) -> DriverMsg,
+    ) -> Result<Vec<u8>> {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let deadline = Instant::now() + timeout;
+        // Clients never wait for room in the inbox: a full inbox means the node is behind,
+        // and waiting callers would pile up without bound.
+        match self.driver_tx.try_send(make(deadline, reply)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                NodeMetrics::inc(&self.counters.metrics.busy);
+                return Err(Error::busy("the node's inbox is full"));
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(Error::shutdown()),
+        }
+        wait_answer(rx, timeout).await
+    }
+
+    pub(crate) async fn propose_local(&self, data: Vec<u8>, timeout: Duration) -> Result<Vec<u8>> {
+        self.submit(timeout, |deadline, reply| DriverMsg::Propose {
+            data,
+            deadline,
+            reply,
+        })
+        .await
+    }
+
+    pub(crate) async fn read_local(
+        &self,
+        query: Vec<u8>,
+        consistency: ReadConsistency,
+        timeout: Duration,
+    ) -> Result<Vec<u8>> {
+        self.submit(timeout, |deadline, reply| DriverMsg::Read {
+            query,
+            consistency,
+            deadline,
+            reply,
+        })
+        .await
+    }
+
+    pub(crate) async fn membership_local(
+        &self,
+        change: MembershipChange,
+        timeout: Duration,
+    ) -> Result<()> {
+        self.submit(timeout, |deadline, reply| DriverMsg::Membership {
+            change,
+            deadline,
+            reply,
+        })
+        .await
+        .map(drop)
+    }
+
+    pub(crate) async fn transfer_local(&self, target: u64) -> Result<()> {
+        ask(&self.driver_tx, |reply| DriverMsg::TransferLeader {
+            target,
+            reply,
+        })
+        .await?
+    }
+
+    pub(crate) async fn status(&self) -> Result<Status> {
+        ask(&self.driver_tx, DriverMsg::Status).await
+    }
+}
