@@ -11,10 +11,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use raft_core::transport::{InboundHandler, ServerGuard};
 use raft_core::wire::{self, request, response, RaftBatch};
-use raft_core::{
-    async_trait, InboundHandler, LocalNetwork, ServerGuard, Transport, TransportError,
-};
+use raft_core::{async_trait, LocalNetwork, Transport, TransportError};
 use raft_transport_grpc::GrpcTransport;
 use raft_transport_quic::{dev_certs, QuicTransport};
 use tokio::runtime::Runtime;
@@ -35,7 +34,7 @@ struct Sink {
 impl InboundHandler for Sink {
     async fn raft_batch(
         &self,
-        _peer: raft_core::PeerIdentity,
+        _peer: raft_core::transport::PeerIdentity,
         batch: RaftBatch,
     ) -> Result<(), TransportError> {
         self.messages
@@ -46,7 +45,7 @@ impl InboundHandler for Sink {
 
     async fn call(
         &self,
-        _peer: raft_core::PeerIdentity,
+        _peer: raft_core::transport::PeerIdentity,
         _request: wire::Request,
     ) -> wire::Response {
         wire::Response {

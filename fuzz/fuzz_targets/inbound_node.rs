@@ -212,10 +212,10 @@ fuzz_target!(|data: &[u8]| {
         let target = 1 + (b.u8() % 3) as u64;
         let from = claimed_id(&mut b);
         let tr = if b.u8() & 0x80 != 0 { &w.as66 } else { &w.attacker };
-        let addr = TestCluster::addr(target);
+        let addr = w.cluster.addr(target);
         let (term, last) = w.seen.lock().unwrap()[target as usize];
         let from_addr = if b.bool() {
-            TestCluster::addr(from)
+            w.cluster.addr(from)
         } else {
             String::from_utf8_lossy(&b.slice(16)).into_owned()
         };

@@ -78,10 +78,7 @@ pub use crate::metrics::{HistogramSnapshot, Metrics, QueueDepths};
 pub use crate::raft::{Raft, RaftBuilder};
 pub use crate::status::{MemberProgress, ReadConsistency, ReplicationState, Role, Status};
 pub use crate::store::{Store, StoreResult};
-pub use crate::transport::{
-    Faults, FaultyTransport, InboundHandler, LocalNetwork, LocalTransport, PeerIdentity,
-    ServerGuard, Transport,
-};
+pub use crate::transport::{LocalNetwork, Transport};
 pub use async_trait::async_trait;
 
 /// What a [`LogStorage`] implementation needs beyond the trait: raft-rs's protobuf types and

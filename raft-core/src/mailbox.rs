@@ -75,7 +75,7 @@ fn from_response(response: crate::wire::Response) -> Result<Vec<u8>> {
 /// A handle to propose, read and manage membership through one node. Cheap to clone.
 ///
 /// Every call works from any node: a follower forwards to the leader by itself, and while no
-/// leader is known it retries until the deadline ([`Config::request_timeout`] by default, see
+/// leader is known it retries until the deadline ([`crate::Config::request_timeout`] by default, see
 /// [`Mailbox::with_timeout`]).
 ///
 /// ```no_run
@@ -331,7 +331,14 @@ impl Mailbox {
     /// this one (a joining node knows no leader yet).
     pub(crate) async fn route(&self, op: Op, hint: Option<(u64, String)>) -> Result<Vec<u8>> {
         let deadline = Instant::now() + self.timeout;
-        let mut target = hint.clone();
+        // Straight to the leader this node knows of: asking the local driver first would
+        // cost a round trip only to learn who leads.
+        let mut target = hint.clone().or_else(|| {
+            self.node
+                .counters
+                .leader_route()
+                .filter(|(leader, _)| *leader != self.node.id)
+        });
         let mut backoff = Duration::from_millis(5);
         let mut leader_seen = false;
         // A target that just failed to answer: being pointed back at it waits for the backoff.

@@ -86,6 +86,7 @@ pub(crate) struct NodeMetrics {
     pub(crate) proposals: AtomicU64,
     pub(crate) applied_entries: AtomicU64,
     pub(crate) leader_changes: AtomicU64,
+    pub(crate) not_leader_answers: AtomicU64,
     pub(crate) log_writes: AtomicU64,
     pub(crate) snapshots_taken: AtomicU64,
     pub(crate) snapshots_installed: AtomicU64,
@@ -156,6 +157,7 @@ impl NodeMetrics {
             proposals: get(&self.proposals),
             applied_entries: get(&self.applied_entries),
             leader_changes: get(&self.leader_changes),
+            not_leader_answers: get(&self.not_leader_answers),
             log_writes: get(&self.log_writes),
             snapshots_taken: get(&self.snapshots_taken),
             snapshots_installed: get(&self.snapshots_installed),
@@ -200,6 +202,9 @@ pub struct Metrics {
     pub applied_entries: u64,
     /// Times the known leader changed.
     pub leader_changes: u64,
+    /// Requests this node's driver answered "not the leader": a mailbox (here or on another
+    /// node) sent them to a node it took for the leader, and had to go again.
+    pub not_leader_answers: u64,
     /// Durable log writes (each one fsync).
     pub log_writes: u64,
     /// Snapshots this node took of its state machine.
@@ -233,6 +238,11 @@ impl Metrics {
                 "leader_changes_total",
                 "Changes of the known leader.",
                 self.leader_changes,
+            ),
+            (
+                "not_leader_answers_total",
+                "Requests answered \"not the leader\" by this node.",
+                self.not_leader_answers,
             ),
             ("log_writes_total", "Durable log writes.", self.log_writes),
             (

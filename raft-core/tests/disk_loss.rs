@@ -158,7 +158,7 @@ async fn re_admission_without_a_quorum_fails_with_advice() {
     // An operator's add_node of an existing member at its address changes nothing.
     cluster
         .mailbox(leader)
-        .add_node(victim, TestCluster::addr(victim))
+        .add_node(victim, cluster.addr(victim))
         .await
         .unwrap();
     cluster.crash(victim).await;

@@ -53,7 +53,7 @@ async fn a_hostile_peer_cannot_stop_or_corrupt_the_cluster() {
     while sent < MESSAGES {
         let captured = cluster.faults().recorded_batches();
         let target = hostile.rng().gen_range(1..=3u64);
-        let addr = TestCluster::addr(target);
+        let addr = cluster.addr(target);
         let roll = hostile.rng().gen_range(0..100);
         if roll < 85 {
             // The outsider, mostly as itself, sometimes claiming a member's id.
@@ -93,7 +93,7 @@ async fn a_hostile_peer_cannot_stop_or_corrupt_the_cluster() {
                 from: leader,
                 to: target,
                 messages,
-                from_addr: TestCluster::addr(leader),
+                from_addr: cluster.addr(leader),
             };
             let _ = impostor.send(&addr, batch).await;
             for chunk in hostile.inconsistent_snapshot_chunks(leader, target, status.term) {

@@ -190,7 +190,7 @@ async fn learner_add_and_promote() {
     // A learner that stays a learner until promoted.
     cluster
         .mailbox(leader)
-        .add_learner(4, TestCluster::addr(4))
+        .add_learner(4, cluster.addr(4))
         .await
         .expect("add learner");
     cluster.add_node(4).await;

@@ -15,7 +15,7 @@ use support::init_tracing;
 
 const KEYS: usize = 4;
 
-async fn under_faults(name: &str, set: impl FnOnce(&raft_core::Faults)) {
+async fn under_faults(name: &str, set: impl FnOnce(&raft_core::testing::Faults)) {
     init_tracing();
     let seed = seed(name);
     let cluster = TestCluster::start(3, test_config(), seed).await;

@@ -44,8 +44,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use raft_core::transport::builder::{NetworkSettings, NetworkTransport, TransportBuilder};
 use raft_core::transport::link::PeerLinks;
+use raft_core::transport::{InboundHandler, ServerGuard};
 use raft_core::wire::{RaftBatch, Request, Response};
-use raft_core::{InboundHandler, ServerGuard, Transport, TransportError};
+use raft_core::{Transport, TransportError};
 
 pub use raft_core::transport::tls::{ClientAuth, TlsConfig};
 

@@ -15,8 +15,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use raft_core::transport::Serving;
+use raft_core::transport::{InboundHandler, PeerIdentity, ServerGuard};
 use raft_core::wire::{self, RaftBatch};
-use raft_core::{InboundHandler, PeerIdentity, ServerGuard, TransportError};
+use raft_core::TransportError;
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};

@@ -11,22 +11,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use raft_core::testing::cluster::{seed, test_config};
+use raft_core::testing::cluster::{seed, test_config, TestCluster};
 use raft_core::testing::impersonation::{assert_impersonation_refused, Impostors};
-use raft_core::testing::kv::{decode_value, encode_op, KvClient, KvStore};
+use raft_core::testing::kv::{encode_op, KvClient, KvStore};
 use raft_core::testing::linearizability::{assert_linearizable, History, KvOp, KvOutput};
+use raft_core::testing::transport_conformance::{free_tcp_addr, status_id, TransportFactory};
+use raft_core::transport::{InboundHandler, ServerGuard};
 use raft_core::wire::{self, request, RaftBatch};
-use raft_core::{
-    async_trait, Faults, FaultyTransport, InboundHandler, Raft, ReadConsistency, ServerGuard,
-    Transport, TransportError,
-};
+use raft_core::{async_trait, Raft, Transport, TransportError};
 use raft_transport_grpc::{GrpcTransport, TlsConfig};
 
-use support::{init_tracing, GrpcCluster, Pki, TransportFactory};
-
-fn plain() -> TransportFactory {
-    Arc::new(|_, _| Arc::new(GrpcTransport::default()) as Arc<dyn Transport>)
-}
+use support::{init_tracing, mutual_tls, plain, Pki};
 
 fn get(key: &str) -> KvOp {
     KvOp::Get { key: key.into() }
@@ -45,7 +40,7 @@ const LONG: Duration = Duration::from_secs(20);
 async fn three_nodes_write_and_read_everywhere_across_a_leader_restart() {
     init_tracing();
     let seed = seed("three_nodes_write_and_read_everywhere_across_a_leader_restart");
-    let cluster = GrpcCluster::start(3, test_config(), plain()).await;
+    let cluster = TestCluster::start_over(3, test_config(), seed, plain()).await;
     let history = History::new();
     let client = KvClient::new(1000, history.clone());
 
@@ -63,27 +58,27 @@ async fn three_nodes_write_and_read_everywhere_across_a_leader_restart() {
     }
 
     // Concurrent clients on all nodes.
-    let (ok, _) = cluster
-        .workload(&history, 4, 8, Duration::from_millis(1500), seed)
+    let stats = cluster
+        .run_workload(&history, 4, 8, Duration::from_millis(1500), seed)
         .await;
-    assert!(ok > 50, "only {ok} operations succeeded");
+    assert!(stats.ok > 50, "only {stats:?} operations succeeded");
 
     // Stop the leader: the others elect a new one and keep serving.
     let old = cluster.wait_for_leader(LONG).await;
-    cluster.stop(old).await;
+    cluster.crash(old).await;
     let new = cluster.wait_for_leader(LONG).await;
     assert_ne!(new, old);
     let survivor = cluster.running()[0];
     cluster
         .run_until_ok(&client, survivor, put("k1", "after-failover"), LONG)
         .await;
-    let (ok, _) = cluster
-        .workload(&history, 4, 8, Duration::from_millis(1000), seed + 1)
+    let stats = cluster
+        .run_workload(&history, 4, 8, Duration::from_millis(1000), seed + 1)
         .await;
-    assert!(ok > 20, "only {ok} operations succeeded after the failover");
+    assert!(stats.ok > 20, "only {stats:?} succeeded after the failover");
 
     // Restart it from its storage on the same address: it rejoins and serves reads.
-    cluster.restart(old);
+    cluster.restart(old).await;
     cluster.wait_for_leader(LONG).await;
     cluster.wait_converged(LONG).await;
     let out = cluster.run_until_ok(&client, old, get("k1"), LONG).await;
@@ -98,10 +93,10 @@ async fn three_nodes_write_and_read_everywhere_across_a_leader_restart() {
             )
             .await;
     }
-    let (ok, _) = cluster
-        .workload(&history, 4, 8, Duration::from_millis(1000), seed + 2)
+    let stats = cluster
+        .run_workload(&history, 4, 8, Duration::from_millis(1000), seed + 2)
         .await;
-    assert!(ok > 20, "only {ok} operations succeeded after the restart");
+    assert!(stats.ok > 20, "only {stats:?} succeeded after the restart");
     cluster.final_reads(&history, 8).await;
     cluster.shutdown().await;
     assert_linearizable(&history);
@@ -154,21 +149,24 @@ async fn a_snapshot_of_many_chunks_is_installed_over_the_wire() {
     };
     let chunks = Arc::new(AtomicU64::new(0));
     let bytes = Arc::new(AtomicU64::new(0));
-    let factory: TransportFactory = {
+    let factory = {
         let (chunks, bytes) = (chunks.clone(), bytes.clone());
-        Arc::new(move |_, _| {
-            Arc::new(CountChunks {
-                inner: GrpcTransport::default(),
-                chunks: chunks.clone(),
-                bytes: bytes.clone(),
-            }) as Arc<dyn Transport>
-        })
+        TransportFactory::new(
+            move |_| {
+                Arc::new(CountChunks {
+                    inner: GrpcTransport::default(),
+                    chunks: chunks.clone(),
+                    bytes: bytes.clone(),
+                })
+            },
+            |_| free_tcp_addr(),
+        )
     };
-    let cluster = GrpcCluster::start(3, config, factory).await;
+    let cluster = TestCluster::start_over(3, config, 0, factory).await;
     let leader = cluster.wait_for_leader(LONG).await;
     let lagging = if leader == 3 { 2 } else { 3 };
     let lagging_last = cluster.statuses().await[&lagging].last_log_index;
-    cluster.stop(lagging).await;
+    cluster.crash(lagging).await;
 
     let history = History::new();
     let client = KvClient::new(1, history.clone());
@@ -196,7 +194,7 @@ async fn a_snapshot_of_many_chunks_is_installed_over_the_wire() {
 
     let chunks_before = chunks.load(Ordering::Relaxed);
     let bytes_before = bytes.load(Ordering::Relaxed);
-    cluster.restart(lagging);
+    cluster.restart(lagging).await;
     cluster.wait_converged(LONG).await;
     let sent_chunks = chunks.load(Ordering::Relaxed) - chunks_before;
     let sent_bytes = bytes.load(Ordering::Relaxed) - bytes_before;
@@ -210,14 +208,9 @@ async fn a_snapshot_of_many_chunks_is_installed_over_the_wire() {
         status.snapshot_index > lagging_last,
         "no snapshot installed: {status:#?}"
     );
-    let mailbox = cluster.mailbox(lagging);
     for k in 0..KEYS {
-        let query = encode_op(&get(&format!("key{k}")));
-        let bytes = mailbox
-            .query_with(query, ReadConsistency::Stale)
-            .await
-            .unwrap();
-        assert_eq!(decode_value(&bytes).unwrap(), Some(value(k)), "key{k}");
+        let got = cluster.stale_read(lagging, &format!("key{k}")).await;
+        assert_eq!(got, Some(value(k)), "key{k}");
     }
     cluster.shutdown().await;
 }
@@ -226,43 +219,32 @@ async fn a_snapshot_of_many_chunks_is_installed_over_the_wire() {
 async fn the_fault_injecting_wrapper_works_over_grpc() {
     init_tracing();
     let seed = seed("the_fault_injecting_wrapper_works_over_grpc");
-    let faults = Faults::new(seed);
-    let factory: TransportFactory = {
-        let faults = faults.clone();
-        Arc::new(move |id, addr| {
-            faults.register(id, addr);
-            Arc::new(FaultyTransport::new(
-                GrpcTransport::default(),
-                faults.clone(),
-                addr,
-            )) as Arc<dyn Transport>
-        })
-    };
-    let cluster = GrpcCluster::start(3, test_config(), factory).await;
+    let cluster = TestCluster::start_over(3, test_config(), seed, plain()).await;
+    let faults = cluster.faults();
     let history = History::new();
 
     faults.set_drop_rate(0.05);
     faults.set_duplicate_rate(0.05);
     faults.set_reorder_rate(0.02);
     faults.set_delay(Duration::ZERO, Duration::from_millis(5));
-    let (ok, failed) = cluster
-        .workload(&history, 4, 6, Duration::from_secs(3), seed)
+    let lossy = cluster
+        .run_workload(&history, 4, 6, Duration::from_secs(3), seed)
         .await;
-    eprintln!("lossy network: {ok} ok, {failed} failed");
+    eprintln!("lossy network: {lossy:?}");
 
     // Cut the leader off for a while, then heal.
     let leader = cluster.wait_for_leader(LONG).await;
     faults.isolate(leader);
-    let (ok_partitioned, _) = cluster
-        .workload(&history, 4, 6, Duration::from_secs(2), seed + 1)
+    let partitioned = cluster
+        .run_workload(&history, 4, 6, Duration::from_secs(2), seed + 1)
         .await;
     faults.clear();
     cluster.wait_for_leader(LONG).await;
-    let (ok_healed, _) = cluster
-        .workload(&history, 4, 6, Duration::from_secs(1), seed + 2)
+    let healed = cluster
+        .run_workload(&history, 4, 6, Duration::from_secs(1), seed + 2)
         .await;
-    eprintln!("partitioned: {ok_partitioned} ok; healed: {ok_healed} ok");
-    assert!(ok + ok_healed > 20, "too few operations succeeded");
+    eprintln!("partitioned: {partitioned:?}; healed: {healed:?}");
+    assert!(lossy.ok + healed.ok > 20, "too few operations succeeded");
     cluster.final_reads(&history, 6).await;
     cluster.wait_converged(LONG).await;
     cluster.shutdown().await;
@@ -273,14 +255,7 @@ async fn the_fault_injecting_wrapper_works_over_grpc() {
 async fn with_mutual_tls_only_members_get_in_and_only_as_themselves() {
     init_tracing();
     let pki = Arc::new(Pki::new("cluster"));
-    let factory: TransportFactory = {
-        let pki = pki.clone();
-        Arc::new(move |id, _| {
-            Arc::new(GrpcTransport::with_tls(pki.mutual_as(&format!("node{id}"), id)).unwrap())
-                as Arc<dyn Transport>
-        })
-    };
-    let cluster = GrpcCluster::start(3, test_config(), factory).await;
+    let cluster = TestCluster::start_over(3, test_config(), 0, mutual_tls(pki.clone())).await;
     let history = History::new();
     let client = KvClient::new(1, history.clone());
     for id in 1..=3u64 {
@@ -305,12 +280,12 @@ async fn with_mutual_tls_only_members_get_in_and_only_as_themselves() {
             from_addr: String::new(),
         };
         assert!(rogue.send(&addr1, batch).await.is_err());
-        assert!(support::status_id(&rogue, &addr1).await.is_err());
+        assert!(status_id(&rogue, &addr1).await.is_err());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
     // As a node: it cannot join, and a proposal through it fails.
-    let addr4 = support::free_addr();
+    let addr4 = free_tcp_addr();
     let raft = Raft::builder(4, KvStore::new())
         .raft_addr(addr4)
         .transport(rogue.clone())
@@ -381,7 +356,7 @@ async fn with_mutual_tls_only_members_get_in_and_only_as_themselves() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_raft_input_is_refused_and_the_cluster_keeps_running() {
     init_tracing();
-    let cluster = GrpcCluster::start(3, test_config(), plain()).await;
+    let cluster = TestCluster::start_over(3, test_config(), 0, plain()).await;
     let history = History::new();
     let client = KvClient::new(1, history.clone());
     let outsider = GrpcTransport::default();

@@ -10,7 +10,8 @@ use raft_core::{Transport, TransportError};
 use raft_transport_grpc::{GrpcTransport, TlsConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use support::{batch, free_addr, init_tracing, status_id, Pki, Recorder};
+use raft_core::testing::transport_conformance::{batch, free_tcp_addr, status_id, Recorder};
+use support::{init_tracing, Pki};
 
 /// Sends until the stream is up (or fails for good) and returns the last result.
 async fn try_send(t: &GrpcTransport, addr: &str) -> Result<(), TransportError> {
@@ -29,7 +30,7 @@ async fn try_send(t: &GrpcTransport, addr: &str) -> Result<(), TransportError> {
 async fn server_authenticated_tls() {
     init_tracing();
     let pki = Pki::new("cluster");
-    let addr = free_addr();
+    let addr = free_tcp_addr();
     let recorder = Recorder::new(2);
     let server = GrpcTransport::with_tls(pki.server_auth("server")).unwrap();
     let _guard = server.serve(&addr, recorder.clone()).await.unwrap();
@@ -70,7 +71,7 @@ async fn server_authenticated_tls() {
 async fn mutual_tls_admits_only_the_cluster_ca() {
     init_tracing();
     let pki = Pki::new("cluster");
-    let addr = free_addr();
+    let addr = free_tcp_addr();
     let recorder = Recorder::new(2);
     let server = GrpcTransport::with_tls(pki.mutual("server")).unwrap();
     let _guard = server.serve(&addr, recorder.clone()).await.unwrap();

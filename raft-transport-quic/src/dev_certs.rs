@@ -362,7 +362,7 @@ mod tests {
         }
     }
 
-    fn identity_in(pem_path: &Path) -> raft_core::PeerIdentity {
+    fn identity_in(pem_path: &Path) -> raft_core::transport::PeerIdentity {
         use rustls::pki_types::pem::PemObject;
         let pem = std::fs::read(pem_path).unwrap();
         let der = rustls::pki_types::CertificateDer::from_pem_slice(&pem).unwrap();
@@ -375,16 +375,16 @@ mod tests {
         generate(dir.path(), &[1, 42]).unwrap();
         assert_eq!(
             identity_in(&cert_path(dir.path(), 42)),
-            raft_core::PeerIdentity::Node(42)
+            raft_core::transport::PeerIdentity::Node(42)
         );
         assert_eq!(
             identity_in(&cert_path(dir.path(), 1)),
-            raft_core::PeerIdentity::Node(1)
+            raft_core::transport::PeerIdentity::Node(1)
         );
         let client = generate_client(dir.path(), "ops").unwrap();
         assert_eq!(
             identity_in(&client.cert),
-            raft_core::PeerIdentity::WithoutNodeId
+            raft_core::transport::PeerIdentity::WithoutNodeId
         );
         assert!(generate_client(dir.path(), "../x").is_err());
         assert!(generate(dir.path(), &[0]).is_err());

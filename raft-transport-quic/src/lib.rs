@@ -59,8 +59,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use raft_core::transport::builder::{NetworkSettings, NetworkTransport, TransportBuilder};
+use raft_core::transport::{InboundHandler, ServerGuard};
 use raft_core::wire::{RaftBatch, Request, Response};
-use raft_core::{InboundHandler, ServerGuard, Transport, TransportError};
+use raft_core::{Transport, TransportError};
 
 pub use crate::tls::ALPN;
 pub use raft_core::transport::tls::TlsConfig;

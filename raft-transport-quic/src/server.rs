@@ -13,8 +13,9 @@ use std::time::Duration;
 
 use quinn::{Connection, Endpoint, Incoming, RecvStream, SendStream};
 use raft_core::transport::Serving;
+use raft_core::transport::{InboundHandler, PeerIdentity, ServerGuard};
 use raft_core::wire::{self, RaftBatch};
-use raft_core::{InboundHandler, PeerIdentity, ServerGuard, TransportError};
+use raft_core::TransportError;
 use rustls::pki_types::CertificateDer;
 
 use crate::endpoint::{self, Settings};

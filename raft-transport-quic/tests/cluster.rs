@@ -10,13 +10,16 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{eventually, init_tracing, QuicCluster};
-use raft_core::testing::cluster::{seed, test_config};
+use common::{init_tracing, quic, Certs};
+use raft_core::testing::cluster::{seed, test_config, TestCluster};
 use raft_core::testing::impersonation::{assert_impersonation_refused, Impostors};
-use raft_core::testing::kv::{decode_value, encode_op, KvClient, KvStore};
-use raft_core::testing::linearizability::{assert_linearizable, History, KvOp, KvOutput};
-use raft_core::wire::{self, request, response};
-use raft_core::{Config, Faults, MemLogStorage, Raft, ReadConsistency, Transport};
+use raft_core::testing::kv::{decode_value, encode_op, KvStore};
+use raft_core::testing::linearizability::{assert_linearizable, History, KvOp};
+use raft_core::testing::transport_conformance::{
+    eventually, free_udp_addr, status_request, CALL_TIMEOUT,
+};
+use raft_core::wire::{self, response};
+use raft_core::{Config, MemLogStorage, Raft, Transport, TransportError};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -31,27 +34,20 @@ fn get(key: &str) -> Vec<u8> {
     encode_op(&KvOp::Get { key: key.into() })
 }
 
-fn status_request() -> wire::Request {
-    wire::Request {
-        cluster_id: 0,
-        kind: Some(request::Kind::Status(wire::StatusRequest {})),
-    }
+/// Nodes `1..=n` over QUIC with certificates from `certs`.
+async fn start(n: usize, config: Config, seed: u64, certs: &Arc<Certs>) -> Arc<TestCluster> {
+    TestCluster::start_over(n, config, seed, quic(certs.clone())).await
 }
 
-/// A stale read of `key` on node `id` (its own state machine).
-async fn stale(cluster: &QuicCluster, id: u64, key: &str) -> Option<String> {
-    let bytes = cluster
-        .mailbox(id)
-        .query_with(get(key), ReadConsistency::Stale)
-        .await
-        .unwrap();
-    decode_value(&bytes).unwrap()
+fn is_unreachable(e: &TransportError) -> bool {
+    matches!(e, TransportError::Unreachable { .. })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_serve_writes_and_reads_from_every_node() {
     init_tracing();
-    let cluster = QuicCluster::start(3, test_config(), None).await;
+    let certs = Arc::new(Certs::new(&[1, 2, 3]));
+    let cluster = start(3, test_config(), 0, &certs).await;
     for id in 1..=3u64 {
         for i in 0..5 {
             cluster
@@ -74,7 +70,7 @@ async fn three_nodes_serve_writes_and_reads_from_every_node() {
     }
     cluster.wait_converged(Duration::from_secs(5)).await;
     for id in 1..=3u64 {
-        assert_eq!(stale(&cluster, id, "n2-3").await.as_deref(), Some("v3"));
+        assert_eq!(cluster.stale_read(id, "n2-3").await.as_deref(), Some("v3"));
     }
     cluster.shutdown().await;
 }
@@ -82,20 +78,19 @@ async fn three_nodes_serve_writes_and_reads_from_every_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_leader_is_replaced_and_rejoins_when_restarted() {
     init_tracing();
-    let cluster = QuicCluster::start(3, test_config(), None).await;
-    let old = cluster
-        .wait_for_leader(&[1, 2, 3], Duration::from_secs(5))
-        .await;
+    let certs = Arc::new(Certs::new(&[1, 2, 3]));
+    let cluster = start(3, test_config(), 0, &certs).await;
+    let old = cluster.wait_for_leader(Duration::from_secs(5)).await;
     cluster
         .mailbox(old)
         .send_proposal(put("before", "1"))
         .await
         .unwrap();
 
-    cluster.stop(old).await;
+    cluster.crash(old).await;
     let rest: Vec<u64> = (1..=3).filter(|&id| id != old).collect();
     let new = cluster
-        .wait_for_leader(&rest, Duration::from_secs(10))
+        .wait_for_leader_among(&rest, Duration::from_secs(10))
         .await;
     assert_ne!(new, old);
     for &id in &rest {
@@ -107,15 +102,16 @@ async fn a_stopped_leader_is_replaced_and_rejoins_when_restarted() {
     }
 
     let restarted = Instant::now();
-    cluster.restart(old);
+    cluster.restart(old).await;
     cluster
-        .wait_for_leader(&[1, 2, 3], Duration::from_secs(10))
+        .wait_for_leader_among(&[1, 2, 3], Duration::from_secs(10))
         .await;
     cluster.wait_converged(Duration::from_secs(10)).await;
     eprintln!("restarted leader caught up in {:?}", restarted.elapsed());
     for &id in &rest {
         assert_eq!(
-            stale(&cluster, old, &format!("during-{id}"))
+            cluster
+                .stale_read(old, &format!("during-{id}"))
                 .await
                 .as_deref(),
             Some("2")
@@ -143,13 +139,12 @@ async fn a_lagging_node_catches_up_from_a_snapshot_of_many_chunks() {
         snapshot_log_tail: 10,
         ..test_config()
     };
-    let cluster = QuicCluster::start(3, config, None).await;
-    let leader = cluster
-        .wait_for_leader(&[1, 2, 3], Duration::from_secs(5))
-        .await;
+    let certs = Arc::new(Certs::new(&[1, 2, 3]));
+    let cluster = start(3, config, 0, &certs).await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(5)).await;
     let lagging = if leader == 3 { 2 } else { 3 };
-    let before = cluster.status(lagging).await.unwrap();
-    cluster.stop(lagging).await;
+    let before = cluster.statuses().await[&lagging].clone();
+    cluster.crash(lagging).await;
 
     // ~300 keys of 40-byte values: a snapshot of well over ten 1 KiB chunks.
     let value = "x".repeat(40);
@@ -167,7 +162,11 @@ async fn a_lagging_node_catches_up_from_a_snapshot_of_many_chunks() {
     let leader_status = eventually("the leader compacts", Duration::from_secs(10), || {
         let cluster = cluster.clone();
         async move {
-            let s = cluster.status(leader).await.ok_or("no status")?;
+            let s = cluster
+                .statuses()
+                .await
+                .remove(&leader)
+                .ok_or("no status")?;
             if s.first_log_index > before.last_log_index + 1 {
                 Ok(s)
             } else {
@@ -181,9 +180,9 @@ async fn a_lagging_node_catches_up_from_a_snapshot_of_many_chunks() {
         leader_status.snapshot_index, before.last_log_index
     );
 
-    cluster.restart(lagging);
+    cluster.restart(lagging).await;
     cluster.wait_converged(Duration::from_secs(15)).await;
-    let after = cluster.status(lagging).await.unwrap();
+    let after = cluster.statuses().await[&lagging].clone();
     assert!(
         after.snapshot_index > before.snapshot_index
             && after.snapshot_index > before.last_log_index,
@@ -191,118 +190,47 @@ async fn a_lagging_node_catches_up_from_a_snapshot_of_many_chunks() {
     );
     for i in [0, 150, 299] {
         assert_eq!(
-            stale(&cluster, lagging, &format!("k{i}")).await,
+            cluster.stale_read(lagging, &format!("k{i}")).await,
             Some(format!("{i}-{value}"))
         );
     }
     cluster.shutdown().await;
 }
 
-/// Clients doing puts, gets and compare-and-swaps through random nodes, recording a history.
-async fn workload(
-    cluster: Arc<QuicCluster>,
-    history: History,
-    clients: u64,
-    keys: usize,
-    duration: Duration,
-    seed: u64,
-) -> u64 {
-    let stop = Instant::now() + duration;
-    let mut tasks = Vec::new();
-    for c in 0..clients {
-        let cluster = cluster.clone();
-        let client = KvClient::new(c, history.clone());
-        let mut rng = StdRng::seed_from_u64(seed.wrapping_add(c));
-        tasks.push(tokio::spawn(async move {
-            let mut ok = 0u64;
-            let mut n = 0u64;
-            let mut last: Option<String> = None;
-            while Instant::now() < stop {
-                let running = cluster.running();
-                let node = running[rng.gen_range(0..running.len())];
-                let mailbox = cluster.mailbox(node).with_timeout(Duration::from_secs(2));
-                let key = format!("k{}", rng.gen_range(0..keys));
-                n += 1;
-                let value = format!("c{c}-{n}");
-                let op = match rng.gen_range(0..10) {
-                    0..=3 => KvOp::Get { key },
-                    4..=7 => KvOp::Put { key, value },
-                    _ => KvOp::Cas {
-                        key,
-                        expect: last.clone(),
-                        value,
-                    },
-                };
-                if let Ok(out) = client.run(&mailbox, op).await {
-                    ok += 1;
-                    if let KvOutput::Value(v) = out {
-                        last = v;
-                    }
-                }
-            }
-            ok
-        }));
-    }
-    let mut ok = 0;
-    for t in tasks {
-        ok += t.await.unwrap();
-    }
-    ok
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn histories_stay_linearizable_with_faults_injected_over_quic() {
     init_tracing();
     let seed = seed("histories_stay_linearizable_with_faults_injected_over_quic");
-    let faults = Faults::new(seed);
-    let cluster = QuicCluster::start(3, test_config(), Some(faults.clone())).await;
+    let certs = Arc::new(Certs::new(&[1, 2, 3]));
+    let cluster = start(3, test_config(), seed, &certs).await;
+    let faults = cluster.faults();
     let history = History::new();
 
     faults.set_drop_rate(0.05);
     faults.set_duplicate_rate(0.05);
     faults.set_reorder_rate(0.02);
     faults.set_delay(Duration::from_millis(0), Duration::from_millis(5));
-    let load = tokio::spawn(workload(
-        cluster.clone(),
-        history.clone(),
-        4,
-        3,
-        Duration::from_secs(4),
-        seed,
-    ));
+    let load = {
+        let (cluster, history) = (cluster.clone(), history.clone());
+        tokio::spawn(async move {
+            cluster
+                .run_workload(&history, 4, 3, Duration::from_secs(4), seed)
+                .await
+        })
+    };
     // Cut the leader off for a while in the middle.
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    let leader = cluster
-        .wait_for_leader(&[1, 2, 3], Duration::from_secs(10))
-        .await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
     faults.isolate(leader);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     faults.heal();
-    let ok = load.await.unwrap();
+    let stats = load.await.unwrap();
     faults.clear();
 
     // Final linearizable reads, so a lost acknowledged write would show.
-    let reader = KvClient::new(u64::MAX, history.clone());
-    for k in 0..3 {
-        eventually("final read", Duration::from_secs(10), || {
-            let cluster = cluster.clone();
-            let reader = reader.clone();
-            async move {
-                reader
-                    .run(
-                        &cluster.mailbox(1),
-                        KvOp::Get {
-                            key: format!("k{k}"),
-                        },
-                    )
-                    .await
-                    .map_err(|e| e.to_string())
-            }
-        })
-        .await;
-    }
-    eprintln!("{ok} operations succeeded of {}", history.len());
-    assert!(ok > 20, "too few operations succeeded: {ok}");
+    cluster.final_reads(&history, 3).await;
+    eprintln!("{stats:?} of {} operations", history.len());
+    assert!(stats.ok > 20, "too few operations succeeded: {stats:?}");
     assert_linearizable(&history);
     cluster.shutdown().await;
 }
@@ -310,18 +238,19 @@ async fn histories_stay_linearizable_with_faults_injected_over_quic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_with_a_certificate_from_another_ca_is_refused() {
     init_tracing();
-    let cluster = QuicCluster::start(1, test_config(), None).await;
+    let certs = Arc::new(Certs::new(&[1]));
+    let cluster = start(1, test_config(), 0, &certs).await;
     let addr1 = cluster.addr(1);
-    let rogue_certs = common::Certs::new(&[4]);
+    let rogue_certs = Certs::new(&[4]);
     let request = status_request();
 
     // A node of another CA trusts neither the cluster's servers nor they its certificate.
     let rogue = rogue_certs.transport(4);
     let e = rogue
-        .call(&addr1, request.clone(), common::CALL_TIMEOUT)
+        .call(&addr1, request.clone(), CALL_TIMEOUT)
         .await
         .unwrap_err();
-    assert!(common::is_unreachable(&e), "{e}");
+    assert!(is_unreachable(&e), "{e}");
     let batch = wire::RaftBatch {
         cluster_id: 0,
         from: 4,
@@ -334,16 +263,16 @@ async fn a_peer_with_a_certificate_from_another_ca_is_refused() {
     // An impostor that trusts the cluster CA but holds a certificate from another CA: the
     // server refuses it during the handshake.
     let impostor = raft_transport_quic::QuicTransport::new(raft_transport_quic::TlsConfig::mutual(
-        cluster.certs.certs.ca.clone(),
+        certs.certs.ca.clone(),
         rogue_certs.tls(4).cert,
         rogue_certs.tls(4).key,
     ))
     .unwrap();
     let e = impostor
-        .call(&addr1, request.clone(), common::CALL_TIMEOUT)
+        .call(&addr1, request.clone(), CALL_TIMEOUT)
         .await
         .unwrap_err();
-    assert!(common::is_unreachable(&e), "{e}");
+    assert!(is_unreachable(&e), "{e}");
     // (Its raft stream may look open for a round trip before the refusal arrives.)
     eventually("the impostor's sends fail", Duration::from_secs(5), || {
         let impostor = impostor.clone();
@@ -359,7 +288,7 @@ async fn a_peer_with_a_certificate_from_another_ca_is_refused() {
     .await;
 
     // A rogue node cannot join.
-    let rogue_addr = common::free_addr();
+    let rogue_addr = free_udp_addr();
     let raft = Raft::builder(4, KvStore::new())
         .raft_addr(rogue_addr.clone())
         .transport(rogue_certs.transport(4))
@@ -369,7 +298,7 @@ async fn a_peer_with_a_certificate_from_another_ca_is_refused() {
         .unwrap();
     let joining = tokio::spawn(raft.join(1, addr1.clone()));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let status = cluster.status(1).await.unwrap();
+    let status = cluster.statuses().await[&1].clone();
     assert!(
         !status.members.contains_key(&4) && !status.learners.contains(&4),
         "the rogue got in: {status:?}"
@@ -382,17 +311,17 @@ async fn a_peer_with_a_certificate_from_another_ca_is_refused() {
 
     // And the cluster's nodes cannot call a server whose certificate is from another CA.
     let server = rogue_certs.transport(4);
-    let rogue_server_addr = common::free_addr();
+    let rogue_server_addr = free_udp_addr();
     let _guard = server
         .serve(&rogue_server_addr, Arc::new(Nobody))
         .await
         .unwrap();
-    let member = cluster.certs.transport(1);
+    let member = certs.transport(1);
     let e = member
-        .call(&rogue_server_addr, request.clone(), common::CALL_TIMEOUT)
+        .call(&rogue_server_addr, request.clone(), CALL_TIMEOUT)
         .await
         .unwrap_err();
-    assert!(common::is_unreachable(&e), "{e}");
+    assert!(is_unreachable(&e), "{e}");
 
     // The cluster is unharmed.
     cluster
@@ -407,15 +336,19 @@ async fn a_peer_with_a_certificate_from_another_ca_is_refused() {
 struct Nobody;
 
 #[raft_core::async_trait]
-impl raft_core::InboundHandler for Nobody {
+impl raft_core::transport::InboundHandler for Nobody {
     async fn raft_batch(
         &self,
-        _: raft_core::PeerIdentity,
+        _: raft_core::transport::PeerIdentity,
         _: wire::RaftBatch,
     ) -> Result<(), raft_core::TransportError> {
         panic!("a refused peer reached the node");
     }
-    async fn call(&self, _: raft_core::PeerIdentity, _: wire::Request) -> wire::Response {
+    async fn call(
+        &self,
+        _: raft_core::transport::PeerIdentity,
+        _: wire::Request,
+    ) -> wire::Response {
         panic!("a refused peer reached the node");
     }
 }
@@ -456,18 +389,17 @@ async fn raw_connection(tls: &raft_transport_quic::TlsConfig, addr: &str) -> qui
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_certificate_speaks_only_for_its_own_node() {
     init_tracing();
-    let cluster = QuicCluster::start(3, test_config(), None).await;
-    let leader = cluster
-        .wait_for_leader(&[1, 2, 3], Duration::from_secs(10))
-        .await;
+    let certs = Arc::new(Certs::new(&[1, 2, 3]));
+    let cluster = start(3, test_config(), 0, &certs).await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
     let mut others = (1..=3u64).filter(|&id| id != leader);
     let (member, victim) = (others.next().unwrap(), others.next().unwrap());
-    let dir = cluster.certs.dir.path();
+    let dir = certs.dir.path();
     let outsider = raft_transport_quic::dev_certs::generate(dir, &[9]).unwrap();
     let client = raft_transport_quic::dev_certs::generate_client(dir, "anonymous").unwrap();
     let quic = |tls| Arc::new(raft_transport_quic::QuicTransport::new(tls).unwrap());
     let impostors = Impostors {
-        member: (member, Arc::new(cluster.certs.transport(member))),
+        member: (member, Arc::new(certs.transport(member))),
         without_node_id: quic(raft_transport_quic::TlsConfig::mutual(
             client.ca,
             client.cert,
@@ -493,7 +425,8 @@ async fn every_certificate_speaks_only_for_its_own_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn garbage_datagrams_and_streams_leave_the_cluster_serving() {
     init_tracing();
-    let cluster = QuicCluster::start(3, test_config(), None).await;
+    let certs = Arc::new(Certs::new(&[1, 2, 3]));
+    let cluster = start(3, test_config(), 0, &certs).await;
     let addr1 = cluster.addr(1);
     let mut rng = StdRng::seed_from_u64(seed("garbage"));
 
@@ -513,8 +446,8 @@ async fn garbage_datagrams_and_streams_leave_the_cluster_serving() {
 
     // 2. Streams with a valid certificate but bad frames. Node 9's certificate is from the
     // cluster CA but node 9 is no member.
-    let certs = raft_transport_quic::dev_certs::generate(cluster.certs.dir.path(), &[9]).unwrap();
-    let conn = raw_connection(&certs.tls(9).unwrap(), &addr1).await;
+    let outsider = raft_transport_quic::dev_certs::generate(certs.dir.path(), &[9]).unwrap();
+    let conn = raw_connection(&outsider.tls(9).unwrap(), &addr1).await;
     let huge: Vec<u8> = vec![0xFF, 0xFF, 0xFF, 0xFF, 1, 2, 3];
     let undecodable: Vec<u8> = [0, 0, 0, 8].into_iter().chain([0xFF; 8]).collect();
     let truncated: Vec<u8> = vec![0, 0, 1, 0, 1, 2, 3];

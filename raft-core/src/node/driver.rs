@@ -309,6 +309,20 @@ impl Driver {
         (l != raft::INVALID_ID).then_some(l)
     }
 
+    /// Tells the mailbox where the leader is; compared first, so a Ready with no change
+    /// costs a read lock and no allocation.
+    fn publish_leader_route(&self, leader_id: Option<u64>) {
+        let current = leader_id.and_then(|l| self.addr_of(l).map(|a| (l, a)));
+        let slot = &self.counters.leader_route;
+        let known = slot.read().unwrap_or_else(|e| e.into_inner());
+        if known.as_ref().map(|(id, addr)| (*id, addr.as_str())) == current {
+            return;
+        }
+        drop(known);
+        *slot.write().unwrap_or_else(|e| e.into_inner()) =
+            current.map(|(id, addr)| (id, addr.to_string()));
+    }
+
     fn addr_of(&self, id: u64) -> Option<&str> {
         self.members
             .addr(id)
@@ -316,6 +330,7 @@ impl Driver {
     }
 
     fn not_leader(&self) -> Error {
+        NodeMetrics::inc(&self.counters.metrics.not_leader_answers);
         let leader_id = self.leader_id().filter(|&l| l != self.id);
         Error::NotLeader {
             leader_id,
@@ -1355,6 +1370,7 @@ impl Driver {
         if leader_id.is_some() && leader_id != self.last_leader {
             NodeMetrics::inc(&self.counters.metrics.leader_changes);
         }
+        self.publish_leader_route(leader_id);
         self.last_leader = leader_id;
         Counters::set(&self.counters.leader, leader_id.unwrap_or(0));
         if leader && !self.was_leader {

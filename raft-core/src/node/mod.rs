@@ -34,6 +34,9 @@ pub(crate) struct Counters {
     pub(crate) cluster_id: AtomicU64,
     /// False while a node with empty storage waits for the cluster to accept its join.
     pub(crate) join_pending: std::sync::atomic::AtomicBool,
+    /// The leader and its address when known, so the mailbox sends straight to it rather
+    /// than asking the driver first.
+    pub(crate) leader_route: std::sync::RwLock<Option<(u64, String)>>,
 }
 
 impl Counters {
@@ -47,6 +50,14 @@ impl Counters {
         let mut members = self.members.write().unwrap_or_else(|e| e.into_inner());
         members.clear();
         members.extend(ids);
+    }
+
+    /// The leader's id and address, when known.
+    pub(crate) fn leader_route(&self) -> Option<(u64, String)> {
+        self.leader_route
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     pub(crate) fn get(v: &AtomicU64) -> u64 {

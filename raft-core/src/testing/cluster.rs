@@ -1,5 +1,6 @@
-//! An in-process cluster over [`LocalTransport`](crate::LocalTransport) with fault injection,
-//! crash/restart from storage, membership changes and a history-recording workload.
+//! A raft cluster of [`KvStore`]s with fault injection, crash/restart from storage,
+//! membership changes and a history-recording workload: in-process over a
+//! [`LocalNetwork`], or over any transport through a [`TransportFactory`].
 
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
@@ -11,19 +12,25 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::task::JoinHandle;
 
-use super::kv::{KvClient, KvStore};
+use super::kv::{decode_value, encode_op, KvClient, KvStore};
 use super::linearizability::{History, KvOp, KvOutput};
+use super::transport_conformance::TransportFactory;
 use crate::config::Config;
 use crate::error::Result;
 use crate::log_storage::LogStorage;
 use crate::mailbox::Mailbox;
 use crate::mem_log_storage::MemLogStorage;
 use crate::raft::Raft;
-use crate::status::{Role, Status};
-use crate::transport::{Faults, FaultyTransport, LocalNetwork};
+use crate::status::{ReadConsistency, Role, Status};
+use crate::transport::faulty::{Faults, FaultyTransport};
+use crate::transport::LocalNetwork;
 
 /// Makes the log storage of node `id` (called once per node, reused across restarts).
 pub type StorageFactory = Arc<dyn Fn(u64) -> Arc<dyn LogStorage> + Send + Sync>;
+
+fn mem_storage() -> StorageFactory {
+    Arc::new(|_| Arc::new(MemLogStorage::new()))
+}
 
 /// A fast configuration for in-process tests: 20 ms ticks, 200-400 ms elections.
 pub fn test_config() -> Config {
@@ -60,9 +67,14 @@ struct Slot {
     running: Option<RunningNode>,
 }
 
-/// An in-process raft cluster of [`KvStore`]s. Nodes are named `node-{id}`.
+/// A raft cluster of [`KvStore`]s. Every node's transport is wrapped in a [`FaultyTransport`]
+/// driven by the cluster's [`Faults`].
 pub struct TestCluster {
-    network: LocalNetwork,
+    /// Set when the nodes talk in-process.
+    network: Option<LocalNetwork>,
+    transports: TransportFactory,
+    /// Chosen once per node id, so a restarted node serves where its peers expect it.
+    addrs: Mutex<BTreeMap<u64, String>>,
     faults: Faults,
     config: Config,
     storage_factory: StorageFactory,
@@ -76,11 +88,11 @@ enum Start {
 }
 
 impl TestCluster {
-    /// Starts `n` nodes on in-memory storage: node 1 bootstraps, the others join, and this
-    /// returns once all `n` are voters.
+    /// Starts `n` nodes on in-memory storage over an in-process network, node `id` at
+    /// `node-{id}`: node 1 bootstraps, the others join, and this returns once all `n` are
+    /// voters.
     pub async fn start(n: usize, config: Config, seed: u64) -> Arc<TestCluster> {
-        let factory: StorageFactory = Arc::new(|_| Arc::new(MemLogStorage::new()));
-        Self::start_with_storage(n, config, seed, factory).await
+        Self::start_with_storage(n, config, seed, mem_storage()).await
     }
 
     /// Like [`TestCluster::start`], with the log storage each node gets.
@@ -90,8 +102,34 @@ impl TestCluster {
         seed: u64,
         storage_factory: StorageFactory,
     ) -> Arc<TestCluster> {
+        let network = LocalNetwork::new();
+        let transports = TransportFactory::local(&network);
+        Self::launch(n, config, seed, storage_factory, transports, Some(network)).await
+    }
+
+    /// Like [`TestCluster::start`], over the transports of `transports`: each (re)start of a
+    /// node gets a new transport, as a new process would, at the address first picked for it.
+    pub async fn start_over(
+        n: usize,
+        config: Config,
+        seed: u64,
+        transports: TransportFactory,
+    ) -> Arc<TestCluster> {
+        Self::launch(n, config, seed, mem_storage(), transports, None).await
+    }
+
+    async fn launch(
+        n: usize,
+        config: Config,
+        seed: u64,
+        storage_factory: StorageFactory,
+        transports: TransportFactory,
+        network: Option<LocalNetwork>,
+    ) -> Arc<TestCluster> {
         let cluster = Arc::new(TestCluster {
-            network: LocalNetwork::new(),
+            network,
+            transports,
+            addrs: Mutex::new(BTreeMap::new()),
             faults: Faults::new(seed),
             config,
             storage_factory,
@@ -103,7 +141,7 @@ impl TestCluster {
             cluster.spawn(id, Start::Join(1)).await;
         }
         let all: Vec<u64> = (1..=n as u64).collect();
-        cluster.wait_for_voters(&all, Duration::from_secs(20)).await;
+        cluster.wait_for_voters(&all, Duration::from_secs(30)).await;
         cluster
     }
 
@@ -111,9 +149,13 @@ impl TestCluster {
         self.slots.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The address of node `id`.
-    pub fn addr(id: u64) -> String {
-        format!("node-{id}")
+    /// The address of node `id` (picked now if the node has none yet).
+    pub fn addr(&self, id: u64) -> String {
+        let mut addrs = self.addrs.lock().unwrap_or_else(|e| e.into_inner());
+        addrs
+            .entry(id)
+            .or_insert_with(|| self.transports.addr(id))
+            .clone()
     }
 
     /// The shared fault plan (drop, delay, duplicate, reorder, partition).
@@ -127,7 +169,7 @@ impl TestCluster {
     }
 
     async fn spawn(&self, id: u64, start: Start) {
-        let addr = Self::addr(id);
+        let addr = self.addr(id);
         self.faults.register(id, &addr);
         let storage = {
             let mut slots = self.slots();
@@ -139,7 +181,7 @@ impl TestCluster {
             slot.storage.clone()
         };
         let transport =
-            FaultyTransport::new(self.network.transport_as(id), self.faults.clone(), &addr);
+            FaultyTransport::new(self.transports.transport(id), self.faults.clone(), &addr);
         let raft = Raft::builder(id, KvStore::new())
             .raft_addr(addr)
             .transport(transport)
@@ -150,7 +192,7 @@ impl TestCluster {
         let mailbox = raft.mailbox();
         let task = match start {
             Start::Lead => tokio::spawn(raft.lead()),
-            Start::Join(via) => tokio::spawn(raft.join(via, Self::addr(via))),
+            Start::Join(via) => tokio::spawn(raft.join(via, self.addr(via))),
         };
         self.slots().get_mut(&id).expect("slot exists").running =
             Some(RunningNode { mailbox, task });
@@ -240,8 +282,11 @@ impl TestCluster {
     }
 
     /// The in-process network the nodes talk over (a test can attach its own transports).
+    /// Panics for a cluster started over another transport ([`TestCluster::start_over`]).
     pub fn network(&self) -> &LocalNetwork {
-        &self.network
+        self.network
+            .as_ref()
+            .expect("the cluster runs over another transport than a LocalNetwork")
     }
 
     /// Replaces node `id`'s storage with an empty one (it must not run).
@@ -320,13 +365,16 @@ impl TestCluster {
         }
     }
 
-    /// Waits until every running node has applied the same index as the leader's commit.
+    /// Waits until every running node answers and has applied the leader's commit index.
     pub async fn wait_converged(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
             let statuses = self.statuses().await;
             let commit = statuses.values().map(|s| s.commit_index).max().unwrap_or(0);
-            if !statuses.is_empty() && statuses.values().all(|s| s.applied_index == commit) {
+            if !statuses.is_empty()
+                && statuses.len() == self.running().len()
+                && statuses.values().all(|s| s.applied_index == commit)
+            {
                 return;
             }
             if Instant::now() > deadline {
@@ -397,21 +445,11 @@ impl TestCluster {
     /// Panics unless every running node's state machine holds the same values for keys
     /// `k0..k{keys}` (stale reads, so each node answers from its own state).
     pub async fn assert_replicas_agree(&self, keys: usize) {
-        use super::kv::{decode_value, encode_op};
-        use crate::status::ReadConsistency;
         let mut views: BTreeMap<u64, Vec<Option<String>>> = BTreeMap::new();
         for id in self.running() {
-            let mailbox = self.mailbox(id);
             let mut view = Vec::new();
             for k in 0..keys {
-                let query = encode_op(&KvOp::Get {
-                    key: format!("k{k}"),
-                });
-                let bytes = mailbox
-                    .query_with(query, ReadConsistency::Stale)
-                    .await
-                    .unwrap_or_else(|e| panic!("stale read on node {id}: {e}"));
-                view.push(decode_value(&bytes).expect("a value"));
+                view.push(self.stale_read(id, &format!("k{k}")).await);
             }
             views.insert(id, view);
         }
@@ -422,6 +460,40 @@ impl TestCluster {
                 first.as_ref(),
                 "node {id} disagrees: {views:#?}"
             );
+        }
+    }
+
+    /// The value of `key` in node `id`'s own state machine (a stale read); panics if the
+    /// read fails.
+    pub async fn stale_read(&self, id: u64, key: &str) -> Option<String> {
+        let query = encode_op(&KvOp::Get { key: key.into() });
+        let bytes = self
+            .mailbox(id)
+            .query_with(query, ReadConsistency::Stale)
+            .await
+            .unwrap_or_else(|e| panic!("stale read on node {id}: {e}"));
+        decode_value(&bytes).expect("a value")
+    }
+
+    /// Runs `op` through node `id` for `client`, retrying failures every 50 ms; panics with
+    /// the last error after `timeout`.
+    pub async fn run_until_ok(
+        &self,
+        client: &KvClient,
+        id: u64,
+        op: KvOp,
+        timeout: Duration,
+    ) -> KvOutput {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match client.run(&self.mailbox(id), op.clone()).await {
+                Ok(out) => return out,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!("{op} through node {id} failed, retrying: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("{op} through node {id} kept failing: {e}"),
+            }
         }
     }
 

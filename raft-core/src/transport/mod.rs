@@ -6,7 +6,8 @@
 
 #[cfg(feature = "network")]
 pub mod builder;
-mod faulty;
+#[cfg(feature = "testing")]
+pub(crate) mod faulty;
 mod identity;
 pub mod link;
 mod local;
@@ -19,7 +20,6 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-pub use faulty::{Faults, FaultyTransport};
 pub use identity::{identity_of_certificate, node_uri, read_private_key, NODE_URI_PREFIX};
 pub use local::{LocalNetwork, LocalTransport};
 pub use serving::Serving;
