@@ -1,0 +1,323 @@
+//! One `Ready`, in the order raft-rs documents: messages, snapshot install, committed entries
+//! to the apply task, the durable write, persisted messages, advance; plus snapshot saving and
+//! the apply backlog.
+
+use super::*;
+
+/// Committed entries handed to the apply task and not yet applied, for back-pressure.
+#[derive(Default)]
+pub(super) struct ApplyBacklog {
+    /// `(last index, bytes)` of each batch handed over, oldest first.
+    pub(super) batches: VecDeque<(u64, u64)>,
+    pub(super) bytes: u64,
+    /// The last index handed over.
+    pub(super) handed: u64,
+}
+
+impl ApplyBacklog {
+    pub(super) fn push(&mut self, last: u64, bytes: u64) {
+        self.batches.push_back((last, bytes));
+        self.bytes += bytes;
+        self.handed = self.handed.max(last);
+    }
+
+    /// Forgets what the apply task has applied.
+    pub(super) fn applied(&mut self, applied: u64) {
+        while let Some(&(last, bytes)) = self.batches.front() {
+            if last > applied {
+                break;
+            }
+            self.batches.pop_front();
+            self.bytes -= bytes;
+        }
+        self.handed = self.handed.max(applied);
+    }
+
+    pub(super) fn entries(&self, applied: u64) -> u64 {
+        self.handed.saturating_sub(applied)
+    }
+}
+
+impl Driver {
+    /// Runs a storage write on a blocking thread: never fsync on a runtime worker.
+    pub(super) async fn write<F>(&self, write: F) -> Result<()>
+    where
+        F: FnOnce(&dyn LogStorage) -> Result<(), StorageError> + Send + 'static,
+    {
+        let storage = self.storage.clone();
+        let started = Instant::now();
+        let result = tokio::task::spawn_blocking(move || write(storage.as_ref()))
+            .await
+            .map_err(|e| StorageError::Io(format!("storage thread failed: {e}")))?;
+        let metrics = &self.counters.metrics;
+        metrics.log_write_seconds.observe(started.elapsed());
+        NodeMetrics::inc(&metrics.log_writes);
+        result.map_err(|e| {
+            tracing::error!(
+                node = self.id,
+                "log storage write failed, stopping the node: {e}"
+            );
+            Error::from(e)
+        })
+    }
+
+    /// Hands the newest snapshot the apply task took to a storage thread, unless one is
+    /// being written already. The driver keeps running meanwhile: a large snapshot never
+    /// delays heartbeats. The result comes back as [`DriverMsg::SnapshotSaved`].
+    pub(super) fn start_snapshot_save(&mut self) {
+        if self.saving_snapshot {
+            return;
+        }
+        let Some(snapshot) = self.snapshot_to_save.take() else {
+            return;
+        };
+        self.saving_snapshot = true;
+        let index = snapshot_index(&snapshot);
+        // Never compact past what raft-rs knows is applied: it reads that range to decide
+        // whether it may campaign.
+        let compact_to = index
+            .saturating_sub(self.config.snapshot_log_tail)
+            .min(self.raft_applied);
+        let storage = self.storage.clone();
+        let tx = self.driver_tx.clone();
+        let node = self.id;
+        tokio::spawn(async move {
+            let result = tokio::task::spawn_blocking(move || {
+                storage.save_snapshot(&snapshot)?;
+                if compact_to > 0 {
+                    storage.compact(compact_to)?;
+                }
+                Ok::<_, StorageError>(())
+            })
+            .await
+            .map_err(|e| StorageError::Io(format!("storage thread failed: {e}")))
+            .and_then(|r| r)
+            .map(|()| index)
+            .map_err(|e| {
+                tracing::error!(node, "saving a snapshot failed, stopping the node: {e}");
+                Error::from(e)
+            });
+            let _ = tx.send(DriverMsg::SnapshotSaved(result)).await;
+        });
+    }
+
+    pub(super) fn send_messages(&mut self, messages: Vec<Message>) {
+        for msg in messages {
+            let to = msg.to;
+            let is_snapshot = msg.msg_type() == MessageType::MsgSnapshot;
+            let addr = self
+                .members
+                .addr(to)
+                .or_else(|| self.learned_addrs.get(&to).map(String::as_str));
+            let delivered = match addr {
+                Some(addr) => {
+                    let queued = self.peers.send(msg, addr);
+                    if !queued {
+                        self.unreachable.push(to);
+                    }
+                    queued
+                }
+                None => {
+                    tracing::debug!(
+                        node = self.id,
+                        peer = to,
+                        "no address for peer; message dropped"
+                    );
+                    false
+                }
+            };
+            if is_snapshot && !delivered {
+                // raft-rs waits in "snapshot" state until it hears how the transfer went.
+                self.snapshot_failed.push(to);
+            }
+        }
+    }
+
+    /// Applies what the apply task finished: raft-rs learns the real applied index, and the
+    /// backlog shrinks.
+    pub(super) fn sync_applied(&mut self) {
+        let applied = *self.applied_rx.borrow_and_update();
+        let log = &self.raw.raft.raft_log;
+        let to = applied.min(log.committed).min(log.persisted);
+        if to > self.raft_applied {
+            self.raw.advance_apply_to(to);
+            self.raft_applied = to;
+        }
+        self.backlog.applied(applied);
+        let metrics = &self.counters.metrics;
+        NodeMetrics::set(&metrics.apply_backlog_bytes, self.backlog.bytes);
+        NodeMetrics::set(
+            &metrics.apply_backlog_entries,
+            self.backlog.entries(applied),
+        );
+    }
+
+    /// A follower whose state machine is more than twice the bound behind takes committed
+    /// entries slowly (one per tick) until it catches up: its apply queue stays bounded, and
+    /// it becomes a lagging follower rather than a node holding the log in memory. A leader
+    /// bounds its backlog by refusing proposals instead.
+    pub(super) fn apply_stalled(&self) -> bool {
+        !self.is_leader()
+            && self.backlog.bytes > self.config.max_apply_backlog_bytes.saturating_mul(2)
+    }
+
+    pub(super) async fn on_ready(&mut self) -> Result<()> {
+        let mut ready = self.raw.ready();
+
+        // 1. A leader may send before its own write: followers persist in parallel.
+        self.send_messages(ready.take_messages());
+
+        // 2. A snapshot from the leader replaces the log, then the state machine. It was
+        // checked (conf state, envelope) before raft saw it.
+        if !ready.snapshot().is_empty() {
+            let snapshot = ready.snapshot().clone();
+            let members = open_members(&snapshot.data).map_err(|e| {
+                Error::config(format!(
+                    "a snapshot that passed its checks is unreadable: {e}"
+                ))
+            })?;
+            let to_store = snapshot.clone();
+            self.write(move |s| s.install_snapshot(&to_store)).await?;
+            self.members = Members::from_list(members);
+            let index = snapshot_index(&snapshot);
+            tracing::info!(node = self.id, index, "installed snapshot from leader");
+            self.backlog.applied(index);
+            self.backlog.handed = self.backlog.handed.max(index);
+            self.to_apply(ApplyMsg::Restore(Box::new(snapshot)));
+        }
+
+        // 3. Committed entries go to the apply task.
+        self.hand_to_apply(ready.take_committed_entries());
+
+        // 4. One durable write for entries and hard state.
+        let entries = ready.take_entries();
+        let hs = self.raw.raft.hard_state();
+        let vote_changed = hs.term != self.persisted_hs.term || hs.vote != self.persisted_hs.vote;
+        if !entries.is_empty() || vote_changed {
+            let to_store = hs.clone();
+            self.write(move |s| s.append(&entries, Some(&to_store)))
+                .await?;
+            self.persisted_hs = hs;
+        }
+
+        // 5. Only now may votes and append responses leave.
+        self.send_messages(ready.take_persisted_messages());
+        for state in ready.take_read_states() {
+            self.on_read_state(state);
+        }
+
+        // 6. Advance (raft-rs hears the applied index from the apply task, not here), then
+        // the light ready.
+        let mut light = self.raw.advance_append(ready);
+        self.send_messages(light.take_messages());
+        self.hand_to_apply(light.take_committed_entries());
+        Ok(())
+    }
+
+    pub(super) fn hand_to_apply(&mut self, entries: Vec<Entry>) {
+        let Some(last) = entries.last().map(|e| e.index) else {
+            return;
+        };
+        let bytes = entries
+            .iter()
+            .map(|e| (e.data.len() + e.context.len()) as u64)
+            .sum();
+        self.backlog.push(last, bytes);
+        let mut batch = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let conf = match entry.get_entry_type() {
+                EntryType::EntryNormal => None,
+                EntryType::EntryConfChange => {
+                    Some(wire::decode_raft::<ConfChange>(&entry.data).map(|cc| cc.into_v2()))
+                }
+                EntryType::EntryConfChangeV2 => {
+                    Some(wire::decode_raft::<ConfChangeV2>(&entry.data))
+                }
+            };
+            let conf = conf.map(|cc| match cc {
+                Ok(cc) => self.apply_conf_change(&entry, &cc),
+                Err(e) => ConfOutcome {
+                    result: Err(format!("undecodable conf change: {e}")),
+                    members: self.members.to_list(),
+                },
+            });
+            batch.push(CommittedEntry { entry, conf });
+        }
+        self.to_apply(ApplyMsg::Entries(batch));
+    }
+
+    pub(super) fn after_turn(&mut self) {
+        // Reports raft-rs must not hear while a Ready is in hand.
+        for id in std::mem::take(&mut self.unreachable) {
+            self.raw.report_unreachable(id);
+        }
+        for id in std::mem::take(&mut self.snapshot_failed) {
+            self.raw.report_snapshot(id, SnapshotStatus::Failure);
+        }
+        let wanted = self.snapshot_wanted_for.swap(0, Ordering::Relaxed);
+        if wanted != 0 {
+            let recent = self.snapshot_requested.is_some_and(|(peer, at)| {
+                peer == wanted && at.elapsed() < self.config.min_election_timeout()
+            });
+            if !recent {
+                self.snapshot_requested = Some((wanted, Instant::now()));
+                self.to_apply(ApplyMsg::SnapshotFor(wanted));
+            }
+        }
+        if std::mem::take(&mut self.conf_changed) {
+            let conf = self.raw.raft.prs().conf();
+            self.counters.set_members(
+                conf.voters()
+                    .ids()
+                    .iter()
+                    .chain(conf.learners().iter().copied()),
+            );
+        }
+        if !self.learned_addrs.is_empty() && !self.conf_empty() {
+            // Members' addresses come from the configuration from now on.
+            self.learned_addrs.clear();
+        }
+        let leader = self.is_leader();
+        if self.was_leader && !leader {
+            tracing::info!(node = self.id, term = self.raw.raft.term, "lost leadership");
+            self.lease_until = None;
+            self.to_apply(ApplyMsg::FailProposals);
+        }
+        let leader_id = self.leader_id();
+        if leader_id.is_some() && leader_id != self.last_leader {
+            NodeMetrics::inc(&self.counters.metrics.leader_changes);
+        }
+        self.publish_leader_route(leader_id);
+        self.last_leader = leader_id;
+        Counters::set(&self.counters.leader, leader_id.unwrap_or(0));
+        if leader && !self.was_leader {
+            tracing::info!(node = self.id, term = self.raw.raft.term, "became leader");
+        }
+        self.was_leader = leader;
+        if self.removed {
+            let cs = self.raw.raft.prs().conf().to_conf_state();
+            if !cs.voters.contains(&self.id) && !cs.learners.contains(&self.id) {
+                tracing::info!(
+                    node = self.id,
+                    "this node was removed from the cluster; stopping"
+                );
+                self.stop = true;
+            }
+            self.removed = false;
+        }
+    }
+
+    /// Tells the mailbox where the leader is; compared first, so a Ready with no change
+    /// costs a read lock and no allocation.
+    pub(super) fn publish_leader_route(&self, leader_id: Option<u64>) {
+        let current = leader_id.and_then(|l| self.addr_of(l).map(|a| (l, a)));
+        let slot = &self.counters.leader_route;
+        let known = slot.read().unwrap_or_else(|e| e.into_inner());
+        if known.as_ref().map(|(id, addr)| (*id, addr.as_str())) == current {
+            return;
+        }
+        drop(known);
+        *slot.write().unwrap_or_else(|e| e.into_inner()) =
+            current.map(|(id, addr)| (id, addr.to_string()));
+    }
+}
