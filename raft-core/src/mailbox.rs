@@ -8,69 +8,12 @@ use crate::error::{Error, MaybeApplied, NotApplied, Result};
 use crate::forwarder::Forwarded;
 use crate::metrics::Metrics;
 use crate::metrics::NodeMetrics;
-use crate::node::error_codec::error_from_wire;
 use crate::node::handle::NodeHandle;
 use crate::node::messages::{DriverMsg, MembershipChange};
+use crate::node::op::{answer_from_wire, Op};
 use crate::status::{ReadConsistency, Role, Status};
 use crate::transport::Transport;
-use crate::wire::{
-    request, response, MembershipAction, MembershipRequest, ProposeRequest, QueryRequest, Request,
-    StatusRequest, TransferLeaderRequest,
-};
-
-/// One routable operation.
-#[derive(Clone)]
-pub(crate) enum Op {
-    Propose(Vec<u8>),
-    Read(Vec<u8>, ReadConsistency),
-    Membership(MembershipChange),
-    Transfer(u64),
-}
-
-impl Op {
-    /// Reads and leader transfers can be retried after any failure; writes only after a
-    /// failure that proves they did not take effect.
-    fn idempotent(&self) -> bool {
-        matches!(self, Op::Read(..) | Op::Transfer(_))
-    }
-
-    fn to_request(&self, timeout: Duration) -> Request {
-        let timeout_ms = timeout.as_millis().max(1) as u64;
-        let kind = match self.clone() {
-            Op::Propose(data) => request::Kind::Propose(ProposeRequest { data, timeout_ms }),
-            Op::Read(query, consistency) => request::Kind::Query(QueryRequest {
-                query,
-                consistency: crate::wire::ReadConsistency::from(consistency) as i32,
-                timeout_ms,
-            }),
-            Op::Membership(change) => request::Kind::Membership(MembershipRequest {
-                action: change.action as i32,
-                node_id: change.node_id,
-                addr: change.addr,
-                timeout_ms,
-                empty_storage: change.empty_storage,
-            }),
-            Op::Transfer(target) => {
-                request::Kind::TransferLeader(TransferLeaderRequest { target, timeout_ms })
-            }
-        };
-        Request {
-            kind: Some(kind),
-            cluster_id: 0,
-        }
-    }
-}
-
-fn from_response(response: crate::wire::Response) -> Result<Vec<u8>> {
-    match response.kind {
-        Some(response::Kind::Propose(v)) | Some(response::Kind::Query(v)) => Ok(v),
-        Some(response::Kind::Membership(_)) | Some(response::Kind::TransferLeader(_)) => {
-            Ok(Vec::new())
-        }
-        Some(response::Kind::Error(e)) => Err(error_from_wire(e)),
-        _ => Err(Error::remote("unexpected response")),
-    }
-}
+use crate::wire::{request, response, MembershipAction, Request, StatusRequest};
 
 /// A handle to propose, read and manage membership through one node. Cheap to clone.
 ///
@@ -403,16 +346,7 @@ impl Mailbox {
     }
 
     async fn run_local(&self, op: &Op, timeout: Duration) -> Result<Vec<u8>> {
-        let node = &self.node;
-        match op.clone() {
-            Op::Propose(data) => node.propose_local(data, timeout).await,
-            Op::Read(query, consistency) => node.read_local(query, consistency, timeout).await,
-            Op::Membership(change) => node
-                .membership_local(change, timeout)
-                .await
-                .map(|()| Vec::new()),
-            Op::Transfer(target) => node.transfer_local(target).await.map(|()| Vec::new()),
-        }
+        self.node.run(op.clone(), timeout).await
     }
 
     async fn run_remote(&self, addr: &str, op: &Op, timeout: Duration) -> Result<Vec<u8>> {
@@ -426,7 +360,7 @@ impl Mailbox {
                 // Timed out, or the call was lost after it may have been sent.
                 Forwarded::TimedOut => Err(Error::timeout(timeout)),
                 Forwarded::Failed(e) => Err(Error::from(e)),
-                Forwarded::Answer(response) => from_response(response),
+                Forwarded::Answer(response) => answer_from_wire(response),
                 Forwarded::Busy => {
                     NodeMetrics::inc(&self.node.counters.metrics.busy);
                     Err(Error::busy("too many requests queued for the leader"))
@@ -440,7 +374,7 @@ impl Mailbox {
         match tokio::time::timeout(timeout, call).await {
             Err(_) => Err(Error::timeout(timeout)),
             Ok(Err(e)) => Err(Error::from(e)),
-            Ok(Ok(response)) => from_response(response),
+            Ok(Ok(response)) => answer_from_wire(response),
         }
     }
 }

@@ -177,9 +177,14 @@ async fn a_large_slow_snapshot_save_causes_no_election() {
     init_tracing();
     const STATE: usize = 200 << 20;
     let blob = Arc::new(vec![7u8; STATE]);
+    // Elections after 1-2 s: shorter than the 2 s save, so a driver that waited for the save
+    // would still lose its leadership, yet longer than the CPU time the three nodes' 200 MB
+    // copies take when other tests share the machine's two cores.
     let config = Config {
         snapshot_threshold: 300,
         max_snapshot_size: 1 << 30,
+        election_tick: 50,
+        heartbeat_tick: 5,
         ..test_config()
     };
     let network = LocalNetwork::new();

@@ -7,13 +7,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::driver::ask;
-use super::messages::{DriverMsg, MembershipChange};
+use super::messages::DriverMsg;
+use super::op::Op;
 use super::Counters;
 use crate::config::Config;
 use crate::error::{Error, MaybeApplied, Result};
 use crate::forwarder::Forwarder;
 use crate::metrics::NodeMetrics;
-use crate::status::{ReadConsistency, Status};
+use crate::status::Status;
 use crate::transport::Transport;
 
 /// The local node as seen by its mailbox and its server side.
@@ -65,50 +66,14 @@ impl NodeHandle {
         wait_answer(rx, timeout).await
     }
 
-    pub(crate) async fn propose_local(&self, data: Vec<u8>, timeout: Duration) -> Result<Vec<u8>> {
-        self.submit(timeout, |deadline, reply| DriverMsg::Propose {
-            data,
+    /// Runs `op` on this node: answered by the driver, or the apply task, within `timeout`.
+    pub(crate) async fn run(&self, op: Op, timeout: Duration) -> Result<Vec<u8>> {
+        self.submit(timeout, |deadline, reply| DriverMsg::Op {
+            op,
             deadline,
             reply,
         })
         .await
-    }
-
-    pub(crate) async fn read_local(
-        &self,
-        query: Vec<u8>,
-        consistency: ReadConsistency,
-        timeout: Duration,
-    ) -> Result<Vec<u8>> {
-        self.submit(timeout, |deadline, reply| DriverMsg::Read {
-            query,
-            consistency,
-            deadline,
-            reply,
-        })
-        .await
-    }
-
-    pub(crate) async fn membership_local(
-        &self,
-        change: MembershipChange,
-        timeout: Duration,
-    ) -> Result<()> {
-        self.submit(timeout, |deadline, reply| DriverMsg::Membership {
-            change,
-            deadline,
-            reply,
-        })
-        .await
-        .map(drop)
-    }
-
-    pub(crate) async fn transfer_local(&self, target: u64) -> Result<()> {
-        ask(&self.driver_tx, |reply| DriverMsg::TransferLeader {
-            target,
-            reply,
-        })
-        .await?
     }
 
     pub(crate) async fn status(&self) -> Result<Status> {

@@ -6,9 +6,10 @@ use raft::prelude::{ConfState, Entry, Message, Snapshot};
 use raft::SnapshotStatus;
 use tokio::sync::oneshot;
 
+use super::op::Op;
 use crate::error::{Error, Result};
 use crate::records::Member;
-use crate::status::{ReadConsistency, Status};
+use crate::status::Status;
 use crate::wire::MembershipAction;
 
 /// Answers one waiting client, exactly once.
@@ -41,14 +42,9 @@ pub(crate) enum DriverMsg {
     /// A raft message from a peer that passed the wire checks, and where the peer says it
     /// listens.
     Raft(Box<Message>, Option<String>),
-    Propose {
-        data: Vec<u8>,
-        deadline: Instant,
-        reply: Responder,
-    },
-    Read {
-        query: Vec<u8>,
-        consistency: ReadConsistency,
+    /// A client's operation, answered on `reply` by `deadline` at the latest.
+    Op {
+        op: Op,
         deadline: Instant,
         reply: Responder,
     },
@@ -58,15 +54,6 @@ pub(crate) enum DriverMsg {
         deadline: Instant,
         reply: Responder,
         backup: oneshot::Sender<crate::Backup>,
-    },
-    Membership {
-        change: MembershipChange,
-        deadline: Instant,
-        reply: Responder,
-    },
-    TransferLeader {
-        target: u64,
-        reply: oneshot::Sender<Result<()>>,
     },
     Status(oneshot::Sender<Status>),
     /// The apply task took a snapshot of the state machine.

@@ -10,6 +10,7 @@ pub(crate) mod handle;
 pub(crate) mod inbound;
 pub(crate) mod membership;
 pub(crate) mod messages;
+pub(crate) mod op;
 pub(crate) mod peers;
 pub(crate) mod progress;
 pub(crate) mod server;

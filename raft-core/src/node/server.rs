@@ -9,7 +9,8 @@ use super::cluster_id;
 use super::error_codec::error_to_wire;
 use super::handle::NodeHandle;
 use super::inbound::{check_wire, Refusal, Route, MAX_ADDR};
-use super::messages::{DriverMsg, MembershipChange};
+use super::messages::DriverMsg;
+use super::op::Op;
 use super::snapshot_transfer::SnapshotAssembler;
 use super::Counters;
 use crate::error::{Error, TransportError};
@@ -29,14 +30,6 @@ pub(crate) struct NodeServer {
 
 fn reply(kind: response::Kind) -> Response {
     Response { kind: Some(kind) }
-}
-
-fn timeout_of(ms: u64, default: Duration) -> Duration {
-    if ms == 0 {
-        default
-    } else {
-        Duration::from_millis(ms).min(default * 4)
-    }
 }
 
 #[async_trait]
@@ -204,55 +197,15 @@ impl NodeServer {
 
     async fn call_one(&self, kind: Option<request::Kind>) -> Response {
         let default = self.node.config.request_timeout;
-        let result: Result<response::Kind, Error> = match kind {
-            None => Err(Error::Invalid("empty request".into())),
-            Some(request::Kind::Batch(_)) => Err(Error::Invalid("a batch inside a batch".into())),
-            Some(request::Kind::Propose(p)) => self
-                .node
-                .propose_local(p.data, timeout_of(p.timeout_ms, default))
-                .await
-                .map(response::Kind::Propose),
-            Some(request::Kind::Query(q)) => {
-                let consistency = wire::ReadConsistency::try_from(q.consistency)
-                    .unwrap_or(wire::ReadConsistency::Linearizable);
-                self.node
-                    .read_local(
-                        q.query,
-                        consistency.into(),
-                        timeout_of(q.timeout_ms, default),
-                    )
-                    .await
-                    .map(response::Kind::Query)
+        let op = kind.as_ref().and_then(|k| Op::from_request(k, default));
+        let result: Result<response::Kind, Error> = match (op, kind) {
+            (Some(Err(e)), _) => Err(e),
+            (Some(Ok((op, timeout))), _) => self.run(op, timeout).await,
+            (None, None) => Err(Error::Invalid("empty request".into())),
+            (None, Some(request::Kind::Batch(_))) => {
+                Err(Error::Invalid("a batch inside a batch".into()))
             }
-            Some(request::Kind::Membership(m)) => match MembershipAction::try_from(m.action) {
-                Err(_) => Err(Error::Invalid(format!(
-                    "unknown membership action {}",
-                    m.action
-                ))),
-                Ok(action) => {
-                    let timeout = timeout_of(m.timeout_ms, default);
-                    let change = MembershipChange {
-                        action,
-                        node_id: m.node_id,
-                        addr: m.addr,
-                        empty_storage: m.empty_storage,
-                    };
-                    match self.node.membership_local(change, timeout).await {
-                        Ok(()) => self
-                            .node
-                            .status()
-                            .await
-                            .map(|s| response::Kind::Membership((&s).into())),
-                        Err(e) => Err(e),
-                    }
-                }
-            },
-            Some(request::Kind::TransferLeader(t)) => self
-                .node
-                .transfer_local(t.target)
-                .await
-                .map(|()| response::Kind::TransferLeader(true)),
-            Some(request::Kind::LeaderInfo(_)) => self.node.status().await.map(|s| {
+            (None, Some(request::Kind::LeaderInfo(_))) => self.node.status().await.map(|s| {
                 let leader_id = s.leader_id.unwrap_or(0);
                 let leader_addr = s
                     .leader_id
@@ -263,12 +216,13 @@ impl NodeServer {
                     leader_addr,
                 })
             }),
-            Some(request::Kind::Status(_)) => self
+            (None, Some(request::Kind::Status(_))) => self
                 .node
                 .status()
                 .await
                 .map(|s| response::Kind::Status((&s).into())),
-            Some(request::Kind::SnapshotChunk(chunk)) => match self.assembler.accept(chunk) {
+            (None, Some(request::Kind::SnapshotChunk(chunk))) => match self.assembler.accept(chunk)
+            {
                 Ok(None) => Ok(response::Kind::SnapshotChunk(true)),
                 Ok(Some(msg)) => {
                     let from = msg.from;
@@ -291,10 +245,35 @@ impl NodeServer {
                     Err(Error::Invalid(why))
                 }
             },
+            // Every other kind is an operation, handled above.
+            (None, Some(_)) => Err(Error::Invalid("not an operation".into())),
         };
         match result {
             Ok(kind) => reply(kind),
             Err(e) => reply(response::Kind::Error(error_to_wire(&e))),
+        }
+    }
+
+    /// Runs another node's operation here and answers it in the response kind its request
+    /// expects.
+    async fn run(&self, op: Op, timeout: Duration) -> Result<response::Kind, Error> {
+        match op {
+            Op::Propose(_) => self
+                .node
+                .run(op, timeout)
+                .await
+                .map(response::Kind::Propose),
+            Op::Read(..) => self.node.run(op, timeout).await.map(response::Kind::Query),
+            Op::Membership(_) => {
+                self.node.run(op, timeout).await?;
+                // The membership the change produced, as this node sees it.
+                let status = self.node.status().await?;
+                Ok(response::Kind::Membership((&status).into()))
+            }
+            Op::Transfer(_) => {
+                self.node.run(op, timeout).await?;
+                Ok(response::Kind::TransferLeader(true))
+            }
         }
     }
 }

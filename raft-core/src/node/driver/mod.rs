@@ -36,6 +36,7 @@ use super::membership::{entry_context, open_members, Members};
 use super::messages::{
     ApplyMsg, CommittedEntry, ConfOutcome, DriverMsg, MembershipChange, ReadOp, Responder,
 };
+use super::op::Op;
 use super::peers::Peers;
 use super::progress::{member_progress, LastContact};
 use super::snapshot_transfer::SnapshotAssembler;
@@ -307,17 +308,20 @@ impl Driver {
     fn handle(&mut self, msg: DriverMsg) -> Result<()> {
         match msg {
             DriverMsg::Raft(m, from_addr) => self.step_remote(*m, from_addr),
-            DriverMsg::Propose {
-                data,
+            DriverMsg::Op {
+                op,
                 deadline,
                 reply,
-            } => self.propose(data, deadline, reply),
-            DriverMsg::Read {
-                query,
-                consistency,
-                deadline,
-                reply,
-            } => self.read(ReadOp::Query(query), consistency, deadline, reply),
+            } => match op {
+                Op::Propose(data) => self.propose(data, deadline, reply),
+                Op::Read(query, consistency) => {
+                    self.read(ReadOp::Query(query), consistency, deadline, reply)
+                }
+                Op::Membership(change) => self.change_membership(change, deadline, reply),
+                Op::Transfer(target) => {
+                    let _ = reply.send(self.transfer_leader(target).map(|()| Vec::new()));
+                }
+            },
             DriverMsg::Backup {
                 deadline,
                 reply,
@@ -328,14 +332,6 @@ impl Driver {
                 deadline,
                 reply,
             ),
-            DriverMsg::Membership {
-                change,
-                deadline,
-                reply,
-            } => self.change_membership(change, deadline, reply),
-            DriverMsg::TransferLeader { target, reply } => {
-                let _ = reply.send(self.transfer_leader(target));
-            }
             DriverMsg::Status(reply) => {
                 let _ = reply.send(self.status());
             }

@@ -1,0 +1,116 @@
+//! The one operation type, from the mailbox to the driver and over the wire, and its codec.
+
+use std::time::Duration;
+
+use super::error_codec::error_from_wire;
+use super::messages::MembershipChange;
+use crate::error::{Error, Result};
+use crate::status::ReadConsistency;
+use crate::wire::{
+    self, request, response, MembershipAction, MembershipRequest, ProposeRequest, QueryRequest,
+    Request, Response, TransferLeaderRequest,
+};
+
+/// One operation a client asks of the cluster, whoever asks: this node's mailbox, or another
+/// node's over the wire.
+#[derive(Clone, Debug)]
+pub(crate) enum Op {
+    Propose(Vec<u8>),
+    Read(Vec<u8>, ReadConsistency),
+    Membership(MembershipChange),
+    Transfer(u64),
+}
+
+impl Op {
+    /// Reads and leader transfers can be retried after any failure; writes only after a
+    /// failure that proves they did not take effect.
+    pub(crate) fn idempotent(&self) -> bool {
+        matches!(self, Op::Read(..) | Op::Transfer(_))
+    }
+
+    /// The request that carries this operation to another node, with how long its sender
+    /// still waits.
+    pub(crate) fn to_request(&self, timeout: Duration) -> Request {
+        let timeout_ms = timeout.as_millis().max(1) as u64;
+        let kind = match self.clone() {
+            Op::Propose(data) => request::Kind::Propose(ProposeRequest { data, timeout_ms }),
+            Op::Read(query, consistency) => request::Kind::Query(QueryRequest {
+                query,
+                consistency: wire::ReadConsistency::from(consistency) as i32,
+                timeout_ms,
+            }),
+            Op::Membership(change) => request::Kind::Membership(MembershipRequest {
+                action: change.action as i32,
+                node_id: change.node_id,
+                addr: change.addr,
+                timeout_ms,
+                empty_storage: change.empty_storage,
+            }),
+            Op::Transfer(target) => {
+                request::Kind::TransferLeader(TransferLeaderRequest { target, timeout_ms })
+            }
+        };
+        Request {
+            kind: Some(kind),
+            cluster_id: 0,
+        }
+    }
+}
+
+/// The answer another node gave to an operation.
+pub(crate) fn answer_from_wire(response: Response) -> Result<Vec<u8>> {
+    match response.kind {
+        Some(response::Kind::Propose(v)) | Some(response::Kind::Query(v)) => Ok(v),
+        Some(response::Kind::Membership(_)) | Some(response::Kind::TransferLeader(_)) => {
+            Ok(Vec::new())
+        }
+        Some(response::Kind::Error(e)) => Err(error_from_wire(e)),
+        _ => Err(Error::remote("unexpected response")),
+    }
+}
+
+impl Op {
+    /// The operation a request from another node carries, and how long to work on it: what
+    /// its sender still waits, `default` when it says nothing, at most four times `default`.
+    /// `None` when the request is not an operation.
+    pub(crate) fn from_request(
+        kind: &request::Kind,
+        default: Duration,
+    ) -> Option<Result<(Op, Duration)>> {
+        let timeout = |ms: u64| {
+            if ms == 0 {
+                default
+            } else {
+                Duration::from_millis(ms).min(default * 4)
+            }
+        };
+        Some(Ok(match kind {
+            request::Kind::Propose(p) => (Op::Propose(p.data.clone()), timeout(p.timeout_ms)),
+            request::Kind::Query(q) => {
+                let consistency = wire::ReadConsistency::try_from(q.consistency)
+                    .unwrap_or(wire::ReadConsistency::Linearizable);
+                (
+                    Op::Read(q.query.clone(), consistency.into()),
+                    timeout(q.timeout_ms),
+                )
+            }
+            request::Kind::Membership(m) => {
+                let Ok(action) = MembershipAction::try_from(m.action) else {
+                    return Some(Err(Error::Invalid(format!(
+                        "unknown membership action {}",
+                        m.action
+                    ))));
+                };
+                let change = MembershipChange {
+                    action,
+                    node_id: m.node_id,
+                    addr: m.addr.clone(),
+                    empty_storage: m.empty_storage,
+                };
+                (Op::Membership(change), timeout(m.timeout_ms))
+            }
+            request::Kind::TransferLeader(t) => (Op::Transfer(t.target), timeout(t.timeout_ms)),
+            _ => return None,
+        }))
+    }
+}
