@@ -9,8 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use raft_core::testing::cluster::{seed, test_config, TestCluster};
-use raft_core::testing::kv::encode_op;
-use raft_core::testing::linearizability::{assert_linearizable, History, KvOp};
+use raft_core::testing::linearizability::{assert_linearizable, History};
 use support::init_tracing;
 
 const KEYS: usize = 4;
@@ -132,55 +131,5 @@ async fn whole_cluster_crash_and_restart() {
     assert_linearizable(&history);
     cluster.assert_replicas_agree(KEYS).await;
     cluster.assert_no_pending(Duration::from_secs(5)).await;
-    cluster.shutdown().await;
-}
-
-/// A follower that knows the leader sends its clients' proposals straight there: its own
-/// driver is never asked, so it never answers "not the leader". After the leader crashes,
-/// the follower learns the new one and goes on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_sends_straight_to_the_leader_it_knows() {
-    init_tracing();
-    let cluster = TestCluster::start(3, test_config(), seed("straight_to_the_leader")).await;
-    let leader = cluster.wait_for_leader(Duration::from_secs(5)).await;
-    let follower = cluster
-        .running()
-        .into_iter()
-        .find(|&id| id != leader)
-        .unwrap();
-    let mailbox = cluster.mailbox(follower);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while mailbox.status().await.unwrap().leader_id != Some(leader) {
-        assert!(
-            Instant::now() < deadline,
-            "the follower never learned the leader"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let before = mailbox.metrics().not_leader_answers;
-    let put = |i: u32| {
-        encode_op(&KvOp::Put {
-            key: "k".into(),
-            value: i.to_string(),
-        })
-    };
-    for i in 0..100 {
-        mailbox.send_proposal(put(i)).await.unwrap();
-    }
-    assert_eq!(
-        mailbox.metrics().not_leader_answers,
-        before,
-        "proposals went through the follower's driver first"
-    );
-
-    cluster.crash(leader).await;
-    let rest = cluster.running();
-    let new = cluster
-        .wait_for_leader_among(&rest, Duration::from_secs(10))
-        .await;
-    assert_ne!(new, leader);
-    for i in 0..10 {
-        mailbox.send_proposal(put(i)).await.unwrap();
-    }
     cluster.shutdown().await;
 }

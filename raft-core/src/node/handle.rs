@@ -76,6 +76,31 @@ impl NodeHandle {
         .await
     }
 
+    /// Runs a forwarded batch of operations, handed to the driver as one message; the
+    /// answers come back in order. A full inbox refuses the whole batch.
+    pub(crate) async fn run_many(&self, ops: Vec<(Op, Duration)>) -> Vec<Result<Vec<u8>>> {
+        let now = Instant::now();
+        let mut items = Vec::with_capacity(ops.len());
+        let mut waits = Vec::with_capacity(ops.len());
+        for (op, timeout) in ops {
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            items.push((op, now + timeout, reply));
+            waits.push((rx, timeout));
+        }
+        let refused = match self.driver_tx.try_send(DriverMsg::Ops(items)) {
+            Ok(()) => None,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                NodeMetrics::inc(&self.counters.metrics.busy);
+                Some(Error::busy("the node's inbox is full"))
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => Some(Error::shutdown()),
+        };
+        if let Some(e) = refused {
+            return waits.iter().map(|_| Err(e.clone())).collect();
+        }
+        futures::future::join_all(waits.into_iter().map(|(rx, t)| wait_answer(rx, t))).await
+    }
+
     pub(crate) async fn status(&self) -> Result<Status> {
         ask(&self.driver_tx, DriverMsg::Status).await
     }

@@ -48,6 +48,9 @@ pub(crate) enum DriverMsg {
         deadline: Instant,
         reply: Responder,
     },
+    /// The operations of one batch another node forwarded, in one message: each answered on
+    /// its own responder, as if it had come alone.
+    Ops(Vec<(Op, Instant, Responder)>),
     /// A backup at a linearizable point: a ReadIndex barrier like a linearizable read, then
     /// the apply task sends its state on `backup` (see [`crate::backup`]).
     Backup {

@@ -170,8 +170,9 @@ impl NodeServer {
         }
     }
 
-    /// A follower's forwarded proposals and queries: each handled as if it came alone, all
-    /// at once (the driver then puts them in one raft proposal and one ReadIndex).
+    /// A follower's forwarded proposals and queries: handed to the driver as one message and
+    /// each answered as if it had come alone (the driver puts them in one raft proposal and
+    /// one ReadIndex).
     async fn call_batch(&self, batch: BatchRequest) -> Response {
         if batch.requests.len() > MAX_BATCH {
             return reply(response::Kind::Error(error_to_wire(&Error::Invalid(
@@ -181,17 +182,48 @@ impl NodeServer {
                 ),
             ))));
         }
-        let answers = batch.requests.into_iter().map(|r| async move {
-            match r.kind {
-                kind @ Some(request::Kind::Propose(_) | request::Kind::Query(_)) => {
-                    self.call_one(kind).await
+        let default = self.node.config.request_timeout;
+        // Decoded in order; what is not a proposal or a query is answered at once.
+        let mut responses: Vec<Option<Response>> = Vec::with_capacity(batch.requests.len());
+        let mut ops = Vec::with_capacity(batch.requests.len());
+        for r in batch.requests {
+            let op = match &r.kind {
+                Some(kind @ (request::Kind::Propose(_) | request::Kind::Query(_))) => {
+                    Op::from_request(kind, default)
                 }
-                _ => reply(response::Kind::Error(error_to_wire(&Error::Invalid(
-                    "only proposals and queries can be batched".into(),
-                )))),
+                _ => None,
+            };
+            match op {
+                Some(Ok(op_and_timeout)) => {
+                    ops.push(op_and_timeout);
+                    responses.push(None);
+                }
+                Some(Err(e)) => {
+                    responses.push(Some(reply(response::Kind::Error(error_to_wire(&e)))))
+                }
+                None => responses.push(Some(reply(response::Kind::Error(error_to_wire(
+                    &Error::Invalid("only proposals and queries can be batched".into()),
+                ))))),
             }
-        });
-        let responses = futures::future::join_all(answers).await;
+        }
+        let kinds: Vec<bool> = ops
+            .iter()
+            .map(|(op, _)| matches!(op, Op::Propose(_)))
+            .collect();
+        let mut answers = self.node.run_many(ops).await.into_iter().zip(kinds);
+        let responses = responses
+            .into_iter()
+            .map(|slot| {
+                slot.unwrap_or_else(|| match answers.next() {
+                    Some((Ok(answer), true)) => reply(response::Kind::Propose(answer)),
+                    Some((Ok(answer), false)) => reply(response::Kind::Query(answer)),
+                    Some((Err(e), _)) => reply(response::Kind::Error(error_to_wire(&e))),
+                    None => reply(response::Kind::Error(error_to_wire(&Error::remote(
+                        "an answer went missing",
+                    )))),
+                })
+            })
+            .collect();
         reply(response::Kind::Batch(BatchResponse { responses }))
     }
 

@@ -102,14 +102,16 @@ impl TlsConfig {
                 TransportError::Setup(format!("cannot read the {what} {}: {e}", path.display()))
             })
         };
+        let ca = read("CA certificate", &self.ca)?;
+        let cert = read("certificate", &self.cert)?;
         let key = if self.key.as_os_str().is_empty() {
             Vec::new()
         } else {
             read_private_key(&self.key)?
         };
         Ok(TlsPem {
-            ca: read("CA certificate", &self.ca)?,
-            cert: read("certificate", &self.cert)?,
+            ca,
+            cert,
             key,
             client_auth: self.client_auth,
             server_name: self.server_name.clone(),

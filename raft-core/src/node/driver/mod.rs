@@ -312,16 +312,12 @@ impl Driver {
                 op,
                 deadline,
                 reply,
-            } => match op {
-                Op::Propose(data) => self.propose(data, deadline, reply),
-                Op::Read(query, consistency) => {
-                    self.read(ReadOp::Query(query), consistency, deadline, reply)
+            } => self.handle_op(op, deadline, reply),
+            DriverMsg::Ops(ops) => {
+                for (op, deadline, reply) in ops {
+                    self.handle_op(op, deadline, reply);
                 }
-                Op::Membership(change) => self.change_membership(change, deadline, reply),
-                Op::Transfer(target) => {
-                    let _ = reply.send(self.transfer_leader(target).map(|()| Vec::new()));
-                }
-            },
+            }
             DriverMsg::Backup {
                 deadline,
                 reply,
@@ -350,6 +346,19 @@ impl Driver {
             DriverMsg::Shutdown => self.stop = true,
         }
         Ok(())
+    }
+
+    fn handle_op(&mut self, op: Op, deadline: Instant, reply: Responder) {
+        match op {
+            Op::Propose(data) => self.propose(data, deadline, reply),
+            Op::Read(query, consistency) => {
+                self.read(ReadOp::Query(query), consistency, deadline, reply)
+            }
+            Op::Membership(change) => self.change_membership(change, deadline, reply),
+            Op::Transfer(target) => {
+                let _ = reply.send(self.transfer_leader(target).map(|()| Vec::new()));
+            }
+        }
     }
 
     /// Steps a peer's message if it is consistent with this node's state.
