@@ -173,15 +173,14 @@ impl Mailbox {
                 let call = self.node.transport.call(&addr, request, remaining);
                 // The node answers with its own status: the leader's only while it still
                 // leads. Otherwise this node learns the new leader soon; ask again then.
-                match tokio::time::timeout(remaining, call).await {
-                    Ok(Ok(crate::wire::Response {
+                match call.await {
+                    Ok(crate::wire::Response {
                         kind: Some(response::Kind::Status(remote)),
-                    })) if remote.role == crate::wire::Role::Leader as i32 => {
+                    }) if remote.role == crate::wire::Role::Leader as i32 => {
                         return Ok(Status::from(remote));
                     }
-                    Ok(Ok(_)) => tracing::debug!(leader, "node {leader} no longer leads"),
-                    Ok(Err(e)) => tracing::debug!(leader, "status call failed: {e}"),
-                    Err(_) => {}
+                    Ok(_) => tracing::debug!(leader, "node {leader} no longer leads"),
+                    Err(e) => tracing::debug!(leader, "status call failed: {e}"),
                 }
             }
             if Instant::now() >= deadline {
@@ -371,10 +370,11 @@ impl Mailbox {
             .node
             .transport
             .call(addr, op.to_request(timeout), timeout);
-        match tokio::time::timeout(timeout, call).await {
-            Err(_) => Err(Error::timeout(timeout)),
-            Ok(Err(e)) => Err(Error::from(e)),
-            Ok(Ok(response)) => answer_from_wire(response),
+        // The transport gives up after `timeout`: a call it could not finish may have been
+        // delivered, which `Error::from` keeps (`MaybeApplied`).
+        match call.await {
+            Err(e) => Err(Error::from(e)),
+            Ok(response) => answer_from_wire(response),
         }
     }
 }

@@ -211,12 +211,13 @@ impl Raft {
             cluster_id: 0,
         };
         for peer in peers {
+            // The transport gives up after the timeout it is given.
             let call = self
                 .node
                 .transport
                 .call(&peer, request.clone(), LEADER_LOOKUP_TIMEOUT);
-            match tokio::time::timeout(LEADER_LOOKUP_TIMEOUT, call).await {
-                Ok(Ok(response)) => {
+            match call.await {
+                Ok(response) => {
                     if let Some(response::Kind::LeaderInfo(info)) = response.kind {
                         if info.leader_id != 0 {
                             let addr = if info.leader_addr.is_empty() {
@@ -228,8 +229,7 @@ impl Raft {
                         }
                     }
                 }
-                Ok(Err(e)) => tracing::debug!(peer, "leader lookup failed: {e}"),
-                Err(_) => tracing::debug!(peer, "leader lookup timed out"),
+                Err(e) => tracing::debug!(peer, "leader lookup failed: {e}"),
             }
         }
         Ok(None)
@@ -357,15 +357,12 @@ impl Raft {
                     .node
                     .transport
                     .call(addr, request.clone(), FOUNDER_PROBE_TIMEOUT);
-                async move {
-                    let answer = tokio::time::timeout(FOUNDER_PROBE_TIMEOUT, call).await;
-                    (id, addr.clone(), answer)
-                }
+                async move { (id, addr.clone(), call.await) }
             });
         for (id, addr, answer) in futures::future::join_all(calls).await {
-            let Ok(Ok(Response {
+            let Ok(Response {
                 kind: Some(response::Kind::Status(status)),
-            })) = answer
+            }) = answer
             else {
                 continue;
             };

@@ -294,8 +294,18 @@ impl<T: Transport> Transport for FaultyTransport<T> {
     ) -> Result<Response, TransportError> {
         self.faults.keep_call(&request);
         let verdict = self.faults.judge(&self.local_addr, addr);
+        // The delay counts against the call's timeout, as time on a slow network would.
+        let mut timeout = timeout;
         if let Some(delay) = verdict.delay {
-            tokio::time::sleep(delay).await;
+            let slept = delay.min(timeout);
+            tokio::time::sleep(slept).await;
+            timeout -= slept;
+            if timeout.is_zero() {
+                return Err(TransportError::failed(
+                    addr,
+                    "no answer in time (fault injection)",
+                ));
+            }
         }
         let connected = {
             let state = self.faults.lock();
