@@ -376,19 +376,21 @@ mod tests {
     use super::not_applied;
 
     #[test]
-    fn only_documented_refusals_count_as_not_applied() {
-        let body = |m: &str| serde_json::json!({ "error": m }).to_string();
+    fn only_the_not_applied_outcome_counts_as_not_applied() {
+        let body = |m: &str, outcome: &str| {
+            serde_json::json!({ "error": m, "outcome": outcome }).to_string()
+        };
+        assert!(not_applied(&body("no leader available", "not_applied")));
         assert!(not_applied(&body(
-            "no leader available within 5s: the cluster is electing"
+            "busy: the node's inbox is full",
+            "not_applied"
         )));
-        assert!(not_applied(&body("proposal dropped before it committed")));
-        assert!(!not_applied(&body(
-            "request timed out after 5s; a write may or may not have taken effect"
-        )));
-        assert!(!not_applied(&body(
-            "leadership lost while the proposal was pending; it may or may not take effect"
-        )));
-        assert!(!not_applied(&body("remote node failed: not the leader")));
+        assert!(!not_applied(&body("request timed out", "maybe_applied")));
+        assert!(!not_applied(&body("bad command", "store_error")));
+        // The text alone promises nothing: without the outcome field, the outcome is unknown.
+        assert!(!not_applied(
+            &serde_json::json!({ "error": "no leader available" }).to_string()
+        ));
         assert!(!not_applied("no leader available"));
     }
 }
