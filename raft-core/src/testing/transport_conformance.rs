@@ -346,8 +346,9 @@ pub async fn concurrent_senders_keep_their_order(t: &TransportFactory) {
 }
 
 /// Sends and calls to an address nobody serves fail with [`TransportError::Unreachable`]:
-/// the first within [`TransportFactory::unreachable_within`], later sends within 100 ms
-/// (a transport must not make raft wait on a dead peer). So do sends and calls to a string
+/// the first within [`TransportFactory::unreachable_within`], later sends at once (within
+/// 500 ms, far below any connect timeout, with room for a loaded machine: a transport must
+/// not make raft wait on a dead peer). So do sends and calls to a string
 /// that is no address at all.
 pub async fn unreachable_peers_fail_promptly(t: &TransportFactory) {
     let client = t.transport(1);
@@ -361,7 +362,7 @@ pub async fn unreachable_peers_fail_promptly(t: &TransportFactory) {
         assert_unreachable("send", client.send(&nobody, batch(1, 9, seq)).await);
         let took = started.elapsed();
         assert!(
-            took < Duration::from_millis(100),
+            took < Duration::from_millis(500),
             "send {seq} took {took:?}"
         );
     }
