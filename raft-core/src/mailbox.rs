@@ -273,22 +273,25 @@ impl Mailbox {
     /// this one (a joining node knows no leader yet).
     pub(crate) async fn route(&self, op: Op, hint: Option<(u64, String)>) -> Result<Vec<u8>> {
         let deadline = Instant::now() + self.timeout;
-        // Straight to the leader this node knows of: asking the local driver first would
-        // cost a round trip only to learn who leads.
+        // What only the leader serves goes straight to the leader this node knows of: asking
+        // the local driver first would cost a round trip only to learn who leads.
         let mut target = hint.clone().or_else(|| {
             self.node
                 .counters
                 .leader_route()
-                .filter(|(leader, _)| *leader != self.node.id)
+                .filter(|(leader, _)| *leader != self.node.id && op.needs_leader())
         });
         let mut backoff = Duration::from_millis(5);
+        // When some node was found leading, or an attempt ran out of time, the deadline
+        // passing is a timeout rather than a missing leader.
         let mut leader_seen = false;
+        let mut attempt_timed_out = false;
         // A target that just failed to answer: being pointed back at it waits for the backoff.
         let mut failed_recently: Option<(u64, String)> = None;
         loop {
             let now = Instant::now();
             if now >= deadline {
-                return Err(if leader_seen {
+                return Err(if leader_seen || attempt_timed_out {
                     Error::timeout(self.timeout)
                 } else {
                     Error::no_leader(self.timeout)
@@ -331,6 +334,7 @@ impl Mailbox {
                 e if matches!(e, Error::NotApplied(_) | Error::NotLeader { .. })
                     || (op.idempotent() && matches!(e, Error::MaybeApplied(_))) =>
                 {
+                    attempt_timed_out |= matches!(e, Error::MaybeApplied(MaybeApplied::Timeout(_)));
                     if failed.is_some() {
                         failed_recently = failed;
                     }

@@ -13,7 +13,7 @@ use raft_core::testing::linearizability::KvOp;
 use raft_core::wire::{
     request, response, BatchRequest, ProposeRequest, QueryRequest, Request, StatusRequest,
 };
-use raft_core::Transport;
+use raft_core::{ReadConsistency, Transport};
 use support::init_tracing;
 
 /// A follower that knows the leader sends its clients' proposals straight there: its own
@@ -143,5 +143,44 @@ async fn a_forwarded_batch_is_answered_in_order() {
         matches!(kinds[3], Some(response::Kind::Propose(_))),
         "{kinds:?}"
     );
+    cluster.shutdown().await;
+}
+
+/// Reads a follower serves itself stay local: cut off from the leader it still knows, a
+/// follower answers a stale read from its own state machine at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_serves_stale_reads_itself() {
+    init_tracing();
+    let cluster = TestCluster::start(3, test_config(), seed("stale_reads_stay_local")).await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(5)).await;
+    let follower = cluster
+        .running()
+        .into_iter()
+        .find(|&id| id != leader)
+        .unwrap();
+    let mailbox = cluster.mailbox(follower);
+    let put = encode_op(&KvOp::Put {
+        key: "k".into(),
+        value: "v".into(),
+    });
+    mailbox.send_proposal(put).await.unwrap();
+    cluster.wait_converged(Duration::from_secs(5)).await;
+    cluster.faults().isolate(follower);
+    let started = Instant::now();
+    let answer = mailbox
+        .with_timeout(Duration::from_secs(2))
+        .query_with(
+            encode_op(&KvOp::Get { key: "k".into() }),
+            ReadConsistency::Stale,
+        )
+        .await
+        .unwrap();
+    assert_eq!(decode_value(&answer).unwrap(), Some("v".to_string()));
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "the stale read waited {:?}",
+        started.elapsed()
+    );
+    cluster.faults().heal();
     cluster.shutdown().await;
 }

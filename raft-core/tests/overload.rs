@@ -174,7 +174,9 @@ async fn ten_times_the_apply_rate_keeps_queues_and_memory_flat() {
         "most of the excess was refused: {busy} of {offered}"
     );
     // Accepted commands are applied, also those whose answer came too late for the client.
+    // The state machine may still be working through its backlog: wait as long as it takes.
     let state = mailboxes[0]
+        .with_timeout(Duration::from_secs(30))
         .query_with(Vec::new(), ReadConsistency::Stale)
         .await
         .unwrap();

@@ -24,6 +24,15 @@ pub(crate) enum Op {
 impl Op {
     /// Reads and leader transfers can be retried after any failure; writes only after a
     /// failure that proves they did not take effect.
+    /// True when only the leader can serve it. A follower serves linearizable reads itself
+    /// (ReadIndex through the leader, then its own state machine) and stale reads locally.
+    pub(crate) fn needs_leader(&self) -> bool {
+        match self {
+            Op::Read(_, consistency) => *consistency == ReadConsistency::Lease,
+            Op::Propose(_) | Op::Membership(_) | Op::Transfer(_) => true,
+        }
+    }
+
     pub(crate) fn idempotent(&self) -> bool {
         matches!(self, Op::Read(..) | Op::Transfer(_))
     }
