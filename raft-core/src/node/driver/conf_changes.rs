@@ -304,7 +304,10 @@ impl Driver {
                 .copied()
                 .filter(|v| !reachable.contains(v))
                 .collect();
-            return Err(Error::Invalid(format!(
+            // Retryable, not a refusal: right after an election, or while a paused peer comes
+            // back, a voter that is fine has not been heard from yet. The joining node retries
+            // until its deadline and then fails with this advice.
+            return Err(Error::busy(format!(
                 "node {node_id} lost its disk and must be re-admitted: its old incarnation is \
                  removed first, which needs a quorum of the other voters {others:?}, but \
                  {unreachable:?} are unreachable. Bring them back and retry, or restore the \
