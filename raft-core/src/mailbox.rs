@@ -276,10 +276,9 @@ impl Mailbox {
         // What only the leader serves goes straight to the leader this node knows of: asking
         // the local driver first would cost a round trip only to learn who leads.
         let mut target = hint.clone().or_else(|| {
-            self.node
-                .counters
-                .leader_route()
-                .filter(|(leader, _)| *leader != self.node.id && op.needs_leader())
+            op.needs_leader()
+                .then(|| self.node.counters.remote_leader(self.node.id))
+                .flatten()
         });
         let mut backoff = Duration::from_millis(5);
         // When some node was found leading, or an attempt ran out of time, the deadline

@@ -16,19 +16,29 @@ use raft_core::wire::{
 use raft_core::{Config, ReadConsistency, Transport};
 use support::init_tracing;
 
-/// A follower that knows the leader sends its clients' proposals straight there: its own
-/// driver is never asked, so it never answers "not the leader". After the leader crashes,
-/// the follower learns the new one and goes on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_follower_sends_straight_to_the_leader_it_knows() {
+/// A 3-node cluster, its leader and one follower.
+async fn cluster_with_follower(
+    config: Config,
+    name: &str,
+) -> (std::sync::Arc<TestCluster>, u64, u64) {
     init_tracing();
-    let cluster = TestCluster::start(3, test_config(), seed("straight_to_the_leader")).await;
-    let leader = cluster.wait_for_leader(Duration::from_secs(5)).await;
+    let cluster = TestCluster::start(3, config, seed(name)).await;
+    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
     let follower = cluster
         .running()
         .into_iter()
         .find(|&id| id != leader)
         .unwrap();
+    (cluster, leader, follower)
+}
+
+/// A follower that knows the leader sends its clients' proposals straight there: its own
+/// driver is never asked, so it never answers "not the leader". After the leader crashes,
+/// the follower learns the new one and goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_sends_straight_to_the_leader_it_knows() {
+    let (cluster, leader, follower) =
+        cluster_with_follower(test_config(), "straight_to_the_leader").await;
     let mailbox = cluster.mailbox(follower);
     let deadline = Instant::now() + Duration::from_secs(5);
     while mailbox.status().await.unwrap().leader_id != Some(leader) {
@@ -72,14 +82,7 @@ async fn a_follower_sends_straight_to_the_leader_it_knows() {
 /// turn's proposals).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forwarded_batch_is_answered_in_order() {
-    init_tracing();
-    let cluster = TestCluster::start(3, test_config(), seed("forwarded_batch")).await;
-    let leader = cluster.wait_for_leader(Duration::from_secs(5)).await;
-    let follower = cluster
-        .running()
-        .into_iter()
-        .find(|&id| id != leader)
-        .unwrap();
+    let (cluster, leader, follower) = cluster_with_follower(test_config(), "forwarded_batch").await;
     let put = |value: &str| {
         request::Kind::Propose(ProposeRequest {
             data: encode_op(&KvOp::Put {
@@ -150,20 +153,13 @@ async fn a_forwarded_batch_is_answered_in_order() {
 /// 300 ms, a follower still answers a stale read from its own state machine at once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_serves_stale_reads_itself() {
-    init_tracing();
     // Elections far slower than the injected delay, so the leader stays.
     let config = Config {
         election_tick: 200,
         heartbeat_tick: 10,
         ..test_config()
     };
-    let cluster = TestCluster::start(3, config, seed("stale_reads_stay_local")).await;
-    let leader = cluster.wait_for_leader(Duration::from_secs(10)).await;
-    let follower = cluster
-        .running()
-        .into_iter()
-        .find(|&id| id != leader)
-        .unwrap();
+    let (cluster, _, follower) = cluster_with_follower(config, "stale_reads_stay_local").await;
     let mailbox = cluster.mailbox(follower);
     let put = encode_op(&KvOp::Put {
         key: "k".into(),

@@ -237,21 +237,13 @@ impl Drop for Clients {
 }
 
 impl Clients {
-    pub(crate) fn new(settings: Arc<Settings>) -> Self {
+    pub(crate) fn new(settings: Arc<Settings>, links: LinkSettings) -> Self {
         let connections = Connections {
             dialer: Arc::new(Dialer::new(settings.clone())),
             settings: settings.clone(),
             peers: Mutex::new(HashMap::new()),
         };
-        let links = PeerLinks::new(
-            connections,
-            LinkSettings {
-                max_message_size: settings.max_message_size,
-                connect_timeout: settings.connect_timeout,
-                queue: settings.stream_queue,
-                max_backoff: settings.max_backoff,
-            },
-        );
+        let links = PeerLinks::new(connections, links);
         Clients { settings, links }
     }
 

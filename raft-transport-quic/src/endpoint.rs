@@ -29,7 +29,6 @@ pub(crate) struct Settings {
     pub(crate) connect_timeout: Duration,
     pub(crate) keepalive: Duration,
     pub(crate) handshake_timeout: Duration,
-    pub(crate) stream_queue: usize,
     pub(crate) max_backoff: Duration,
 }
 

@@ -141,18 +141,18 @@ impl NetworkTransport for QuicTransport {
                 "QUIC is always encrypted: give the transport a TlsConfig (.tls(...))".into(),
             ));
         };
+        let links = settings.links();
         let settings = Arc::new(endpoint::Settings {
             tls: tls::load(&pem)?,
             max_message_size: settings.max_message_size,
             connect_timeout: settings.connect_timeout,
             keepalive: settings.keepalive,
             handshake_timeout: settings.handshake_timeout,
-            stream_queue: settings.stream_queue,
             max_backoff: settings.max_backoff,
         });
         Ok(QuicTransport {
             inner: Arc::new(Inner {
-                clients: client::Clients::new(settings.clone()),
+                clients: client::Clients::new(settings.clone(), links),
                 settings,
             }),
         })

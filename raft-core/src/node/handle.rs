@@ -53,17 +53,21 @@ impl NodeHandle {
     ) -> Result<Vec<u8>> {
         let (reply, rx) = tokio::sync::oneshot::channel();
         let deadline = Instant::now() + timeout;
-        // Clients never wait for room in the inbox: a full inbox means the node is behind,
-        // and waiting callers would pile up without bound.
-        match self.driver_tx.try_send(make(deadline, reply)) {
-            Ok(()) => {}
+        self.offer(make(deadline, reply))?;
+        wait_answer(rx, timeout).await
+    }
+
+    /// Puts `msg` in the driver's inbox, or refuses at once. Clients never wait for room: a
+    /// full inbox means the node is behind, and waiting callers would pile up without bound.
+    fn offer(&self, msg: DriverMsg) -> Result<()> {
+        match self.driver_tx.try_send(msg) {
+            Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => {
                 NodeMetrics::inc(&self.counters.metrics.busy);
-                return Err(Error::busy("the node's inbox is full"));
+                Err(Error::busy("the node's inbox is full"))
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => return Err(Error::shutdown()),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Error::shutdown()),
         }
-        wait_answer(rx, timeout).await
     }
 
     /// Runs `op` on this node: answered by the driver, or the apply task, within `timeout`.
@@ -87,15 +91,7 @@ impl NodeHandle {
             items.push((op, now + timeout, reply));
             waits.push((rx, timeout));
         }
-        let refused = match self.driver_tx.try_send(DriverMsg::Ops(items)) {
-            Ok(()) => None,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                NodeMetrics::inc(&self.counters.metrics.busy);
-                Some(Error::busy("the node's inbox is full"))
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => Some(Error::shutdown()),
-        };
-        if let Some(e) = refused {
+        if let Err(e) = self.offer(DriverMsg::Ops(items)) {
             return waits.iter().map(|_| Err(e.clone())).collect();
         }
         futures::future::join_all(waits.into_iter().map(|(rx, t)| wait_answer(rx, t))).await

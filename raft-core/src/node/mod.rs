@@ -53,12 +53,17 @@ impl Counters {
         members.extend(ids);
     }
 
-    /// The leader's id and address, when known.
-    pub(crate) fn leader_route(&self) -> Option<(u64, String)> {
+    /// The leader's id and address when another node than `me` leads; on the leader itself
+    /// this neither locks nor allocates.
+    pub(crate) fn remote_leader(&self, me: u64) -> Option<(u64, String)> {
+        if Self::get(&self.leader) == me {
+            return None;
+        }
         self.leader_route
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+            .filter(|(leader, _)| *leader != me)
     }
 
     pub(crate) fn get(v: &AtomicU64) -> u64 {

@@ -28,6 +28,14 @@ pub(crate) struct NodeServer {
     pub(crate) assembler: Arc<SnapshotAssembler>,
 }
 
+/// The response kind that carries the store's answer to a proposal or a read.
+fn answer_carrier(op: &Op) -> fn(Vec<u8>) -> response::Kind {
+    match op {
+        Op::Propose(_) => response::Kind::Propose,
+        _ => response::Kind::Query,
+    }
+}
+
 fn reply(kind: response::Kind) -> Response {
     Response { kind: Some(kind) }
 }
@@ -206,17 +214,13 @@ impl NodeServer {
                 ))))),
             }
         }
-        let kinds: Vec<bool> = ops
-            .iter()
-            .map(|(op, _)| matches!(op, Op::Propose(_)))
-            .collect();
-        let mut answers = self.node.run_many(ops).await.into_iter().zip(kinds);
+        let carriers: Vec<_> = ops.iter().map(|(op, _)| answer_carrier(op)).collect();
+        let mut answers = self.node.run_many(ops).await.into_iter().zip(carriers);
         let responses = responses
             .into_iter()
             .map(|slot| {
                 slot.unwrap_or_else(|| match answers.next() {
-                    Some((Ok(answer), true)) => reply(response::Kind::Propose(answer)),
-                    Some((Ok(answer), false)) => reply(response::Kind::Query(answer)),
+                    Some((Ok(answer), carry)) => reply(carry(answer)),
                     Some((Err(e), _)) => reply(response::Kind::Error(error_to_wire(&e))),
                     None => reply(response::Kind::Error(error_to_wire(&Error::remote(
                         "an answer went missing",
@@ -290,12 +294,10 @@ impl NodeServer {
     /// expects.
     async fn run(&self, op: Op, timeout: Duration) -> Result<response::Kind, Error> {
         match op {
-            Op::Propose(_) => self
-                .node
-                .run(op, timeout)
-                .await
-                .map(response::Kind::Propose),
-            Op::Read(..) => self.node.run(op, timeout).await.map(response::Kind::Query),
+            Op::Propose(_) | Op::Read(..) => {
+                let carry = answer_carrier(&op);
+                self.node.run(op, timeout).await.map(carry)
+            }
             Op::Membership(_) => {
                 self.node.run(op, timeout).await?;
                 // The membership the change produced, as this node sees it.
