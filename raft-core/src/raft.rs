@@ -1,29 +1,25 @@
 //! `Raft`: builds a node and runs it as the leader of a new cluster, a joiner, or itself again
 //! after a restart.
 
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use raft::prelude::{ConfState, Snapshot, SnapshotMetadata};
-use raft::RawNode;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 use crate::config::Config;
 use crate::error::{Error, Fatal, MaybeApplied, NotApplied, Result, StorageError};
 use crate::forwarder::Forwarder;
 use crate::initial_cluster::InitialCluster;
-use crate::log_storage::{snapshot_index, LogStorage, RaftStorage};
-use crate::logging::raft_logger;
+use crate::log_storage::{snapshot_index, LogStorage};
 use crate::mailbox::Mailbox;
 use crate::mem_log_storage::MemLogStorage;
-use crate::node::apply::Applier;
 use crate::node::cluster_id::{self, StampingTransport};
 use crate::node::driver::{Driver, DriverParts};
 use crate::node::handle::NodeHandle;
-use crate::node::membership::{open_envelope, open_membership, seal_envelope, Members};
+use crate::node::membership::open_membership;
 use crate::node::messages::{DriverMsg, MembershipChange};
 use crate::node::op::Op;
+use crate::node::open::{first_snapshot, open, OpenParts, OpenedNode};
 use crate::node::peers::Peers;
 use crate::node::server::NodeServer;
 use crate::node::snapshot_transfer::SnapshotAssembler;
@@ -421,19 +417,7 @@ impl Raft {
             self.store.snapshot().await.map_err(|e| {
                 Error::store(format!("snapshot of the initial state failed: {e:#}"))
             })?;
-        let voters = members.iter().map(|m| m.id).collect::<Vec<_>>();
-        // Index 1 rather than 0: every node that joins later starts from this snapshot, so all
-        // replicas share one initial state. Founding members of a static cluster each write
-        // the same one (their stores' initial states are equal, as every fresh store's must
-        // be).
-        let snapshot = Snapshot {
-            data: seal_envelope(cluster_id, members, user_data),
-            metadata: Some(SnapshotMetadata {
-                conf_state: Some(ConfState::from((voters, vec![]))),
-                index: 1,
-                term: 1,
-            }),
-        };
+        let snapshot = first_snapshot(cluster_id, members, user_data);
         let storage = self.storage.clone();
         tokio::task::spawn_blocking(move || storage.install_snapshot(&snapshot))
             .await
@@ -455,50 +439,25 @@ impl Raft {
         } = self;
         let id = node.id;
         let config = node.config.clone();
-        let snapshot = storage.snapshot()?;
-        let state = storage.initial_state()?;
-        let snap_index = snapshot_index(&snapshot);
-        if state.hard_state.commit < snap_index {
-            return Err(Error::config(format!(
-                "log storage is inconsistent: snapshot at {snap_index} beyond commit index {}",
-                state.hard_state.commit
-            )));
-        }
-        let members = if snap_index > 0 {
-            let envelope = open_envelope(&snapshot.data).map_err(Error::config)?;
-            Members::from_list(envelope.members)
-        } else {
-            Members::default()
-        };
-
         let counters = node.counters.clone();
-        let (applied_tx, applied_rx) = watch::channel(snap_index);
-        let mut applier = Applier::new(
-            id,
-            store,
-            &snapshot,
-            members.clone(),
-            config.snapshot_threshold,
-            node.driver_tx.clone(),
-            counters.clone(),
-            applied_tx,
-        );
-        if snap_index > 0 {
-            applier.restore_store(&snapshot).await?;
-        }
-        Counters::set(&counters.applied, snap_index);
-
-        let snapshot_wanted_for = Arc::new(AtomicU64::new(0));
-        let raft_storage = RaftStorage {
-            log: storage.clone(),
-            snapshot_wanted_for: snapshot_wanted_for.clone(),
-            snapshot_floor: Default::default(),
-        };
-        let raw = RawNode::new(
-            &config.to_raft(id, snap_index),
-            raft_storage,
-            &raft_logger(id),
-        )?;
+        let OpenedNode {
+            mut core,
+            applier,
+            applied_rx,
+        } = open(
+            OpenParts {
+                id,
+                config: config.clone(),
+                storage: storage.clone(),
+                store,
+                counters: counters.clone(),
+                driver_tx: node.driver_tx.clone(),
+                read_nonce: rand::random(),
+                election_timeout_ticks: None,
+            },
+            std::time::Instant::now(),
+        )
+        .await?;
         // Unbounded as a channel, bounded by what may enter it: committed entries only while
         // the apply backlog is under `max_apply_backlog_bytes` (the leader answers Busy past
         // it; a follower past twice it takes one entry per tick), proposal waiters only for
@@ -520,30 +479,27 @@ impl Raft {
             config.snapshot_transfer_timeout,
             counters.clone(),
         ));
-        let mut driver = Driver::new(DriverParts {
-            id,
-            config: config.clone(),
-            raw,
-            storage,
-            rx: inbox,
-            driver_tx: node.driver_tx.clone(),
-            apply_tx,
-            applied_rx,
-            peers,
-            members,
-            counters,
-            snapshot_wanted_for,
-            assembler: assembler.clone(),
-        });
         // A node that lost its disk may be the leader its peers still remember: it never
         // joins through itself.
         let join =
             join.map(|(leader_id, addr)| (if leader_id == id { 0 } else { leader_id }, addr));
         if let Some((leader_id, leader_addr)) = &join {
             if *leader_id != 0 {
-                driver.learn_addr(*leader_id, leader_addr.clone());
+                core.learn_addr(*leader_id, leader_addr.clone());
             }
         }
+        let driver = Driver::new(DriverParts {
+            core,
+            rx: inbox,
+            driver_tx: node.driver_tx.clone(),
+            apply_tx,
+            applied_rx,
+            peers,
+            storage,
+            assembler: assembler.clone(),
+            counters,
+            tick_interval: config.tick_interval,
+        });
 
         let server = Arc::new(NodeServer {
             node: node.clone(),

@@ -116,7 +116,7 @@ impl Applier {
             tokio::select! {
                 msg = rx.recv() => {
                     let Some(msg) = msg else { break };
-                    if let Err(e) = self.handle(msg).await {
+                    if let Err(e) = self.handle(msg, Instant::now()).await {
                         tracing::error!(node = self.node_id, "apply task failed: {e}");
                         let _ = self.driver_tx.send(DriverMsg::Fatal(e)).await;
                         break;
@@ -129,7 +129,8 @@ impl Applier {
         // Dropping the responders tells every remaining client the node stopped.
     }
 
-    fn publish(&self) {
+    /// Tells the driver and the counters how far the store has applied.
+    pub(crate) fn publish(&self) {
         Counters::set(&self.counters.applied, self.applied);
         self.applied_tx.send_if_modified(|a| {
             let changed = *a != self.applied;
@@ -141,7 +142,8 @@ impl Applier {
         Counters::set(&self.counters.pending_apply_reads, reads as u64);
     }
 
-    async fn handle(&mut self, msg: ApplyMsg) -> Result<()> {
+    /// Works through one message; `now` decides which reads are past their deadline.
+    pub(crate) async fn handle(&mut self, msg: ApplyMsg, now: Instant) -> Result<()> {
         match msg {
             ApplyMsg::Register {
                 index,
@@ -169,7 +171,7 @@ impl Applier {
                 for entry in entries {
                     self.apply_entry(entry).await;
                 }
-                self.serve_reads().await;
+                self.serve_reads(now).await;
                 self.maybe_snapshot().await;
             }
             ApplyMsg::Restore(snapshot) => {
@@ -181,7 +183,7 @@ impl Applier {
                     for (_, w) in std::mem::replace(&mut self.waiters, later) {
                         let _ = w.reply.send(Err(Error::leadership_lost()));
                     }
-                    self.serve_reads().await;
+                    self.serve_reads(now).await;
                 }
             }
             ApplyMsg::Read {
@@ -196,7 +198,7 @@ impl Applier {
                     reply,
                 };
                 if index <= self.applied {
-                    self.run_query(read).await;
+                    self.run_query(read, now).await;
                 } else {
                     self.reads.entry(index).or_default().push(read);
                 }
@@ -266,19 +268,19 @@ impl Applier {
         }
     }
 
-    async fn serve_reads(&mut self) {
+    async fn serve_reads(&mut self, now: Instant) {
         let later = self.reads.split_off(&(self.applied + 1));
         let ready = std::mem::replace(&mut self.reads, later);
         for read in ready.into_values().flatten() {
-            self.run_query(read).await;
+            self.run_query(read, now).await;
         }
     }
 
-    async fn run_query(&mut self, read: PendingRead) {
+    async fn run_query(&mut self, read: PendingRead, now: Instant) {
         if read.reply.is_closed() {
             return;
         }
-        if Instant::now() > read.deadline {
+        if now > read.deadline {
             let _ = read.reply.send(Err(Error::timeout(Duration::ZERO)));
             return;
         }
@@ -346,7 +348,8 @@ impl Applier {
             .await;
     }
 
-    fn expire(&mut self, now: Instant) {
+    /// Answers every waiter and read whose deadline passed.
+    pub(crate) fn expire(&mut self, now: Instant) {
         let expired: Vec<u64> = self
             .waiters
             .iter()

@@ -23,10 +23,6 @@ impl Members {
         self.by_id.values().cloned().collect()
     }
 
-    pub(crate) fn get(&self, id: u64) -> Option<&Member> {
-        self.by_id.get(&id)
-    }
-
     pub(crate) fn addr(&self, id: u64) -> Option<&str> {
         self.by_id.get(&id).map(|m| m.addr.as_str())
     }

@@ -1,9 +1,11 @@
-//! The node internals: one driver task owns the `RawNode`; an apply task owns the user's
+//! The node internals: the I/O-free [`core::NodeCore`] owns the `RawNode`, driven by one
+//! driver task ([`driver`]); an apply task owns the user's
 //! `Store`; per-peer sender tasks own the outbound queues; the server side turns inbound
 //! traffic into driver messages.
 
 pub(crate) mod apply;
 pub(crate) mod cluster_id;
+pub(crate) mod core;
 pub(crate) mod driver;
 pub(crate) mod error_codec;
 pub(crate) mod handle;
@@ -11,6 +13,7 @@ pub(crate) mod inbound;
 pub(crate) mod membership;
 pub(crate) mod messages;
 pub(crate) mod op;
+pub(crate) mod open;
 pub(crate) mod peers;
 pub(crate) mod progress;
 pub(crate) mod server;

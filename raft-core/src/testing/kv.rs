@@ -209,23 +209,34 @@ impl KvClient {
         } else {
             mailbox.send_proposal(bytes).await
         };
-        let output = result.and_then(|answer| match op {
-            KvOp::Get { .. } => decode_value(&answer)
-                .map(KvOutput::Value)
-                .map_err(|e| Error::Store(StoreError::msg(e))),
-            KvOp::Cas { .. } => Ok(KvOutput::Swapped(answer == [1])),
-            _ => Ok(KvOutput::Done),
-        });
-        let outcome = match &output {
-            Ok(out) => Outcome::Ok(out.clone()),
-            // A read has no effect: a failed read can be left out whatever happened.
-            Err(_) if is_read => Outcome::Failed,
-            Err(e) if may_have_applied(e) => Outcome::Unknown,
-            Err(_) => Outcome::Failed,
-        };
+        let (output, outcome) = decode_answer(&op, result);
         self.history.complete(id, outcome);
         output
     }
+}
+
+/// Decodes a node's answer to `op`, and what the history records of it: a failed read has
+/// no effect and can be left out whatever happened; a failed write may have applied unless
+/// its error says it did not.
+pub fn decode_answer(
+    op: &KvOp,
+    result: Result<Vec<u8>, Error>,
+) -> (Result<KvOutput, Error>, Outcome) {
+    let is_read = matches!(op, KvOp::Get { .. });
+    let output = result.and_then(|answer| match op {
+        KvOp::Get { .. } => decode_value(&answer)
+            .map(KvOutput::Value)
+            .map_err(|e| Error::Store(StoreError::msg(e))),
+        KvOp::Cas { .. } => Ok(KvOutput::Swapped(answer == [1])),
+        _ => Ok(KvOutput::Done),
+    });
+    let outcome = match &output {
+        Ok(out) => Outcome::Ok(out.clone()),
+        Err(_) if is_read => Outcome::Failed,
+        Err(e) if may_have_applied(e) => Outcome::Unknown,
+        Err(_) => Outcome::Failed,
+    };
+    (output, outcome)
 }
 
 /// True when a failed write may nevertheless have taken effect: the checker must then allow

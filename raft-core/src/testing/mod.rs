@@ -11,6 +11,7 @@ pub mod hostile;
 pub mod impersonation;
 pub mod kv;
 pub mod linearizability;
+pub mod simulation;
 pub mod transport_conformance;
 
 pub use crate::transport::faulty::{Faults, FaultyTransport};

@@ -1,6 +1,6 @@
-//! One `Ready`, in the order raft-rs documents: messages, snapshot install, committed entries
-//! to the apply task, the durable write, persisted messages, advance; plus snapshot saving and
-//! the apply backlog.
+//! One `Ready`, in the order raft-rs documents: messages, committed entries to the apply
+//! task, the durable write (a snapshot from the leader first), persisted messages, advance;
+//! plus snapshot saving and the apply backlog.
 
 use super::*;
 
@@ -38,32 +38,40 @@ impl ApplyBacklog {
     }
 }
 
-impl Driver {
-    /// Runs a storage write on a blocking thread: never fsync on a runtime worker.
-    pub(super) async fn write<F>(&self, write: F) -> Result<()>
-    where
-        F: FnOnce(&dyn LogStorage) -> Result<(), StorageError> + Send + 'static,
-    {
-        let storage = self.storage.clone();
-        let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || write(storage.as_ref()))
-            .await
-            .map_err(|e| StorageError::Io(format!("storage thread failed: {e}")))?;
-        let metrics = &self.counters.metrics;
-        metrics.log_write_seconds.observe(started.elapsed());
-        NodeMetrics::inc(&metrics.log_writes);
-        result.map_err(|e| {
-            tracing::error!(
-                node = self.id,
-                "log storage write failed, stopping the node: {e}"
-            );
-            Error::from(e)
-        })
-    }
+/// One durable write: a snapshot from the leader to install first, if any, then entries and
+/// the hard state, in one `LogStorage` call each.
+pub(crate) struct LogWrite {
+    pub(crate) snapshot: Option<Box<Snapshot>>,
+    pub(crate) entries: Vec<Entry>,
+    pub(crate) hard_state: Option<HardState>,
+}
 
-    /// Hands the newest snapshot the apply task took to a storage thread, unless one is
-    /// being written already. The driver keeps running meanwhile: a large snapshot never
-    /// delays heartbeats. The result comes back as [`DriverMsg::SnapshotSaved`].
+impl LogWrite {
+    /// Carries the write out; on a storage thread in production, in place in simulation.
+    pub(crate) fn run(&self, storage: &dyn LogStorage) -> Result<(), StorageError> {
+        if let Some(snapshot) = &self.snapshot {
+            storage.install_snapshot(snapshot)?;
+        }
+        if !self.entries.is_empty() || self.hard_state.is_some() {
+            storage.append(&self.entries, self.hard_state.as_ref())?;
+        }
+        Ok(())
+    }
+}
+
+/// A `Ready` whose write is in flight, and what happens once the write is durable.
+pub(super) struct WriteInHand {
+    ready: Ready,
+    /// A snapshot from the leader and the members it names: the apply task restores it,
+    /// then takes the committed entries, once it is in the log storage.
+    snapshot: Option<(Box<Snapshot>, Vec<Member>)>,
+    hard_state: Option<HardState>,
+}
+
+impl NodeCore {
+    /// Starts saving the newest snapshot the apply task took, unless one is being saved
+    /// already. The core keeps running meanwhile: a large snapshot never delays heartbeats.
+    /// The result comes back as [`DriverMsg::SnapshotSaved`].
     pub(super) fn start_snapshot_save(&mut self) {
         if self.saving_snapshot {
             return;
@@ -78,44 +86,40 @@ impl Driver {
         let compact_to = index
             .saturating_sub(self.config.snapshot_log_tail)
             .min(self.raft_applied);
-        let storage = self.storage.clone();
-        let tx = self.driver_tx.clone();
-        let node = self.id;
-        tokio::spawn(async move {
-            let result = tokio::task::spawn_blocking(move || {
-                storage.save_snapshot(&snapshot)?;
-                if compact_to > 0 {
-                    storage.compact(compact_to)?;
-                }
-                Ok::<_, StorageError>(())
-            })
-            .await
-            .map_err(|e| StorageError::Io(format!("storage thread failed: {e}")))
-            .and_then(|r| r)
-            .map(|()| index)
-            .map_err(|e| {
-                tracing::error!(node, "saving a snapshot failed, stopping the node: {e}");
-                Error::from(e)
-            });
-            let _ = tx.send(DriverMsg::SnapshotSaved(result)).await;
+        self.outputs.push_back(Output::SaveSnapshot {
+            snapshot: Box::new(snapshot),
+            compact_to,
         });
     }
 
     pub(super) fn send_messages(&mut self, messages: Vec<Message>) {
-        for msg in messages {
+        for mut msg in messages {
+            if msg.from != self.id {
+                // A follower passes a peer's read-index request on to its leader unchanged;
+                // when the peer it came from is that leader now, the request would come home
+                // as "from the leader to the leader", which its checks refuse, and a
+                // transport refuses a sender speaking for another. The peer asks again
+                // after `read_retry_interval`. Found by the simulator (seed 41).
+                tracing::debug!(
+                    node = self.id,
+                    from = msg.from,
+                    to = msg.to,
+                    "not relaying a peer's message"
+                );
+                continue;
+            }
+            if !self.mend_batched_append(&mut msg) {
+                continue;
+            }
             let to = msg.to;
-            let is_snapshot = msg.msg_type() == MessageType::MsgSnapshot;
             let addr = self
                 .members
                 .addr(to)
                 .or_else(|| self.learned_addrs.get(&to).map(String::as_str));
-            let delivered = match addr {
+            match addr {
                 Some(addr) => {
-                    let queued = self.peers.send(msg, addr);
-                    if !queued {
-                        self.unreachable.push(to);
-                    }
-                    queued
+                    let addr = addr.to_string();
+                    self.outputs.push_back(Output::Send { msg, addr });
                 }
                 None => {
                     tracing::debug!(
@@ -123,20 +127,53 @@ impl Driver {
                         peer = to,
                         "no address for peer; message dropped"
                     );
-                    false
+                    if msg.msg_type() == MessageType::MsgSnapshot {
+                        self.snapshot_failed.push(to);
+                    }
                 }
-            };
-            if is_snapshot && !delivered {
-                // raft-rs waits in "snapshot" state until it hears how the transfer went.
-                self.snapshot_failed.push(to);
             }
+        }
+    }
+
+    /// Mends an append raft-rs 0.7 built wrong, or drops it (false): with `batch_append`,
+    /// entries sent after a rejection are merged into an empty append still queued for the
+    /// same follower (`try_batching` takes "no entries yet" as continuous), so the message
+    /// says "after index N" but carries entries from some M <= N. The follower would refuse
+    /// it ([`super::super::inbound`]). What the leader meant is the entries' own append: after
+    /// the entry before the first, with that entry's term. Found by the simulator (seed 1).
+    fn mend_batched_append(&self, msg: &mut Message) -> bool {
+        if msg.msg_type() != MessageType::MsgAppend {
+            return true;
+        }
+        let Some(first) = msg.entries.first().map(|e| e.index) else {
+            return true;
+        };
+        if first == msg.index + 1 {
+            return true;
+        }
+        let prev = first.saturating_sub(1);
+        match self.raw.raft.raft_log.term(prev) {
+            Ok(term) if prev > 0 => {
+                tracing::debug!(
+                    node = self.id,
+                    peer = msg.to,
+                    said = msg.index,
+                    prev,
+                    "mended a batched append"
+                );
+                msg.index = prev;
+                msg.log_term = term;
+                true
+            }
+            // The entry before them is compacted: raft-rs sends a snapshot on the next probe.
+            _ => false,
         }
     }
 
     /// Applies what the apply task finished: raft-rs learns the real applied index, and the
     /// backlog shrinks.
     pub(super) fn sync_applied(&mut self) {
-        let applied = *self.applied_rx.borrow_and_update();
+        let applied = self.applied;
         let log = &self.raw.raft.raft_log;
         let to = applied.min(log.committed).min(log.persisted);
         if to > self.raft_applied {
@@ -161,7 +198,8 @@ impl Driver {
             && self.backlog.bytes > self.config.max_apply_backlog_bytes.saturating_mul(2)
     }
 
-    pub(super) async fn on_ready(&mut self) -> Result<()> {
+    /// The first half of a `Ready`, up to its durable write.
+    pub(super) fn on_ready(&mut self) -> Result<()> {
         let mut ready = self.raw.ready();
 
         // 1. A leader may send before its own write: followers persist in parallel.
@@ -169,34 +207,86 @@ impl Driver {
 
         // 2. A snapshot from the leader replaces the log, then the state machine. It was
         // checked (conf state, envelope) before raft saw it.
-        if !ready.snapshot().is_empty() {
+        let snapshot = if ready.snapshot().is_empty() {
+            None
+        } else {
             let snapshot = ready.snapshot().clone();
             let members = open_members(&snapshot.data).map_err(|e| {
                 Error::config(format!(
                     "a snapshot that passed its checks is unreadable: {e}"
                 ))
             })?;
-            let to_store = snapshot.clone();
-            self.write(move |s| s.install_snapshot(&to_store)).await?;
+            Some((Box::new(snapshot), members))
+        };
+
+        // 3. Committed entries go to the apply task while the write is in flight, unless
+        // they follow a snapshot that is not installed yet.
+        if snapshot.is_none() {
+            self.hand_to_apply(ready.take_committed_entries());
+        }
+
+        // 4. One durable write for the snapshot, entries and hard state.
+        let entries = ready.take_entries();
+        let hs = self.raw.raft.hard_state();
+        let vote_changed = hs.term != self.persisted_hs.term || hs.vote != self.persisted_hs.vote;
+        let hard_state = (!entries.is_empty() || vote_changed).then_some(hs);
+        let in_hand = WriteInHand {
+            ready,
+            snapshot,
+            hard_state,
+        };
+        if in_hand.snapshot.is_none() && in_hand.hard_state.is_none() {
+            return self.finish_ready(in_hand);
+        }
+        self.outputs.push_back(Output::Write(LogWrite {
+            snapshot: in_hand.snapshot.as_ref().map(|(s, _)| s.clone()),
+            entries,
+            hard_state: in_hand.hard_state.clone(),
+        }));
+        self.in_hand = Some(in_hand);
+        Ok(())
+    }
+
+    /// The write of the `Ready` in hand is durable (or failed: then the node stops), and the
+    /// turn ends.
+    pub(crate) fn write_done(
+        &mut self,
+        result: Result<(), StorageError>,
+        now: Instant,
+    ) -> Result<()> {
+        self.now = now;
+        let Some(in_hand) = self.in_hand.take() else {
+            return Ok(());
+        };
+        if let Err(e) = result {
+            tracing::error!(
+                node = self.id,
+                "log storage write failed, stopping the node: {e}"
+            );
+            return Err(Error::from(e));
+        }
+        self.finish_ready(in_hand)?;
+        self.after_turn();
+        Ok(())
+    }
+
+    /// The second half of a `Ready`, once what it had to write is durable.
+    fn finish_ready(&mut self, in_hand: WriteInHand) -> Result<()> {
+        let WriteInHand {
+            mut ready,
+            snapshot,
+            hard_state,
+        } = in_hand;
+        if let Some((snapshot, members)) = snapshot {
             self.members = Members::from_list(members);
             let index = snapshot_index(&snapshot);
             tracing::info!(node = self.id, index, "installed snapshot from leader");
             self.backlog.applied(index);
             self.backlog.handed = self.backlog.handed.max(index);
-            self.to_apply(ApplyMsg::Restore(Box::new(snapshot)));
+            self.send_to_apply(ApplyMsg::Restore(snapshot));
+            self.hand_to_apply(ready.take_committed_entries());
         }
-
-        // 3. Committed entries go to the apply task.
-        self.hand_to_apply(ready.take_committed_entries());
-
-        // 4. One durable write for entries and hard state.
-        let entries = ready.take_entries();
-        let hs = self.raw.raft.hard_state();
-        let vote_changed = hs.term != self.persisted_hs.term || hs.vote != self.persisted_hs.vote;
-        if !entries.is_empty() || vote_changed {
-            let to_store = hs.clone();
-            self.write(move |s| s.append(&entries, Some(&to_store)))
-                .await?;
+        if let Some(hs) = hard_state {
             self.persisted_hs = hs;
         }
 
@@ -243,7 +333,7 @@ impl Driver {
             });
             batch.push(CommittedEntry { entry, conf });
         }
-        self.to_apply(ApplyMsg::Entries(batch));
+        self.send_to_apply(ApplyMsg::Entries(batch));
     }
 
     pub(super) fn after_turn(&mut self) {
@@ -257,11 +347,11 @@ impl Driver {
         let wanted = self.snapshot_wanted_for.swap(0, Ordering::Relaxed);
         if wanted != 0 {
             let recent = self.snapshot_requested.is_some_and(|(peer, at)| {
-                peer == wanted && at.elapsed() < self.config.min_election_timeout()
+                peer == wanted && self.now.duration_since(at) < self.config.min_election_timeout()
             });
             if !recent {
-                self.snapshot_requested = Some((wanted, Instant::now()));
-                self.to_apply(ApplyMsg::SnapshotFor(wanted));
+                self.snapshot_requested = Some((wanted, self.now));
+                self.send_to_apply(ApplyMsg::SnapshotFor(wanted));
             }
         }
         if std::mem::take(&mut self.conf_changed) {
@@ -281,7 +371,7 @@ impl Driver {
         if self.was_leader && !leader {
             tracing::info!(node = self.id, term = self.raw.raft.term, "lost leadership");
             self.lease_until = None;
-            self.to_apply(ApplyMsg::FailProposals);
+            self.send_to_apply(ApplyMsg::FailProposals);
         }
         let leader_id = self.leader_id();
         if leader_id.is_some() && leader_id != self.last_leader {

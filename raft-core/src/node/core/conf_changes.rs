@@ -32,7 +32,7 @@ pub(super) fn sorted(mut v: Vec<u64>) -> Vec<u64> {
     v
 }
 
-impl Driver {
+impl NodeCore {
     pub(super) fn conf_pending(&self) -> bool {
         self.raw.raft.has_pending_conf()
     }
@@ -373,7 +373,7 @@ impl Driver {
                     }
                     ConfChangeType::RemoveNode => {
                         self.members.remove(id);
-                        self.peers.remove(id);
+                        self.outputs.push_back(Output::RemovePeer(id));
                         if id == self.id {
                             self.removed = true;
                         }

@@ -17,8 +17,43 @@
 //! transfer), ready.rs (one `Ready`, the durable write, snapshot saving, the apply backlog).
 //! This file holds the state, the loop, inbound messages, ticks and status.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+//! The node core: the only owner of the `RawNode`, as a synchronous state machine with no
+//! I/O and no clock of its own.
+//!
+//! [`NodeCore`] is to the node what `quinn_proto::Connection` is to a QUIC connection. It
+//! never blocks, never spawns, never reads the time: every call takes `now`, and everything
+//! it wants done comes out of [`NodeCore::poll_output`] as an [`Output`] (a raft message to
+//! send, a durable write, a snapshot to save, work for the apply task). Whoever drives it
+//! decides how outputs are carried out: the tokio task in [`super::driver`] uses
+//! channels, timers and blocking threads; the simulator in `raft_core::testing::simulation`
+//! uses simulated time, network and disk, so one seed replays one interleaving exactly.
+//!
+//! The driving loop, in order:
+//! 1. feed inputs with [`NodeCore::handle`] (peers' raft messages, client operations, status
+//!    requests, reports) and [`NodeCore::tick`] once per tick interval;
+//! 2. call [`NodeCore::turn`]: the turn's proposals become one raft message, its
+//!    linearizable reads one ReadIndex, and at most one `Ready` is handled, in the order
+//!    raft-rs documents (leader messages, committed entries to the apply task, the durable
+//!    write, persisted messages, advance, light ready);
+//! 3. carry out the outputs. When the turn needs a durable write ([`Output::Write`]), the
+//!    `Ready` stays in hand ([`NodeCore::writing`]): no input may be fed until the write's
+//!    result comes back through [`NodeCore::write_done`], which finishes the `Ready` and the
+//!    turn. Proposals that arrive meanwhile wait with the driver, and all go into the next
+//!    `Ready`: N concurrent clients cost one fsync.
+//!
+//! A send the driver could not queue is reported back with [`NodeCore::send_failed`]; the
+//! apply task's progress with [`NodeCore::applied`]. Raft-rs learns the real applied index,
+//! the leader refuses new proposals while the state machine lags too far, and a follower
+//! whose state machine lags stops taking new committed entries until it catches up.
+//!
+//! Every raft message from a peer is checked against this node's state before it is stepped
+//! ([`super::inbound`]). The core's work is split by concern: proposals.rs (batching, entry
+//! contexts, overload), reads.rs (ReadIndex batches, the lease), conf_changes.rs (membership
+//! and leadership transfer), ready.rs (one `Ready`, snapshot saving, the apply backlog). This
+//! file holds the state, inputs and outputs, inbound messages, ticks and status.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,9 +62,8 @@ use raft::prelude::{
     ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, Entry,
     EntryType, HardState, Message, MessageType, Snapshot,
 };
-use raft::{RawNode, ReadState, SnapshotStatus, StateRole};
+use raft::{RawNode, ReadState, Ready, SnapshotStatus, StateRole};
 use raft_proto::ConfChangeI;
-use tokio::sync::{mpsc, oneshot, watch};
 
 use super::inbound::{check_local, LocalView, MAX_ADDR};
 use super::membership::{entry_context, open_members, Members};
@@ -37,12 +71,10 @@ use super::messages::{
     ApplyMsg, CommittedEntry, ConfOutcome, DriverMsg, MembershipChange, ReadOp, Responder,
 };
 use super::op::Op;
-use super::peers::Peers;
 use super::progress::{member_progress, LastContact};
-use super::snapshot_transfer::SnapshotAssembler;
 use super::Counters;
 use crate::config::Config;
-use crate::error::{Error, Fatal, Result, StorageError};
+use crate::error::{Error, Result, StorageError};
 use crate::log_storage::{snapshot_index, LogStorage, RaftStorage};
 use crate::metrics::NodeMetrics;
 use crate::records::{EntryContext, Member};
@@ -57,57 +89,75 @@ mod ready;
 use conf_changes::sorted;
 use proposals::QueuedProposal;
 use reads::{PendingRead, ReadBatch};
-use ready::ApplyBacklog;
+pub(crate) use ready::LogWrite;
+use ready::{ApplyBacklog, WriteInHand};
 
-/// Most driver messages handled in one turn before the next `Ready`.
-const MAX_MESSAGES_PER_TURN: usize = 4096;
 /// Most addresses a node without configuration keeps for nodes it heard from.
 const MAX_LEARNED_ADDRS: usize = 16;
 /// Senders to peers that are no longer members are reaped every this many ticks.
 const REAP_EVERY_TICKS: u64 = 50;
 
-/// Everything the driver needs to start.
-pub(crate) struct DriverParts {
+/// Everything the core needs to start.
+pub(crate) struct CoreParts {
     pub(crate) id: u64,
     pub(crate) config: Config,
     pub(crate) raw: RawNode<RaftStorage>,
+    /// Read only, for status (snapshot index, first log index); every write is an output.
     pub(crate) storage: Arc<dyn LogStorage>,
-    pub(crate) rx: mpsc::Receiver<DriverMsg>,
-    pub(crate) driver_tx: mpsc::Sender<DriverMsg>,
-    pub(crate) apply_tx: mpsc::UnboundedSender<ApplyMsg>,
-    pub(crate) applied_rx: watch::Receiver<u64>,
-    pub(crate) peers: Peers,
     pub(crate) members: Members,
     pub(crate) counters: Arc<Counters>,
     pub(crate) snapshot_wanted_for: Arc<AtomicU64>,
-    pub(crate) assembler: Arc<SnapshotAssembler>,
+    /// Makes this node's ReadIndex contexts unique across its restarts.
+    pub(crate) read_nonce: u64,
 }
 
-pub(crate) struct Driver {
+/// What the core wants done; see [`NodeCore::poll_output`].
+// Outputs are drained right after the call that made them; boxing the message would cost an
+// allocation per raft message instead.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Output {
+    /// Queue a raft message for a peer. If it cannot be queued, report it with
+    /// [`NodeCore::send_failed`].
+    Send { msg: Message, addr: String },
+    /// Write durably, then report with [`NodeCore::write_done`]. At most one is in flight.
+    Write(LogWrite),
+    /// Save a snapshot the apply task took and compact the log up to `compact_to` (0: not at
+    /// all), then report with [`DriverMsg::SnapshotSaved`]. At most one is in flight.
+    SaveSnapshot {
+        snapshot: Box<Snapshot>,
+        compact_to: u64,
+    },
+    /// Work for the apply task, in order.
+    Apply(ApplyMsg),
+    /// Stop sending to this peer: it left the cluster.
+    RemovePeer(u64),
+    /// Stop sending to every peer not in this list.
+    RetainPeers(Vec<u64>),
+}
+
+pub(crate) struct NodeCore {
     id: u64,
     config: Config,
     raw: RawNode<RaftStorage>,
     storage: Arc<dyn LogStorage>,
-    rx: mpsc::Receiver<DriverMsg>,
-    driver_tx: mpsc::Sender<DriverMsg>,
-    apply_tx: mpsc::UnboundedSender<ApplyMsg>,
-    /// Set when a message to the apply task could not be delivered: it died.
-    apply_lost: AtomicBool,
-    applied_rx: watch::Receiver<u64>,
+    outputs: VecDeque<Output>,
+    /// The time of the call in progress.
+    now: Instant,
+    /// The applied index the apply task last reported.
+    applied: u64,
     /// The applied index raft-rs has been told.
     raft_applied: u64,
     backlog: ApplyBacklog,
-    peers: Peers,
     members: Members,
     /// Addresses of nodes that are not members, while this node has no configuration yet
     /// (the leader it joins through). Bounded by [`MAX_LEARNED_ADDRS`].
     learned_addrs: HashMap<u64, String>,
     counters: Arc<Counters>,
-    assembler: Arc<SnapshotAssembler>,
     seq: u64,
     read_nonce: u64,
     read_seq: u64,
-    pending_reads: HashMap<Vec<u8>, ReadBatch>,
+    /// Ordered, so ticks reissue reads in the same order on every run.
+    pending_reads: BTreeMap<Vec<u8>, ReadBatch>,
     /// Linearizable reads that arrived this turn; they share one ReadIndex.
     new_reads: Vec<PendingRead>,
     /// Proposals that arrived this turn; they go to raft as one message.
@@ -119,6 +169,8 @@ pub(crate) struct Driver {
     was_leader: bool,
     last_leader: Option<u64>,
     persisted_hs: HardState,
+    /// The `Ready` whose durable write is in flight.
+    in_hand: Option<WriteInHand>,
     removed: bool,
     stop: bool,
     /// Reports for raft-rs collected while a `Ready` was in hand; stepped after `advance`.
@@ -134,7 +186,7 @@ pub(crate) struct Driver {
     ticks: u64,
     /// The configuration changed this turn: the server side's member list needs updating.
     conf_changed: bool,
-    /// The store lags so far that Readies are rationed (see [`Driver::apply_stalled`]).
+    /// The store lags so far that Readies are rationed (see [`NodeCore::apply_stalled`]).
     stalled: bool,
     /// A rationed Ready may be handled (set once per tick).
     ready_this_tick: bool,
@@ -142,34 +194,30 @@ pub(crate) struct Driver {
     last_contact: LastContact,
 }
 
-impl Driver {
-    pub(crate) fn new(parts: DriverParts) -> Self {
+impl NodeCore {
+    pub(crate) fn new(parts: CoreParts, now: Instant) -> Self {
         let persisted_hs = parts.raw.raft.hard_state();
         let raft_applied = parts.raw.raft.raft_log.applied;
-        Driver {
+        NodeCore {
             id: parts.id,
             config: parts.config,
             raw: parts.raw,
             storage: parts.storage,
-            rx: parts.rx,
-            driver_tx: parts.driver_tx,
-            apply_tx: parts.apply_tx,
-            apply_lost: AtomicBool::new(false),
-            applied_rx: parts.applied_rx,
+            outputs: VecDeque::new(),
+            now,
+            applied: raft_applied,
             raft_applied,
             backlog: ApplyBacklog {
                 handed: raft_applied,
                 ..ApplyBacklog::default()
             },
-            peers: parts.peers,
             members: parts.members,
             learned_addrs: HashMap::new(),
             counters: parts.counters,
-            assembler: parts.assembler,
             seq: 0,
-            read_nonce: rand::random(),
+            read_nonce: parts.read_nonce,
             read_seq: 0,
-            pending_reads: HashMap::new(),
+            pending_reads: BTreeMap::new(),
             new_reads: Vec::new(),
             new_proposals: Vec::new(),
             lease_until: None,
@@ -177,6 +225,7 @@ impl Driver {
             was_leader: false,
             last_leader: None,
             persisted_hs,
+            in_hand: None,
             removed: false,
             stop: false,
             unreachable: Vec::new(),
@@ -200,70 +249,92 @@ impl Driver {
         }
     }
 
-    /// Runs until shutdown, removal from the cluster, or a fatal error.
-    pub(crate) async fn run(mut self) -> Result<()> {
-        let mut ticker = tokio::time::interval(self.config.tick_interval);
-        // Ticks must never come faster than the interval: leases rely on it.
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut inbox = Vec::with_capacity(256);
-        loop {
-            self.start_snapshot_save();
-            self.sync_applied();
-            if self.apply_lost.load(Ordering::Relaxed) || self.apply_tx.is_closed() {
-                return Err(apply_task_gone());
-            }
-            let stalled = self.apply_stalled();
-            if stalled != self.stalled {
-                // While the store is far behind, each Ready hands over at most one committed
-                // entry (raft-rs always gives one), and Readies come once per tick: the node
-                // still acknowledges and answers heartbeats, but takes new work slowly.
-                self.stalled = stalled;
-                let limit = if stalled {
-                    0
-                } else {
-                    self.config.max_committed_size_per_ready
-                };
-                self.raw.raft.set_max_committed_size_per_ready(limit);
-                tracing::info!(
-                    node = self.id,
-                    backlog = self.backlog.bytes,
-                    "{} taking committed entries at full speed",
-                    if stalled { "stopped" } else { "resumed" }
-                );
-            }
-            if self.raw.has_ready() && (!stalled || std::mem::take(&mut self.ready_this_tick)) {
-                self.on_ready().await?;
-            }
-            self.after_turn();
-            if self.stop {
-                return Ok(());
-            }
-            tokio::select! {
-                _ = ticker.tick() => {
-                    self.raw.tick();
-                    self.on_tick();
-                }
-                n = self.rx.recv_many(&mut inbox, MAX_MESSAGES_PER_TURN) => {
-                    if n == 0 {
-                        return Ok(());
-                    }
-                    for msg in inbox.drain(..) {
-                        self.handle(msg)?;
-                    }
-                    self.flush_proposals();
-                    self.flush_reads();
-                }
-                changed = self.applied_rx.changed() => {
-                    if changed.is_err() {
-                        return Err(apply_task_gone());
-                    }
-                }
-            }
+    /// The next thing to carry out, oldest first.
+    pub(crate) fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// True while a durable write is in flight: feed nothing but [`NodeCore::write_done`].
+    pub(crate) fn writing(&self) -> bool {
+        self.in_hand.is_some()
+    }
+
+    /// True once the node should stop: shut down, or removed from the cluster.
+    pub(crate) fn stopped(&self) -> bool {
+        self.stop
+    }
+
+    /// This node's id.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// The apply task applied everything up to `index`.
+    pub(crate) fn applied(&mut self, index: u64) {
+        self.applied = self.applied.max(index);
+    }
+
+    /// One tick interval passed.
+    pub(crate) fn tick(&mut self, now: Instant) {
+        self.now = now;
+        self.raw.tick();
+        self.on_tick();
+    }
+
+    /// A message for the peer `to` could not be queued; raft-rs hears of it at the end of
+    /// the turn.
+    pub(crate) fn send_failed(&mut self, to: u64, snapshot: bool) {
+        self.unreachable.push(to);
+        if snapshot {
+            // raft-rs waits in "snapshot" state until it hears how the transfer went.
+            self.snapshot_failed.push(to);
         }
     }
 
-    fn is_leader(&self) -> bool {
+    /// Handles the inputs gathered since the last turn, then at most one `Ready`. If the
+    /// `Ready` needs a durable write, the turn ends in [`NodeCore::write_done`].
+    pub(crate) fn turn(&mut self, now: Instant) -> Result<()> {
+        debug_assert!(self.in_hand.is_none(), "a turn while a write is in flight");
+        self.now = now;
+        self.flush_proposals();
+        self.flush_reads();
+        self.start_snapshot_save();
+        self.sync_applied();
+        let stalled = self.apply_stalled();
+        if stalled != self.stalled {
+            // While the store is far behind, each Ready hands over at most one committed
+            // entry (raft-rs always gives one), and Readies come once per tick: the node
+            // still acknowledges and answers heartbeats, but takes new work slowly.
+            self.stalled = stalled;
+            let limit = if stalled {
+                0
+            } else {
+                self.config.max_committed_size_per_ready
+            };
+            self.raw.raft.set_max_committed_size_per_ready(limit);
+            tracing::info!(
+                node = self.id,
+                backlog = self.backlog.bytes,
+                "{} taking committed entries at full speed",
+                if stalled { "stopped" } else { "resumed" }
+            );
+        }
+        if self.raw.has_ready() && (!stalled || std::mem::take(&mut self.ready_this_tick)) {
+            self.on_ready()?;
+        }
+        if self.in_hand.is_none() {
+            self.after_turn();
+        }
+        Ok(())
+    }
+
+    pub(crate) fn is_leader(&self) -> bool {
         self.raw.raft.state == StateRole::Leader
+    }
+
+    /// The current term.
+    pub(crate) fn term(&self) -> u64 {
+        self.raw.raft.term
     }
 
     fn leader_id(&self) -> Option<u64> {
@@ -291,11 +362,8 @@ impl Driver {
         Error::busy(why)
     }
 
-    fn to_apply(&self, msg: ApplyMsg) {
-        if self.apply_tx.send(msg).is_err() {
-            // The apply task died (a panicking `Store`): the loop stops the node.
-            self.apply_lost.store(true, Ordering::Relaxed);
-        }
+    fn send_to_apply(&mut self, msg: ApplyMsg) {
+        self.outputs.push_back(Output::Apply(msg));
     }
 
     /// True when this node has no configuration: it has not joined a cluster yet, or it lost
@@ -305,7 +373,13 @@ impl Driver {
         conf.voters().ids().is_empty() && conf.learners().is_empty()
     }
 
-    fn handle(&mut self, msg: DriverMsg) -> Result<()> {
+    /// Handles one message; what it asks for happens at the next [`NodeCore::turn`].
+    pub(crate) fn handle(&mut self, msg: DriverMsg, now: Instant) -> Result<()> {
+        debug_assert!(
+            self.in_hand.is_none(),
+            "an input while a write is in flight"
+        );
+        self.now = now;
         match msg {
             DriverMsg::Raft(m, from_addr) => self.step_remote(*m, from_addr),
             DriverMsg::Op {
@@ -401,7 +475,7 @@ impl Driver {
             }
         }
         if self.raw.raft.prs().get(msg.from).is_some() {
-            self.last_contact.record(msg.from, Instant::now());
+            self.last_contact.record(msg.from, self.now);
         }
         // A snapshot may replace the configuration.
         self.conf_changed |= msg.msg_type() == MessageType::MsgSnapshot;
@@ -413,7 +487,7 @@ impl Driver {
     fn on_tick(&mut self) {
         self.ticks += 1;
         self.ready_this_tick = true;
-        let now = Instant::now();
+        let now = self.now;
         let retry = self.config.read_retry_interval;
         let mut reissue = Vec::new();
         for (ctx, batch) in self.pending_reads.iter_mut() {
@@ -436,11 +510,9 @@ impl Driver {
         for ctx in reissue {
             self.raw.read_index(ctx);
         }
-        self.assembler.expire(now);
         if self.ticks % REAP_EVERY_TICKS == 0 {
             self.reap_senders();
         }
-        NodeMetrics::set(&self.counters.metrics.peer_queue, self.peers.queued());
         if self.is_leader() {
             self.maybe_leave_joint();
             self.maybe_promote_learners();
@@ -449,15 +521,20 @@ impl Driver {
 
     /// Stops the sender tasks of nodes that are neither members nor a join in progress.
     fn reap_senders(&mut self) {
-        let members = &self.members;
-        let learned = &self.learned_addrs;
-        self.peers
-            .retain(|id| members.get(id).is_some() || learned.contains_key(&id));
+        let keep = self
+            .members
+            .to_list()
+            .iter()
+            .map(|m| m.id)
+            .chain(self.learned_addrs.keys().copied())
+            .collect();
+        self.outputs.push_back(Output::RetainPeers(keep));
         let prs = self.raw.raft.prs();
         self.last_contact.retain(|id| prs.get(id).is_some());
     }
 
-    fn status(&self) -> Status {
+    /// What the node reports about itself.
+    pub(crate) fn status(&self) -> Status {
         let raft = &self.raw.raft;
         let cs = raft.prs().conf().to_conf_state();
         let role = match raft.state {
@@ -489,25 +566,9 @@ impl Driver {
                 .map(|b| b.reads.len() as u64)
                 .sum::<u64>()
                 + Counters::get(&self.counters.pending_apply_reads),
-            progress: member_progress(raft, &self.last_contact, Instant::now()),
+            progress: member_progress(raft, &self.last_contact, self.now),
         }
     }
-}
-
-fn apply_task_gone() -> Error {
-    Error::Fatal(Fatal::Failed(
-        "the apply task stopped (the state machine panicked?); stopping the node".to_string(),
-    ))
-}
-
-/// Sends a request to the local driver and waits for its answer.
-pub(crate) async fn ask<T>(
-    tx: &mpsc::Sender<DriverMsg>,
-    make: impl FnOnce(oneshot::Sender<T>) -> DriverMsg,
-) -> Result<T> {
-    let (reply, rx) = oneshot::channel();
-    tx.send(make(reply)).await.map_err(|_| Error::shutdown())?;
-    rx.await.map_err(|_| Error::node_stopped())
 }
 
 #[cfg(test)]
@@ -520,13 +581,9 @@ mod tests {
     use crate::logging::raft_logger;
     use crate::mem_log_storage::MemLogStorage;
     use crate::node::membership::seal_envelope;
-    use crate::transport::LocalNetwork;
 
-    /// What must outlive a test driver: the apply task's ends of its channels.
-    type ApplySide = (mpsc::UnboundedReceiver<ApplyMsg>, watch::Sender<u64>);
-
-    /// A driver for node 1, the only voter of a cluster whose learner 2 has no known address.
-    fn lone_leader_with_unreachable_learner() -> (Driver, ApplySide) {
+    /// A core for node 1, the only voter of a cluster whose learner 2 has no known address.
+    fn lone_leader_with_unreachable_learner() -> NodeCore {
         let storage = MemLogStorage::new();
         let members = vec![Member {
             id: 1,
@@ -554,63 +611,87 @@ mod tests {
             &raft_logger(1),
         )
         .unwrap();
-        let (driver_tx, rx) = mpsc::channel(16);
-        let (apply_tx, apply_rx) = mpsc::unbounded_channel();
-        let (applied_tx, applied_rx) = watch::channel(1);
-        let counters = Arc::new(Counters::default());
-        let transport = Arc::new(LocalNetwork::new().transport());
-        let peers = Peers::new(1, "node-1".into(), transport, driver_tx.clone(), 1 << 20);
-        let assembler = Arc::new(SnapshotAssembler::new(
-            1,
-            1 << 20,
-            Duration::from_secs(60),
-            counters.clone(),
-        ));
-        let driver = Driver::new(DriverParts {
-            id: 1,
-            config,
-            raw,
-            storage: log,
-            rx,
-            driver_tx,
-            apply_tx,
-            applied_rx,
-            peers,
-            members: Members::from_list(members),
-            counters,
-            snapshot_wanted_for: Arc::new(AtomicU64::new(0)),
-            assembler,
-        });
-        (driver, (apply_rx, applied_tx))
+        NodeCore::new(
+            CoreParts {
+                id: 1,
+                config,
+                raw,
+                storage: log.clone(),
+                members: Members::from_list(members),
+                counters: Arc::new(Counters::default()),
+                snapshot_wanted_for: Arc::new(AtomicU64::new(0)),
+                read_nonce: 7,
+            },
+            Instant::now(),
+        )
+    }
+
+    /// Runs one turn to its end, carrying out writes in place, and returns the messages sent.
+    fn turn(core: &mut NodeCore) -> Vec<Message> {
+        let now = Instant::now();
+        core.turn(now).unwrap();
+        let mut sent = Vec::new();
+        while let Some(output) = core.poll_output() {
+            match output {
+                Output::Write(write) => {
+                    let result = write.run(core.storage.as_ref());
+                    core.write_done(result, now).unwrap();
+                }
+                Output::Send { msg, .. } => sent.push(msg),
+                _ => {}
+            }
+        }
+        sent
     }
 
     /// A snapshot that could not be handed to the peer's sender (here: no address) is
     /// reported as failed, so raft-rs leaves the "snapshot" state and tries again instead of
     /// waiting for a report that never comes.
-    #[tokio::test]
-    async fn a_snapshot_that_cannot_be_sent_is_reported_failed() {
-        let (mut driver, _apply_side) = lone_leader_with_unreachable_learner();
-        driver.raw.campaign().unwrap();
-        assert!(driver.is_leader());
-        driver.on_ready().await.unwrap();
-        driver.after_turn();
+    #[test]
+    fn a_snapshot_that_cannot_be_sent_is_reported_failed() {
+        let mut core = lone_leader_with_unreachable_learner();
+        core.raw.campaign().unwrap();
+        assert!(core.is_leader());
+        turn(&mut core);
         // Make the learner need entries the log no longer has: raft-rs sends a snapshot.
-        let learner = driver.raw.raft.mut_prs().get_mut(2).unwrap();
+        let learner = core.raw.raft.mut_prs().get_mut(2).unwrap();
         learner.next_idx = 1;
         learner.recent_active = true;
         learner.resume();
-        driver.raw.raft.send_append(2);
+        core.raw.raft.send_append(2);
         assert_eq!(
-            driver.raw.raft.prs().get(2).unwrap().state,
+            core.raw.raft.prs().get(2).unwrap().state,
             ProgressState::Snapshot
         );
-        driver.on_ready().await.unwrap();
-        driver.after_turn();
+        turn(&mut core);
         assert_eq!(
-            driver.raw.raft.prs().get(2).unwrap().state,
+            core.raw.raft.prs().get(2).unwrap().state,
             ProgressState::Probe,
             "the undeliverable snapshot was reported"
         );
+    }
+
+    /// A write holds the `Ready` until it is reported; the votes and responses it persists
+    /// leave only after that.
+    #[test]
+    fn persisted_messages_wait_for_the_write() {
+        let mut core = lone_leader_with_unreachable_learner();
+        core.raw.campaign().unwrap();
+        let now = Instant::now();
+        core.turn(now).unwrap();
+        let mut write = None;
+        while let Some(output) = core.poll_output() {
+            if let Output::Write(w) = output {
+                write = Some(w);
+            }
+        }
+        let write = write.expect("becoming leader writes the new term");
+        assert!(core.writing());
+        assert!(core.poll_output().is_none());
+        core.write_done(write.run(core.storage.as_ref()), now)
+            .unwrap();
+        assert!(!core.writing());
+        assert_eq!(core.storage.initial_state().unwrap().hard_state.term, 2);
     }
 
     #[test]

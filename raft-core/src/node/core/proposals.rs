@@ -10,7 +10,7 @@ pub(super) struct QueuedProposal {
     pub(super) reply: Responder,
 }
 
-impl Driver {
+impl NodeCore {
     pub(super) fn next_context(&mut self, members: Vec<Member>) -> (u64, u64, Vec<u8>) {
         self.seq += 1;
         let term = self.raw.raft.term;
@@ -23,9 +23,9 @@ impl Driver {
         (term, self.seq, context.encode_to_vec())
     }
 
-    pub(super) fn register(&self, term: u64, seq: u64, deadline: Instant, reply: Responder) {
+    pub(super) fn register(&mut self, term: u64, seq: u64, deadline: Instant, reply: Responder) {
         let index = self.raw.raft.raft_log.last_index();
-        self.to_apply(ApplyMsg::Register {
+        self.send_to_apply(ApplyMsg::Register {
             index,
             term,
             seq,
@@ -119,7 +119,7 @@ impl Driver {
                 let metrics = &self.counters.metrics;
                 metrics.proposals.fetch_add(count, Ordering::Relaxed);
                 for (i, (deadline, reply)) in waiters.into_iter().enumerate() {
-                    self.to_apply(ApplyMsg::Register {
+                    self.send_to_apply(ApplyMsg::Register {
                         index: last_before + 1 + i as u64,
                         term,
                         seq: first_seq + i as u64,

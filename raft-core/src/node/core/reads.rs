@@ -16,13 +16,13 @@ pub(super) struct ReadBatch {
     pub(super) last_issued: Instant,
 }
 
-impl Driver {
+impl NodeCore {
     pub(super) fn lease_valid(&self) -> bool {
         let raft = &self.raw.raft;
         self.is_leader()
             && raft.lead_transferee.is_none()
             && self.transfer_term != Some(raft.term)
-            && self.lease_until.is_some_and(|t| Instant::now() < t)
+            && self.lease_until.is_some_and(|t| self.now < t)
     }
 
     pub(super) fn pending_read_count(&self) -> usize {
@@ -48,13 +48,13 @@ impl Driver {
             return;
         }
         match consistency {
-            ReadConsistency::Stale => self.to_apply(ApplyMsg::Read {
+            ReadConsistency::Stale => self.send_to_apply(ApplyMsg::Read {
                 index: 0,
                 query,
                 deadline,
                 reply,
             }),
-            ReadConsistency::Lease if self.lease_valid() => self.to_apply(ApplyMsg::Read {
+            ReadConsistency::Lease if self.lease_valid() => self.send_to_apply(ApplyMsg::Read {
                 index: self.raw.raft.raft_log.committed,
                 query,
                 deadline,
@@ -82,7 +82,7 @@ impl Driver {
         ctx.extend_from_slice(&self.read_nonce.to_be_bytes());
         ctx.extend_from_slice(&self.read_seq.to_be_bytes());
         self.raw.read_index(ctx.clone());
-        let now = Instant::now();
+        let now = self.now;
         self.pending_reads.insert(
             ctx,
             ReadBatch {
@@ -107,7 +107,7 @@ impl Driver {
             }
         }
         for read in batch.reads {
-            self.to_apply(ApplyMsg::Read {
+            self.send_to_apply(ApplyMsg::Read {
                 index: state.index,
                 query: read.query,
                 deadline: read.deadline,
