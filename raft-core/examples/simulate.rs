@@ -5,11 +5,13 @@
 //! cargo run --release -p raft-core --features testing --example simulate -- --seed 42
 //! ```
 //!
-//! `--from S` starts at seed S (default 0); `--no-faults` runs healthy clusters;
+//! `--from S` starts at seed S (default 0); `--jobs J` runs J seeds at once (default 1);
+//! `--no-faults` runs healthy clusters;
 //! `--nodes N` sets the cluster size (default 3); `--amnesiac-disks` breaks the disks on
 //! purpose (see `SimConfig::amnesiac_disks`): the run must fail.
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use raft_core::testing::simulation::{run, SimConfig};
@@ -17,6 +19,7 @@ use raft_core::testing::simulation::{run, SimConfig};
 fn main() -> ExitCode {
     let mut seeds = 100u64;
     let mut from = 0u64;
+    let mut jobs = 1u64;
     let mut config = SimConfig::default();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -43,6 +46,10 @@ fn main() -> ExitCode {
                 }
                 None => return ExitCode::FAILURE,
             },
+            "--jobs" => match number("--jobs") {
+                Some(n) => jobs = n.max(1),
+                None => return ExitCode::FAILURE,
+            },
             "--nodes" => match number("--nodes") {
                 Some(n) => config.nodes = n,
                 None => return ExitCode::FAILURE,
@@ -56,29 +63,47 @@ fn main() -> ExitCode {
         }
     }
     let started = Instant::now();
-    let mut events = 0u64;
-    let mut operations = 0usize;
-    for seed in from..from.saturating_add(seeds) {
-        match run(seed, &config) {
-            Ok(report) => {
-                events += report.events;
-                operations += report.operations;
-                if seeds == 1 {
-                    println!("{report:#?}");
+    let end = from.saturating_add(seeds);
+    let next = AtomicU64::new(from);
+    let events = AtomicU64::new(0);
+    let operations = AtomicU64::new(0);
+    let failed = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| {
+                while !failed.load(Ordering::Relaxed) {
+                    let seed = next.fetch_add(1, Ordering::Relaxed);
+                    if seed >= end {
+                        return;
+                    }
+                    match run(seed, &config) {
+                        Ok(report) => {
+                            events.fetch_add(report.events, Ordering::Relaxed);
+                            operations.fetch_add(report.operations as u64, Ordering::Relaxed);
+                            if seeds == 1 {
+                                println!("{report:#?}");
+                            }
+                        }
+                        Err(failure) => {
+                            failed.store(true, Ordering::Relaxed);
+                            eprintln!("{failure}");
+                            eprintln!("replay: --seed {seed}");
+                        }
+                    }
                 }
-            }
-            Err(failure) => {
-                eprintln!("{failure}");
-                eprintln!("replay: --seed {seed}");
-                return ExitCode::FAILURE;
-            }
+            });
         }
+    });
+    if failed.load(Ordering::Relaxed) {
+        return ExitCode::FAILURE;
     }
     let secs = started.elapsed().as_secs_f64();
     println!(
-        "{seeds} seeds passed in {secs:.1} s: {:.1} seeds/s, {:.0} events/s, {operations} operations",
+        "{seeds} seeds passed in {secs:.1} s with {jobs} jobs: {:.1} seeds/s, {:.0} events/s, \
+         {} operations",
         seeds as f64 / secs,
-        events as f64 / secs,
+        events.load(Ordering::Relaxed) as f64 / secs,
+        operations.load(Ordering::Relaxed),
     );
     ExitCode::SUCCESS
 }

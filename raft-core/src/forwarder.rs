@@ -10,11 +10,12 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use crate::error::TransportError;
+use crate::node::op::Op;
 use crate::node::Counters;
 use crate::transport::Transport;
 use crate::wire::{request, response, BatchRequest, Request, Response};
@@ -43,9 +44,9 @@ pub(crate) enum Forwarded {
 }
 
 struct Pending {
-    request: Request,
+    op: Op,
     size: usize,
-    timeout: Duration,
+    deadline: Instant,
     reply: oneshot::Sender<Answer>,
 }
 
@@ -73,20 +74,19 @@ impl Forwarder {
         }
     }
 
-    /// Sends `request` (a proposal or a query) to `addr`, batched with others bound there.
-    /// `size` is its payload size; `timeout` bounds the call on the caller's side too.
-    pub(crate) async fn call(
-        &self,
-        addr: &str,
-        request: Request,
-        size: usize,
-        timeout: Duration,
-    ) -> Forwarded {
+    /// Sends `op` (a proposal or a query) to `addr`, batched with others bound there, and
+    /// waits for its answer until `deadline`. The request leaves with what is left of the
+    /// deadline then, so the leader gives up when the caller does.
+    pub(crate) async fn call(&self, addr: &str, op: Op, deadline: Instant) -> Forwarded {
         let (tx, rx) = oneshot::channel();
+        let size = match &op {
+            Op::Propose(data) | Op::Read(data, _) => data.len(),
+            Op::Membership(_) | Op::Transfer(_) => 0,
+        };
         let mut pending = Pending {
-            request,
+            op,
             size,
-            timeout,
+            deadline,
             reply: tx,
         };
         let depth = &self.counters.metrics.forward_queue;
@@ -98,7 +98,7 @@ impl Forwarder {
             match queue.try_send(pending) {
                 Ok(()) => {
                     depth.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    return match tokio::time::timeout(timeout, rx).await {
+                    return match tokio::time::timeout_at(deadline.into(), rx).await {
                         Ok(Ok(Ok(response))) => Forwarded::Answer(response),
                         Ok(Ok(Err(e))) => Forwarded::Failed(e),
                         Ok(Err(_)) | Err(_) => Forwarded::TimedOut,
@@ -198,22 +198,25 @@ async fn send(
     mut batch: Vec<Pending>,
     _permit: OwnedSemaphorePermit,
 ) {
-    let timeout = batch
-        .iter()
-        .map(|p| p.timeout)
-        .max()
-        .unwrap_or(Duration::ZERO);
+    let now = Instant::now();
+    // A caller whose deadline passed in the queue has stopped waiting.
+    batch.retain(|p| p.deadline > now);
+    let Some(last) = batch.iter().map(|p| p.deadline).max() else {
+        return;
+    };
+    let timeout = last - now;
     if batch.len() == 1 {
         if let Some(p) = batch.pop() {
             // The transport gives up after `timeout`; the caller waits no longer either.
-            let _ = p
-                .reply
-                .send(transport.call(&addr, p.request, timeout).await);
+            let request = p.op.to_request(p.deadline);
+            let _ = p.reply.send(transport.call(&addr, request, timeout).await);
         }
         return;
     }
-    let (requests, replies): (Vec<Request>, Vec<oneshot::Sender<Answer>>) =
-        batch.into_iter().map(|p| (p.request, p.reply)).unzip();
+    let (requests, replies): (Vec<Request>, Vec<oneshot::Sender<Answer>>) = batch
+        .into_iter()
+        .map(|p| (p.op.to_request(p.deadline), p.reply))
+        .unzip();
     let count = requests.len();
     let answer = transport
         .call(
@@ -260,12 +263,13 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
 
     use async_trait::async_trait;
 
     use super::*;
     use crate::transport::{InboundHandler, ServerGuard};
-    use crate::wire::{BatchResponse, ProposeRequest, RaftBatch};
+    use crate::wire::{BatchResponse, RaftBatch};
 
     /// Answers each proposal with its own data after a delay; counts the calls it got and
     /// the requests inside them.
@@ -274,6 +278,8 @@ mod tests {
         calls: AtomicUsize,
         requests: AtomicUsize,
         answer_short: bool,
+        /// The time left on the last proposal received, as its request said.
+        last_timeout_ms: AtomicUsize,
     }
 
     fn echo(request: Request) -> Response {
@@ -304,6 +310,10 @@ mod tests {
             _: Duration,
         ) -> Result<Response, TransportError> {
             self.calls.fetch_add(1, Ordering::SeqCst);
+            if let Some(request::Kind::Propose(p)) = &request.kind {
+                self.last_timeout_ms
+                    .store(p.timeout_ms as usize, Ordering::SeqCst);
+            }
             tokio::time::sleep(Duration::from_millis(5)).await;
             Ok(match request.kind {
                 Some(request::Kind::Batch(b)) => {
@@ -327,14 +337,8 @@ mod tests {
         }
     }
 
-    fn propose(i: u32) -> Request {
-        Request {
-            cluster_id: 0,
-            kind: Some(request::Kind::Propose(ProposeRequest {
-                data: i.to_be_bytes().to_vec(),
-                timeout_ms: 1000,
-            })),
-        }
+    fn propose(i: u32) -> Op {
+        Op::Propose(i.to_be_bytes().to_vec())
     }
 
     /// The old shape of an outcome: an answer, a transport error, or nothing.
@@ -357,7 +361,11 @@ mod tests {
             tokio::spawn(async move {
                 answer(
                     forwarder
-                        .call("leader", propose(i), 4, Duration::from_secs(5))
+                        .call(
+                            "leader",
+                            propose(i),
+                            Instant::now() + Duration::from_secs(5),
+                        )
                         .await,
                 )
             })
@@ -393,7 +401,11 @@ mod tests {
         for i in 0..3 {
             let answer = answer(
                 forwarder
-                    .call("leader", propose(i), 4, Duration::from_secs(5))
+                    .call(
+                        "leader",
+                        propose(i),
+                        Instant::now() + Duration::from_secs(5),
+                    )
                     .await,
             )
             .unwrap()
@@ -404,6 +416,34 @@ mod tests {
             );
         }
         assert_eq!(transport.calls.load(Ordering::SeqCst), 3);
+    }
+
+    /// The caller's deadline is the one the request carries: what is left of it when the
+    /// request leaves, and a request whose caller gave up in the queue does not leave.
+    #[tokio::test]
+    async fn a_request_carries_what_is_left_of_its_deadline() {
+        let transport = Arc::new(Echo::default());
+        let forwarder = Forwarder::new(transport.clone(), 4096, Arc::new(Counters::default()));
+        let deadline = Instant::now() + Duration::from_millis(2000);
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        assert!(answer(forwarder.call("leader", propose(1), deadline).await).is_some());
+        let carried = transport.last_timeout_ms.load(Ordering::SeqCst);
+        // Loose below: a loaded machine may take long between the call and its sending.
+        assert!(
+            (100..=1300).contains(&carried),
+            "the request carried {carried} ms; its caller had at most 1300 left"
+        );
+        let passed = Instant::now() - Duration::from_millis(1);
+        assert!(matches!(
+            forwarder.call("leader", propose(2), passed).await,
+            Forwarded::TimedOut
+        ));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(
+            transport.calls.load(Ordering::SeqCst),
+            1,
+            "a request past its deadline was sent"
+        );
     }
 
     #[tokio::test]
@@ -440,7 +480,11 @@ mod tests {
                 let forwarder = forwarder.clone();
                 tokio::spawn(async move {
                     forwarder
-                        .call("leader", propose(i), 4, Duration::from_secs(5))
+                        .call(
+                            "leader",
+                            propose(i),
+                            Instant::now() + Duration::from_secs(5),
+                        )
                         .await
                 })
             })

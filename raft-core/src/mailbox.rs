@@ -132,10 +132,12 @@ impl Mailbox {
     pub async fn backup(&self) -> Result<crate::Backup> {
         let (backup, taken) = tokio::sync::oneshot::channel();
         self.node
-            .submit(self.timeout, |deadline, reply| DriverMsg::Backup {
-                deadline,
-                reply,
-                backup,
+            .submit(Instant::now() + self.timeout, |deadline, reply| {
+                DriverMsg::Backup {
+                    deadline,
+                    reply,
+                    backup,
+                }
             })
             .await?;
         // The apply task sends the backup before it answers the read.
@@ -249,7 +251,7 @@ impl Mailbox {
     pub async fn transfer_leader(&self, target: u64) -> Result<()> {
         let deadline = Instant::now() + self.timeout;
         loop {
-            self.route(Op::Transfer(target), None).await?;
+            self.route_by(Op::Transfer(target), None, deadline).await?;
             let wait_until =
                 (Instant::now() + self.node.config.min_election_timeout()).min(deadline);
             while Instant::now() < wait_until {
@@ -272,7 +274,17 @@ impl Mailbox {
     /// Runs `op` on the leader, wherever it is. `hint` is a node to ask first instead of
     /// this one (a joining node knows no leader yet).
     pub(crate) async fn route(&self, op: Op, hint: Option<(u64, String)>) -> Result<Vec<u8>> {
-        let deadline = Instant::now() + self.timeout;
+        self.route_by(op, hint, Instant::now() + self.timeout).await
+    }
+
+    /// [`Mailbox::route`] with the caller's deadline: the one every attempt, every forwarded
+    /// request and every waiter on the way answers by.
+    async fn route_by(
+        &self,
+        op: Op,
+        hint: Option<(u64, String)>,
+        deadline: Instant,
+    ) -> Result<Vec<u8>> {
         // What only the leader serves goes straight to the leader this node knows of: asking
         // the local driver first would cost a round trip only to learn who leads.
         let mut target = hint.clone().or_else(|| {
@@ -296,10 +308,9 @@ impl Mailbox {
                     Error::no_leader(self.timeout)
                 });
             }
-            let remaining = deadline - now;
             let result = match &target {
-                None => self.run_local(&op, remaining).await,
-                Some((_, addr)) => self.run_remote(addr, &op, remaining).await,
+                None => self.node.run(op.clone(), deadline).await,
+                Some((_, addr)) => self.run_remote(addr, &op, deadline).await,
             };
             let error = match result {
                 Ok(v) => return Ok(v),
@@ -347,20 +358,13 @@ impl Mailbox {
         }
     }
 
-    async fn run_local(&self, op: &Op, timeout: Duration) -> Result<Vec<u8>> {
-        self.node.run(op.clone(), timeout).await
-    }
-
-    async fn run_remote(&self, addr: &str, op: &Op, timeout: Duration) -> Result<Vec<u8>> {
-        if let Op::Propose(data) | Op::Read(data, _) = op {
-            let forwarded = self
-                .node
-                .forwarder
-                .call(addr, op.to_request(timeout), data.len(), timeout)
-                .await;
+    /// Runs `op` on the node at `addr`, by `deadline`.
+    async fn run_remote(&self, addr: &str, op: &Op, deadline: Instant) -> Result<Vec<u8>> {
+        if let Op::Propose(_) | Op::Read(..) = op {
+            let forwarded = self.node.forwarder.call(addr, op.clone(), deadline).await;
             return match forwarded {
                 // Timed out, or the call was lost after it may have been sent.
-                Forwarded::TimedOut => Err(Error::timeout(timeout)),
+                Forwarded::TimedOut => Err(Error::timeout(self.timeout)),
                 Forwarded::Failed(e) => Err(Error::from(e)),
                 Forwarded::Answer(response) => answer_from_wire(response),
                 Forwarded::Busy => {
@@ -369,10 +373,11 @@ impl Mailbox {
                 }
             };
         }
+        let timeout = deadline.saturating_duration_since(Instant::now());
         let call = self
             .node
             .transport
-            .call(addr, op.to_request(timeout), timeout);
+            .call(addr, op.to_request(deadline), timeout);
         // The transport gives up after `timeout`: a call it could not finish may have been
         // delivered, which `Error::from` keeps (`MaybeApplied`).
         match call.await {

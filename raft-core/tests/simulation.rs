@@ -34,7 +34,7 @@ fn summary(reports: &[Report]) -> String {
     let sum = |f: fn(&Report) -> u64| reports.iter().map(f).sum::<u64>();
     format!(
         "{} seeds: {} operations, {} acknowledged, {} unknown; {} crashes, {} lost disks, \
-         {} failed fsyncs, {} partitions",
+         {} failed fsyncs, {} partitions, {} snapshots sent",
         reports.len(),
         sum(|r| r.operations as u64),
         sum(|r| r.acknowledged as u64),
@@ -43,6 +43,7 @@ fn summary(reports: &[Report]) -> String {
         sum(|r| r.disk_losses),
         sum(|r| r.fsync_failures),
         sum(|r| r.partitions),
+        sum(|r| r.snapshots_delivered),
     )
 }
 
@@ -59,6 +60,10 @@ fn faulty_three_node_clusters_keep_every_property_first_half() {
     assert!(
         reports.iter().any(|r| r.disk_losses > 0),
         "some run lost a disk and re-admitted the node"
+    );
+    assert!(
+        reports.iter().filter(|r| r.snapshots_delivered > 0).count() as u64 > SEEDS / 4,
+        "lagging nodes caught up from snapshots in many runs"
     );
     assert!(
         reports.iter().all(|r| r.acknowledged > 100),

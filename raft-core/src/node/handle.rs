@@ -31,30 +31,36 @@ pub(crate) struct NodeHandle {
     pub(crate) counters: Arc<Counters>,
 }
 
-/// Waits for a waiter's answer, turning raft-core's internal deadline errors into the caller's.
+/// How long past its deadline a waiter may stay unanswered before its caller stops waiting.
+/// The driver and the apply task own the waiters and answer each by its deadline (the
+/// simulator checks it); this only bounds the harm of a bug.
+const ANSWER_GRACE: Duration = Duration::from_millis(500);
+
+/// Waits for a waiter's answer. `allotted`: how long the caller gave, for the timeout error.
 async fn wait_answer(
     rx: tokio::sync::oneshot::Receiver<Result<Vec<u8>>>,
-    timeout: Duration,
+    deadline: Instant,
+    allotted: Duration,
 ) -> Result<Vec<u8>> {
-    // The driver and apply task enforce the deadline; the grace only guards against bugs.
-    match tokio::time::timeout(timeout + Duration::from_millis(500), rx).await {
-        Err(_) => Err(Error::timeout(timeout)),
+    match tokio::time::timeout_at((deadline + ANSWER_GRACE).into(), rx).await {
+        Err(_) => Err(Error::timeout(allotted)),
         Ok(Err(_)) => Err(Error::node_stopped()),
-        Ok(Ok(Err(Error::MaybeApplied(MaybeApplied::Timeout(_))))) => Err(Error::timeout(timeout)),
+        Ok(Ok(Err(Error::MaybeApplied(MaybeApplied::Timeout(_))))) => Err(Error::timeout(allotted)),
         Ok(Ok(answer)) => answer,
     }
 }
 
 impl NodeHandle {
+    /// Hands the driver a message with a waiter that is answered by `deadline`, and waits.
     pub(crate) async fn submit(
         &self,
-        timeout: Duration,
+        deadline: Instant,
         make: impl FnOnce(Instant, crate::node::messages::Responder) -> DriverMsg,
     ) -> Result<Vec<u8>> {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        let deadline = Instant::now() + timeout;
+        let allotted = deadline.saturating_duration_since(Instant::now());
         self.offer(make(deadline, reply))?;
-        wait_answer(rx, timeout).await
+        wait_answer(rx, deadline, allotted).await
     }
 
     /// Puts `msg` in the driver's inbox, or refuses at once. Clients never wait for room: a
@@ -70,9 +76,9 @@ impl NodeHandle {
         }
     }
 
-    /// Runs `op` on this node: answered by the driver, or the apply task, within `timeout`.
-    pub(crate) async fn run(&self, op: Op, timeout: Duration) -> Result<Vec<u8>> {
-        self.submit(timeout, |deadline, reply| DriverMsg::Op {
+    /// Runs `op` on this node: answered by the driver, or the apply task, by `deadline`.
+    pub(crate) async fn run(&self, op: Op, deadline: Instant) -> Result<Vec<u8>> {
+        self.submit(deadline, |deadline, reply| DriverMsg::Op {
             op,
             deadline,
             reply,
@@ -82,19 +88,24 @@ impl NodeHandle {
 
     /// Runs a forwarded batch of operations, handed to the driver as one message; the
     /// answers come back in order. A full inbox refuses the whole batch.
-    pub(crate) async fn run_many(&self, ops: Vec<(Op, Duration)>) -> Vec<Result<Vec<u8>>> {
+    pub(crate) async fn run_many(&self, ops: Vec<(Op, Instant)>) -> Vec<Result<Vec<u8>>> {
         let now = Instant::now();
         let mut items = Vec::with_capacity(ops.len());
         let mut waits = Vec::with_capacity(ops.len());
-        for (op, timeout) in ops {
+        for (op, deadline) in ops {
             let (reply, rx) = tokio::sync::oneshot::channel();
-            items.push((op, now + timeout, reply));
-            waits.push((rx, timeout));
+            items.push((op, deadline, reply));
+            waits.push((rx, deadline));
         }
         if let Err(e) = self.offer(DriverMsg::Ops(items)) {
             return waits.iter().map(|_| Err(e.clone())).collect();
         }
-        futures::future::join_all(waits.into_iter().map(|(rx, t)| wait_answer(rx, t))).await
+        futures::future::join_all(
+            waits
+                .into_iter()
+                .map(|(rx, deadline)| wait_answer(rx, deadline, deadline - now.min(deadline))),
+        )
+        .await
     }
 
     pub(crate) async fn status(&self) -> Result<Status> {

@@ -1,6 +1,6 @@
 //! The one operation type, from the mailbox to the driver and over the wire, and its codec.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::error_codec::error_from_wire;
 use super::messages::MembershipChange;
@@ -22,8 +22,6 @@ pub(crate) enum Op {
 }
 
 impl Op {
-    /// Reads and leader transfers can be retried after any failure; writes only after a
-    /// failure that proves they did not take effect.
     /// True when only the leader can serve it. A follower serves linearizable reads itself
     /// (ReadIndex through the leader, then its own state machine) and stale reads locally.
     pub(crate) fn needs_leader(&self) -> bool {
@@ -33,14 +31,17 @@ impl Op {
         }
     }
 
+    /// Reads and leader transfers can be retried after any failure; writes only after a
+    /// failure that proves they did not take effect.
     pub(crate) fn idempotent(&self) -> bool {
         matches!(self, Op::Read(..) | Op::Transfer(_))
     }
 
-    /// The request that carries this operation to another node, with how long its sender
-    /// still waits.
-    pub(crate) fn to_request(&self, timeout: Duration) -> Request {
-        let timeout_ms = timeout.as_millis().max(1) as u64;
+    /// The request that carries this operation to another node, with what is left of its
+    /// deadline when it leaves (clocks differ between nodes: the wire carries a duration).
+    pub(crate) fn to_request(&self, deadline: Instant) -> Request {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let timeout_ms = left.as_millis().max(1) as u64;
         let kind = match self.clone() {
             Op::Propose(data) => request::Kind::Propose(ProposeRequest { data, timeout_ms }),
             Op::Read(query, consistency) => request::Kind::Query(QueryRequest {
@@ -79,15 +80,16 @@ pub(crate) fn answer_from_wire(response: Response) -> Result<Vec<u8>> {
 }
 
 impl Op {
-    /// The operation a request from another node carries, and how long to work on it: what
-    /// its sender still waits, `default` when it says nothing, at most four times `default`.
-    /// `None` when the request is not an operation.
+    /// The operation a request from another node carries, and its deadline here: `now` plus
+    /// what its sender still waits, `default` when it says nothing, at most four times
+    /// `default`. `None` when the request is not an operation.
     pub(crate) fn from_request(
         kind: &request::Kind,
         default: Duration,
-    ) -> Option<Result<(Op, Duration)>> {
+        now: Instant,
+    ) -> Option<Result<(Op, Instant)>> {
         let timeout = |ms: u64| {
-            if ms == 0 {
+            now + if ms == 0 {
                 default
             } else {
                 Duration::from_millis(ms).min(default * 4)

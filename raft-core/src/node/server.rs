@@ -1,7 +1,7 @@
 //! The server side of a node: turns inbound raft batches and calls into driver messages.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::Instant;
 
 use async_trait::async_trait;
 
@@ -191,19 +191,20 @@ impl NodeServer {
             ))));
         }
         let default = self.node.config.request_timeout;
+        let now = Instant::now();
         // Decoded in order; what is not a proposal or a query is answered at once.
         let mut responses: Vec<Option<Response>> = Vec::with_capacity(batch.requests.len());
         let mut ops = Vec::with_capacity(batch.requests.len());
         for r in batch.requests {
             let op = match &r.kind {
                 Some(kind @ (request::Kind::Propose(_) | request::Kind::Query(_))) => {
-                    Op::from_request(kind, default)
+                    Op::from_request(kind, default, now)
                 }
                 _ => None,
             };
             match op {
-                Some(Ok(op_and_timeout)) => {
-                    ops.push(op_and_timeout);
+                Some(Ok(op_and_deadline)) => {
+                    ops.push(op_and_deadline);
                     responses.push(None);
                 }
                 Some(Err(e)) => {
@@ -233,10 +234,13 @@ impl NodeServer {
 
     async fn call_one(&self, kind: Option<request::Kind>) -> Response {
         let default = self.node.config.request_timeout;
-        let op = kind.as_ref().and_then(|k| Op::from_request(k, default));
+        let now = Instant::now();
+        let op = kind
+            .as_ref()
+            .and_then(|k| Op::from_request(k, default, now));
         let result: Result<response::Kind, Error> = match (op, kind) {
             (Some(Err(e)), _) => Err(e),
-            (Some(Ok((op, timeout))), _) => self.run(op, timeout).await,
+            (Some(Ok((op, deadline))), _) => self.run(op, deadline).await,
             (None, None) => Err(Error::Invalid("empty request".into())),
             (None, Some(request::Kind::Batch(_))) => {
                 Err(Error::Invalid("a batch inside a batch".into()))
@@ -292,20 +296,20 @@ impl NodeServer {
 
     /// Runs another node's operation here and answers it in the response kind its request
     /// expects.
-    async fn run(&self, op: Op, timeout: Duration) -> Result<response::Kind, Error> {
+    async fn run(&self, op: Op, deadline: Instant) -> Result<response::Kind, Error> {
         match op {
             Op::Propose(_) | Op::Read(..) => {
                 let carry = answer_carrier(&op);
-                self.node.run(op, timeout).await.map(carry)
+                self.node.run(op, deadline).await.map(carry)
             }
             Op::Membership(_) => {
-                self.node.run(op, timeout).await?;
+                self.node.run(op, deadline).await?;
                 // The membership the change produced, as this node sees it.
                 let status = self.node.status().await?;
                 Ok(response::Kind::Membership((&status).into()))
             }
             Op::Transfer(_) => {
-                self.node.run(op, timeout).await?;
+                self.node.run(op, deadline).await?;
                 Ok(response::Kind::TransferLeader(true))
             }
         }

@@ -99,6 +99,8 @@ pub struct Report {
     pub fsync_failures: u64,
     /// Partitions made.
     pub partitions: u64,
+    /// Snapshots a leader sent to a lagging node, and it received.
+    pub snapshots_delivered: u64,
     /// Hash of every event and message in order: equal traces, equal interleavings.
     pub trace: u64,
 }
@@ -111,7 +113,7 @@ pub struct SimFailure {
     /// Which property broke, and how.
     pub what: String,
     /// What the run did up to the failure.
-    pub report: Report,
+    pub report: Box<Report>,
 }
 
 impl fmt::Display for SimFailure {

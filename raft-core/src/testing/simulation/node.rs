@@ -9,6 +9,7 @@ use futures::FutureExt;
 use raft::prelude::Snapshot;
 use tokio::sync::{mpsc, watch};
 
+use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::log_storage::LogStorage;
 use crate::mem_log_storage::MemLogStorage;
@@ -51,6 +52,16 @@ pub(super) struct SimNode {
     pub(super) running: Option<Running>,
 }
 
+/// The configuration of every simulated node: the tests' fast ticks, with snapshots and
+/// compaction often enough that crashed nodes catch up from snapshots.
+pub(super) fn sim_config() -> Config {
+    Config {
+        snapshot_threshold: 300,
+        snapshot_log_tail: 50,
+        ..test_config()
+    }
+}
+
 /// Most snapshots or failures the apply task may report before the simulator reads them.
 const APPLIER_REPORTS: usize = 64;
 
@@ -78,7 +89,7 @@ impl SimNode {
         let opening = open(
             OpenParts {
                 id: self.id,
-                config: test_config(),
+                config: sim_config(),
                 storage: self.disk.clone() as Arc<dyn LogStorage>,
                 store: Box::new(KvStore::new()),
                 counters: counters.clone(),

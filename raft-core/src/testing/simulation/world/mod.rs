@@ -1,5 +1,12 @@
-//! The simulated world: one event queue on simulated time, the nodes, the network between
-//! them, the clients, and the checks.
+//! The simulated world: one event queue on simulated time, and the nodes it drives, with
+//! their disks. The network (network.rs), the clients (clients.rs) and the checks
+//! (checks.rs) are the world's other parts.
+
+mod checks;
+mod clients;
+mod network;
+
+use clients::{Client, JoinRequest};
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,7 +21,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::sync::oneshot;
 
-use super::node::{NodeInput, SimNode};
+use super::node::{sim_config, NodeInput, SimNode};
 use super::{Report, SimConfig, SimFailure};
 use crate::error::{Error, StorageError};
 use crate::log_storage::LogStorage;
@@ -26,7 +33,6 @@ use crate::node::op::Op;
 use crate::node::open::first_snapshot;
 use crate::records::Member;
 use crate::status::ReadConsistency;
-use crate::testing::cluster::test_config;
 use crate::testing::kv::{decode_answer, encode_op, KvStore};
 use crate::testing::linearizability::{check, History, KvOp, OpId, Verdict};
 use crate::wire::MembershipAction;
@@ -100,28 +106,6 @@ enum Phase {
     /// Clients read every key until each read succeeds once.
     FinalReads,
     Done,
-}
-
-struct Pending {
-    id: OpId,
-    op: KvOp,
-    reply: oneshot::Receiver<crate::error::Result<Vec<u8>>>,
-    deadline: Time,
-}
-
-struct Client {
-    pending: Option<Pending>,
-    /// The leader the last answer named.
-    hint: Option<u64>,
-    written: u64,
-    /// Keys not yet read successfully in the final phase.
-    to_read: Vec<String>,
-}
-
-/// A re-admission in progress: an empty node asks the leader to take it back.
-struct JoinRequest {
-    node: u64,
-    reply: Option<oneshot::Receiver<crate::error::Result<Vec<u8>>>>,
 }
 
 pub(super) struct World {
@@ -207,37 +191,6 @@ impl World {
         Duration::from_micros(self.rng.gen_range(low_ms * 1000..=high_ms * 1000))
     }
 
-    fn fail(&mut self, what: String) {
-        if self.failure.is_some() {
-            return;
-        }
-        let mut nodes = String::new();
-        for node in &self.nodes {
-            match node.running.as_ref() {
-                Some(r) => {
-                    let s = r.core.status();
-                    nodes.push_str(&format!(
-                        "\n  node {}: {:?} term {} leader {:?} commit {} applied {} log {}..={} \
-                         snapshot {} voters {:?} learners {:?}",
-                        node.id,
-                        s.role,
-                        s.term,
-                        s.leader_id,
-                        s.commit_index,
-                        r.applied(),
-                        s.first_log_index,
-                        s.last_log_index,
-                        s.snapshot_index,
-                        s.voters,
-                        s.learners
-                    ));
-                }
-                None => nodes.push_str(&format!("\n  node {}: down", node.id)),
-            }
-        }
-        self.failure = Some(format!("at {:?}: {what}{nodes}", self.now));
-    }
-
     fn node(&mut self, id: u64) -> &mut SimNode {
         &mut self.nodes[(id - 1) as usize]
     }
@@ -284,7 +237,7 @@ impl World {
             Some(what) => Err(SimFailure {
                 seed: self.seed,
                 what,
-                report: self.report,
+                report: Box::new(self.report),
             }),
         }
     }
@@ -326,7 +279,7 @@ impl World {
     fn start(&mut self, id: u64, join: Option<(u64, String)>) {
         let now = self.instant();
         let nonce = self.rng.gen();
-        let election = test_config().election_tick;
+        let election = sim_config().election_tick;
         let timeout = election + self.rng.gen_range(0..election);
         if let Err(e) = self.node(id).start(now, nonce, timeout, join) {
             self.fail(format!("node {id} did not start: {e}"));
@@ -344,7 +297,7 @@ impl World {
                 if self.life(node) != life || !self.running(node) {
                     return;
                 }
-                let tick = test_config().tick_interval;
+                let tick = sim_config().tick_interval;
                 self.at(tick, Event::Tick { node, life });
                 self.push_input(node, NodeInput::Tick);
             }
@@ -538,20 +491,6 @@ impl World {
         }
     }
 
-    fn record_applied(&mut self, node: u64, index: u64, term: u64, data: u64) {
-        match self.applied_entries.get(&index) {
-            Some(&seen) if seen != (term, data) => self.fail(format!(
-                "node {node} applied (term {term}, data {data:x}) at index {index}, \
-                 another node applied (term {}, data {:x})",
-                seen.0, seen.1
-            )),
-            Some(_) => {}
-            None => {
-                self.applied_entries.insert(index, (term, data));
-            }
-        }
-    }
-
     fn disk_latency(&mut self) -> Duration {
         if self.rng.gen_bool(0.01) {
             self.between(5, 20)
@@ -619,388 +558,5 @@ impl World {
             .map(|()| index)
             .map_err(Error::from);
         self.push_input(id, NodeInput::Msg(DriverMsg::SnapshotSaved(result)));
-    }
-
-    fn reachable(&self, from: u64, to: u64) -> bool {
-        !self.cut.contains(&(from, to))
-    }
-
-    /// Puts a message on the simulated network: delayed, maybe lost or duplicated.
-    fn send(&mut self, from: u64, msg: Message) {
-        let to = msg.to;
-        (from, to, msg.msg_type() as i32, msg.term, msg.index).hash(&mut self.trace);
-        let snapshot = msg.msg_type() == MessageType::MsgSnapshot;
-        let lossy = self.config.faults && self.phase == Phase::Faults;
-        let lost = !self.reachable(from, to)
-            || to == 0
-            || to > self.config.nodes
-            || (lossy && self.rng.gen_bool(0.02));
-        if lost {
-            if snapshot {
-                self.push_input(
-                    from,
-                    NodeInput::Msg(DriverMsg::SnapshotStatus(to, SnapshotStatus::Failure)),
-                );
-            }
-            return;
-        }
-        let copies = if lossy && !snapshot && self.rng.gen_bool(0.01) {
-            2
-        } else {
-            1
-        };
-        for _ in 0..copies {
-            let delay = if lossy && self.rng.gen_bool(0.03) {
-                self.between(10, 60)
-            } else {
-                self.between(0, 2)
-            };
-            self.at(
-                delay,
-                Event::Deliver {
-                    from,
-                    to,
-                    msg: Box::new(msg.clone()),
-                },
-            );
-        }
-    }
-
-    fn deliver(&mut self, from: u64, to: u64, msg: Message) {
-        let snapshot = msg.msg_type() == MessageType::MsgSnapshot;
-        if !self.running(to) || !self.reachable(from, to) {
-            if snapshot {
-                self.push_input(
-                    from,
-                    NodeInput::Msg(DriverMsg::SnapshotStatus(to, SnapshotStatus::Failure)),
-                );
-            }
-            return;
-        }
-        let route = if snapshot {
-            Route::Chunks
-        } else {
-            Route::Batch
-        };
-        if let Err(refusal) = check_wire(&msg, to, route) {
-            self.fail(format!(
-                "node {to} refused an honest {:?} from node {from} ({} to {}): {refusal} (term {}, \
-                 index {}, log term {}, entries (index, term) {:?})",
-                msg.msg_type(),
-                msg.from,
-                msg.to,
-                msg.term,
-                msg.index,
-                msg.log_term,
-                msg.entries
-                    .iter()
-                    .map(|e| (e.index, e.term))
-                    .collect::<Vec<_>>()
-            ));
-            return;
-        }
-        self.push_input(
-            to,
-            NodeInput::Msg(DriverMsg::Raft(Box::new(msg), Some(addr(from)))),
-        );
-        if snapshot {
-            self.push_input(
-                from,
-                NodeInput::Msg(DriverMsg::SnapshotStatus(to, SnapshotStatus::Finish)),
-            );
-        }
-    }
-
-    fn fault(&mut self) {
-        if self.phase != Phase::Faults {
-            return;
-        }
-        let n = self.config.nodes;
-        let roll = self.rng.gen_range(0..100);
-        if roll < 35 {
-            let id = self.rng.gen_range(1..=n);
-            if self.running(id) {
-                let keep = self.rng.gen_bool(0.5);
-                self.report.crashes += 1;
-                let forget = self.config.amnesiac_disks;
-                self.node(id).crash(keep, forget);
-                let after = self.between(100, 1500);
-                self.at(after, Event::Restart { node: id });
-            }
-        } else if roll < 65 {
-            self.cut.clear();
-            let side: Vec<u64> = (1..=n).filter(|_| self.rng.gen_bool(0.5)).collect();
-            for a in 1..=n {
-                for b in 1..=n {
-                    if side.contains(&a) != side.contains(&b) {
-                        self.cut.insert((a, b));
-                    }
-                }
-            }
-            self.report.partitions += 1;
-            let after = self.between(200, 2000);
-            self.at(after, Event::Heal);
-        } else if roll < 75 && self.report.disk_losses == 0 && (1..=n).all(|id| self.running(id)) {
-            // A disk is lost once per run, while every other node runs: re-admission needs a
-            // quorum of the other voters.
-            let id = self.rng.gen_range(1..=n);
-            self.report.disk_losses += 1;
-            self.node(id).crash(false, false);
-            self.node(id).disk = Arc::new(MemLogStorage::new());
-            let after = self.between(200, 1000);
-            self.at(after, Event::Restart { node: id });
-        }
-        let after = self.between(200, 800);
-        self.at(after, Event::Fault);
-    }
-
-    /// An empty node asks the leader to re-admit it, until the leader accepts.
-    fn join_step(&mut self, id: u64) {
-        let Some(at) = self.joins.iter().position(|j| j.node == id) else {
-            return;
-        };
-        if !self.running(id) {
-            self.joins.remove(at);
-            return;
-        }
-        let Some(leader) = self.leader().filter(|&l| l != id) else {
-            self.at(100 * MS, Event::Join(id));
-            return;
-        };
-        let (reply, rx) = oneshot::channel();
-        let op = Op::Membership(MembershipChange {
-            action: MembershipAction::Join,
-            node_id: id,
-            addr: addr(id),
-            empty_storage: true,
-        });
-        let deadline = self.instant() + test_config().request_timeout;
-        self.joins[at].reply = Some(rx);
-        self.push_input(
-            leader,
-            NodeInput::Msg(DriverMsg::Op {
-                op,
-                deadline,
-                reply,
-            }),
-        );
-    }
-
-    fn poll_joins(&mut self) {
-        let mut retry = Vec::new();
-        let mut done = Vec::new();
-        for (i, join) in self.joins.iter_mut().enumerate() {
-            let Some(rx) = join.reply.as_mut() else {
-                continue;
-            };
-            match rx.try_recv() {
-                Err(oneshot::error::TryRecvError::Empty) => {}
-                Ok(Ok(_)) => done.push(i),
-                Ok(Err(_)) | Err(oneshot::error::TryRecvError::Closed) => {
-                    join.reply = None;
-                    retry.push(join.node);
-                }
-            }
-        }
-        for i in done.into_iter().rev() {
-            let node = self.joins.remove(i).node;
-            if let Some(r) = self.node(node).running.as_ref() {
-                r.counters
-                    .join_pending
-                    .store(false, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
-        for node in retry {
-            self.at(200 * MS, Event::Join(node));
-        }
-    }
-
-    fn client_step(&mut self, c: usize) {
-        if self.clients[c].pending.is_some() || self.phase == Phase::Done {
-            return;
-        }
-        let op = if self.phase == Phase::FinalReads {
-            match self.clients[c].to_read.first() {
-                Some(key) => KvOp::Get { key: key.clone() },
-                None => return,
-            }
-        } else {
-            self.random_op(c)
-        };
-        let running: Vec<u64> = (1..=self.config.nodes)
-            .filter(|&id| self.running(id))
-            .collect();
-        if running.is_empty() {
-            let after = self.between(10, 50);
-            self.at(after, Event::ClientStep(c));
-            return;
-        }
-        let target = match self.clients[c].hint.filter(|h| running.contains(h)) {
-            Some(leader) => leader,
-            None => running[self.rng.gen_range(0..running.len())],
-        };
-        let (reply, rx) = oneshot::channel();
-        let bytes = encode_op(&op);
-        let op_for_node = match &op {
-            KvOp::Get { .. } => {
-                let consistency = if self.rng.gen_bool(0.3) {
-                    ReadConsistency::Lease
-                } else {
-                    ReadConsistency::Linearizable
-                };
-                Op::Read(bytes, consistency)
-            }
-            _ => Op::Propose(bytes),
-        };
-        let timeout = test_config().request_timeout;
-        let id = self.history.invoke(c as u64, op.clone());
-        self.clients[c].pending = Some(Pending {
-            id,
-            op,
-            reply: rx,
-            deadline: self.now + timeout,
-        });
-        let deadline = self.instant() + timeout;
-        self.push_input(
-            target,
-            NodeInput::Msg(DriverMsg::Op {
-                op: op_for_node,
-                deadline,
-                reply,
-            }),
-        );
-    }
-
-    fn random_op(&mut self, c: usize) -> KvOp {
-        let key = format!("k{}", self.rng.gen_range(0..self.config.keys));
-        let roll = self.rng.gen_range(0..100);
-        let client = &mut self.clients[c];
-        client.written += 1;
-        let value = format!("c{c}.{}", client.written);
-        match roll {
-            0..=29 => KvOp::Put { key, value },
-            30..=69 => KvOp::Get { key },
-            70..=89 => {
-                let expect = (self.rng.gen_bool(0.7)).then(|| {
-                    let earlier = self.rng.gen_range(1..=client.written);
-                    format!("c{c}.{earlier}")
-                });
-                KvOp::Cas { key, expect, value }
-            }
-            _ => KvOp::Delete { key },
-        }
-    }
-
-    /// Collects the answers that arrived; an operation past its deadline and the sweeps
-    /// that follow it, with no answer, is a waiter left pending.
-    fn poll_clients(&mut self) {
-        self.poll_joins();
-        for c in 0..self.clients.len() {
-            let Some(pending) = self.clients[c].pending.as_mut() else {
-                continue;
-            };
-            let result = match pending.reply.try_recv() {
-                Err(oneshot::error::TryRecvError::Empty) => {
-                    if self.now > pending.deadline + Duration::from_secs(1) {
-                        let what = format!(
-                            "client {c}'s {} is unanswered 1 s past its deadline",
-                            pending.op
-                        );
-                        self.fail(what);
-                    }
-                    continue;
-                }
-                Ok(result) => result,
-                Err(oneshot::error::TryRecvError::Closed) => Err(Error::node_stopped()),
-            };
-            let Some(pending) = self.clients[c].pending.take() else {
-                continue;
-            };
-            let hint = match &result {
-                Err(Error::NotLeader { leader_id, .. }) => *leader_id,
-                Err(_) => None,
-                Ok(_) => self.clients[c].hint,
-            };
-            let (output, outcome) = decode_answer(&pending.op, result);
-            (c, format!("{outcome}")).hash(&mut self.trace);
-            self.history.complete(pending.id, outcome);
-            let client = &mut self.clients[c];
-            client.hint = hint;
-            if output.is_ok() && self.phase == Phase::FinalReads {
-                client.to_read.retain(|k| k != pending.op.key());
-                if self.clients.iter().all(|c| c.to_read.is_empty()) {
-                    self.phase = Phase::Done;
-                    return;
-                }
-            }
-            let after = if output.is_err() {
-                self.between(5, 50)
-            } else {
-                self.between(0, 10)
-            };
-            self.at(after, Event::ClientStep(c));
-        }
-    }
-
-    /// After the run: every node holds the same state, and the history is linearizable.
-    fn final_checks(&mut self) {
-        // Let every node catch up with the last commits: heartbeats carry the commit index.
-        let quiet = self.now + Duration::from_secs(2);
-        self.queue
-            .retain(|_, e| !matches!(e, Event::ClientStep(_) | Event::Check));
-        while let Some(((time, _), event)) = self.queue.pop_first() {
-            if time > quiet || self.failure.is_some() {
-                break;
-            }
-            self.now = time;
-            self.handle(event);
-            self.poll_joins();
-        }
-        if self.failure.is_some() {
-            return;
-        }
-        let mut states = Vec::new();
-        for node in &self.nodes {
-            let Some(running) = node.running.as_ref() else {
-                continue;
-            };
-            let state = running
-                .applier
-                .store
-                .snapshot()
-                .now_or_never()
-                .and_then(Result::ok)
-                .unwrap_or_default();
-            states.push((node.id, running.applied(), state));
-        }
-        if states.len() < self.nodes.len() {
-            let up: Vec<u64> = states.iter().map(|s| s.0).collect();
-            self.fail(format!("only nodes {up:?} run after recovery"));
-            return;
-        }
-        if let Some((first, rest)) = states.split_first() {
-            for other in rest {
-                if other.1 != first.1 || other.2 != first.2 {
-                    self.fail(format!(
-                        "replicas disagree after quiescing: node {} applied {}, node {} \
-                         applied {}{}",
-                        first.0,
-                        first.1,
-                        other.0,
-                        other.1,
-                        if other.1 == first.1 {
-                            " with different state"
-                        } else {
-                            ""
-                        }
-                    ));
-                    return;
-                }
-            }
-        }
-        match check(&self.history.operations()) {
-            Verdict::Linearizable => {}
-            verdict => self.fail(verdict.to_string()),
-        }
     }
 }
