@@ -112,12 +112,20 @@ fn the_checks_catch_disks_that_forget() {
         .filter_map(|seed| run(seed, &config).err())
         .map(|failure| failure.what)
         .collect();
+    let unsafe_runs = failures
+        .iter()
+        .filter(|what| {
+            what.contains("another node applied")
+                || what.contains("not linearizable")
+                || what.contains("replicas disagree")
+        })
+        .count();
     assert!(
-        !failures.is_empty(),
-        "sixty seeds on forgetful disks all passed: the checks see nothing"
+        unsafe_runs > 0,
+        "no seed on forgetful disks broke safety visibly: the checks see nothing ({failures:?})"
     );
     println!(
-        "{} of 60 seeds caught; the first: {}",
+        "{} of 60 seeds failed, {unsafe_runs} of them on safety; the first: {}",
         failures.len(),
         failures[0]
     );

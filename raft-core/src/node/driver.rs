@@ -82,9 +82,10 @@ impl Driver {
                     if n == 0 {
                         return Ok(());
                     }
-                    let now = Instant::now();
                     for msg in inbox.drain(..) {
-                        p.core.handle(msg, now)?;
+                        // The time of each message, not of the batch: a lease read is checked
+                        // against it.
+                        p.core.handle(msg, Instant::now())?;
                     }
                 }
                 changed = p.applied_rx.changed() => {

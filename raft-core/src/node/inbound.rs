@@ -239,6 +239,11 @@ fn check_append(msg: &Message) -> Result<(), Refusal> {
     if msg.index == 0 {
         return Err(Refusal::Index);
     }
+    // Every entry has a term (the first snapshot's is 1). raft-rs reads 0 as "matches" for
+    // an index past a short log, then appends past its end and stops the node.
+    if msg.log_term == 0 {
+        return Err(Refusal::Term);
+    }
     if msg.entries.len() > MAX_ENTRIES {
         return Err(Refusal::Entries);
     }
@@ -552,6 +557,14 @@ mod tests {
     #[test]
     fn structural_refusals() {
         let cases: Vec<(Message, Refusal)> = vec![
+            (
+                {
+                    let mut m = append();
+                    m.log_term = 0;
+                    m
+                },
+                Refusal::Term,
+            ),
             (
                 {
                     let mut m = append();

@@ -1,22 +1,3 @@
-//! The driver task: the only owner of the `RawNode` and the only writer of raft state.
-//!
-//! Each turn handles the messages that arrived (ticks, peers' raft messages, proposals,
-//! reads, membership requests), then at most one `Ready`, in the order raft-rs documents:
-//! leader messages, snapshot install, committed entries to the apply task, one durable write
-//! of entries + hard state, persisted messages (votes, append responses), advance, light
-//! ready. Proposals that arrive while a write is in flight wait in the channel and all go into
-//! the next `Ready`: N concurrent clients cost one fsync.
-//!
-//! Every raft message from a peer is checked against this node's state before it is stepped
-//! ([`super::inbound`]). The apply task reports its progress back; raft-rs learns the real
-//! applied index, the leader refuses new proposals while the state machine lags too far, and
-//! a follower whose state machine lags stops taking new committed entries until it catches up.
-//!
-//! The driver's work is split by concern: proposals.rs (batching, entry contexts, overload),
-//! reads.rs (ReadIndex batches, the lease), conf_changes.rs (membership and leadership
-//! transfer), ready.rs (one `Ready`, the durable write, snapshot saving, the apply backlog).
-//! This file holds the state, the loop, inbound messages, ticks and status.
-
 //! The node core: the only owner of the `RawNode`, as a synchronous state machine with no
 //! I/O and no clock of its own.
 //!
@@ -254,7 +235,8 @@ impl NodeCore {
         self.outputs.pop_front()
     }
 
-    /// True while a durable write is in flight: feed nothing but [`NodeCore::write_done`].
+    /// True while a durable write is in flight: feed nothing but [`NodeCore::write_done`]
+    /// (and [`NodeCore::send_failed`] for the sends carried out meanwhile).
     pub(crate) fn writing(&self) -> bool {
         self.in_hand.is_some()
     }

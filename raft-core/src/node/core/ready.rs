@@ -151,9 +151,16 @@ impl NodeCore {
         if first == msg.index + 1 {
             return true;
         }
+        // Mend only what this leader sent in its own term: its log has only grown since
+        // raft-rs built the message. A stale message from an earlier term could be stamped
+        // with a term from a log that was since overwritten.
+        if !self.is_leader() || msg.term != self.raw.raft.term {
+            return false;
+        }
         let prev = first.saturating_sub(1);
         match self.raw.raft.raft_log.term(prev) {
-            Ok(term) if prev > 0 => {
+            // raft-rs answers 0 for an index below its first entry (compacted meanwhile).
+            Ok(term) if prev > 0 && term > 0 => {
                 tracing::debug!(
                     node = self.id,
                     peer = msg.to,

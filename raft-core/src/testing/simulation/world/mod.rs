@@ -299,7 +299,16 @@ impl World {
                 }
                 let tick = sim_config().tick_interval;
                 self.at(tick, Event::Tick { node, life });
-                self.push_input(node, NodeInput::Tick);
+                // A tick that comes due while the last one still waits (the node is writing)
+                // is skipped, as the driver's ticker delays missed ticks: ticks never come
+                // faster than the interval, which elections and leases rely on.
+                let owed = self.nodes[(node - 1) as usize]
+                    .running
+                    .as_ref()
+                    .is_some_and(|r| r.inbox.iter().any(|i| matches!(i, NodeInput::Tick)));
+                if !owed {
+                    self.push_input(node, NodeInput::Tick);
+                }
             }
             Event::Wake { node, life } => {
                 if self.life(node) == life {
