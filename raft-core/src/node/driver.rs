@@ -11,13 +11,13 @@ use std::time::Instant;
 use raft::prelude::MessageType;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use super::core::{LogWrite, NodeCore, Output};
+use super::core::{LogWrite, NodeCore, Output, SnapshotSave};
 use super::messages::{ApplyMsg, DriverMsg};
 use super::peers::Peers;
 use super::snapshot_transfer::SnapshotAssembler;
 use super::Counters;
 use crate::error::{Error, Fatal, Result, StorageError};
-use crate::log_storage::{snapshot_index, LogStorage};
+use crate::log_storage::LogStorage;
 use crate::metrics::NodeMetrics;
 
 /// Most driver messages handled in one turn before the next `Ready`.
@@ -29,6 +29,8 @@ pub(crate) struct DriverParts {
     pub(crate) rx: mpsc::Receiver<DriverMsg>,
     /// Where a finished snapshot save reports back.
     pub(crate) driver_tx: mpsc::Sender<DriverMsg>,
+    /// Unbounded as a channel, bounded by what the core lets into it; see the comment where
+    /// `Raft::run` creates it.
     pub(crate) apply_tx: mpsc::UnboundedSender<ApplyMsg>,
     pub(crate) applied_rx: watch::Receiver<u64>,
     pub(crate) peers: Peers,
@@ -113,10 +115,7 @@ impl Driver {
                     let result = self.write(write).await;
                     self.parts.core.write_done(result, Instant::now())?;
                 }
-                Output::SaveSnapshot {
-                    snapshot,
-                    compact_to,
-                } => self.save_snapshot(*snapshot, compact_to),
+                Output::SaveSnapshot(save) => self.save_snapshot(*save),
                 Output::Apply(msg) => {
                     if self.parts.apply_tx.send(msg).is_err() {
                         // The apply task died (a panicking `Store`): the loop stops the node.
@@ -146,27 +145,19 @@ impl Driver {
 
     /// Saves a snapshot and compacts the log on a blocking thread while the driver goes on:
     /// a large snapshot never delays heartbeats.
-    fn save_snapshot(&self, snapshot: raft::prelude::Snapshot, compact_to: u64) {
+    fn save_snapshot(&self, save: SnapshotSave) {
         let storage = self.parts.storage.clone();
         let tx = self.parts.driver_tx.clone();
         let node = self.parts.core.id();
-        let index = snapshot_index(&snapshot);
         tokio::spawn(async move {
-            let result = tokio::task::spawn_blocking(move || {
-                storage.save_snapshot(&snapshot)?;
-                if compact_to > 0 {
-                    storage.compact(compact_to)?;
-                }
-                Ok::<_, StorageError>(())
-            })
-            .await
-            .map_err(|e| StorageError::Io(format!("storage thread failed: {e}")))
-            .and_then(|r| r)
-            .map(|()| index)
-            .map_err(|e| {
-                tracing::error!(node, "saving a snapshot failed, stopping the node: {e}");
-                Error::from(e)
-            });
+            let result = tokio::task::spawn_blocking(move || save.run(storage.as_ref()))
+                .await
+                .map_err(|e| StorageError::Io(format!("storage thread failed: {e}")))
+                .and_then(|r| r)
+                .map_err(|e| {
+                    tracing::error!(node, "saving a snapshot failed, stopping the node: {e}");
+                    Error::from(e)
+                });
             let _ = tx.send(DriverMsg::SnapshotSaved(result)).await;
         });
     }

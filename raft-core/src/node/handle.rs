@@ -100,11 +100,9 @@ impl NodeHandle {
         if let Err(e) = self.offer(DriverMsg::Ops(items)) {
             return waits.iter().map(|_| Err(e.clone())).collect();
         }
-        futures::future::join_all(
-            waits
-                .into_iter()
-                .map(|(rx, deadline)| wait_answer(rx, deadline, deadline - now.min(deadline))),
-        )
+        futures::future::join_all(waits.into_iter().map(|(rx, deadline)| {
+            wait_answer(rx, deadline, deadline.saturating_duration_since(now))
+        }))
         .await
     }
 

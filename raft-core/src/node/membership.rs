@@ -1,34 +1,44 @@
 //! Member addresses: carried in conf-change entry contexts and snapshot envelopes.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use prost::Message as _;
 
 use crate::records::{EntryContext, Member, SnapshotEnvelope, SnapshotMembers};
 
-/// The members this node knows, by id.
+/// The members this node knows, by id. Each address is also kept shared, so every raft
+/// message the core sends names its peer's address without copying it.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Members {
-    by_id: BTreeMap<u64, Member>,
+    by_id: BTreeMap<u64, (Member, Arc<str>)>,
 }
 
 impl Members {
     pub(crate) fn from_list(list: Vec<Member>) -> Self {
-        Members {
-            by_id: list.into_iter().map(|m| (m.id, m)).collect(),
+        let mut members = Members::default();
+        for member in list {
+            members.upsert(member);
         }
+        members
     }
 
     pub(crate) fn to_list(&self) -> Vec<Member> {
-        self.by_id.values().cloned().collect()
+        self.by_id.values().map(|(m, _)| m.clone()).collect()
     }
 
     pub(crate) fn addr(&self, id: u64) -> Option<&str> {
-        self.by_id.get(&id).map(|m| m.addr.as_str())
+        self.by_id.get(&id).map(|(_, addr)| &**addr)
+    }
+
+    /// The member's address, shared.
+    pub(crate) fn shared_addr(&self, id: u64) -> Option<Arc<str>> {
+        self.by_id.get(&id).map(|(_, addr)| Arc::clone(addr))
     }
 
     pub(crate) fn upsert(&mut self, member: Member) {
-        self.by_id.insert(member.id, member);
+        let addr = Arc::from(member.addr.as_str());
+        self.by_id.insert(member.id, (member, addr));
     }
 
     pub(crate) fn remove(&mut self, id: u64) {
@@ -36,13 +46,13 @@ impl Members {
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Member> {
-        self.by_id.values()
+        self.by_id.values().map(|(m, _)| m)
     }
 
     pub(crate) fn addresses(&self) -> BTreeMap<u64, String> {
         self.by_id
             .iter()
-            .map(|(&id, m)| (id, m.addr.clone()))
+            .map(|(&id, (m, _))| (id, m.addr.clone()))
             .collect()
     }
 }

@@ -104,7 +104,7 @@ pub(crate) enum ApplyMsg {
     },
     Entries(Vec<CommittedEntry>),
     /// A snapshot from the leader was installed in the log storage; restore the store from it.
-    Restore(Box<Snapshot>),
+    Restore(std::sync::Arc<Snapshot>),
     /// Run `query` once the applied index reaches `index`.
     Read {
         index: u64,

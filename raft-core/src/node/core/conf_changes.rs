@@ -366,7 +366,7 @@ impl NodeCore {
                         } else if let Some(addr) = self.learned_addrs.remove(&id) {
                             self.members.upsert(Member {
                                 id,
-                                addr,
+                                addr: addr.to_string(),
                                 promote: false,
                             });
                         }

@@ -70,8 +70,8 @@ mod ready;
 use conf_changes::sorted;
 use proposals::QueuedProposal;
 use reads::{PendingRead, ReadBatch};
-pub(crate) use ready::LogWrite;
 use ready::{ApplyBacklog, WriteInHand};
+pub(crate) use ready::{LogWrite, SnapshotSave};
 
 /// Most addresses a node without configuration keeps for nodes it heard from.
 const MAX_LEARNED_ADDRS: usize = 16;
@@ -99,15 +99,12 @@ pub(crate) struct CoreParts {
 pub(crate) enum Output {
     /// Queue a raft message for a peer. If it cannot be queued, report it with
     /// [`NodeCore::send_failed`].
-    Send { msg: Message, addr: String },
+    Send { msg: Message, addr: Arc<str> },
     /// Write durably, then report with [`NodeCore::write_done`]. At most one is in flight.
     Write(LogWrite),
-    /// Save a snapshot the apply task took and compact the log up to `compact_to` (0: not at
-    /// all), then report with [`DriverMsg::SnapshotSaved`]. At most one is in flight.
-    SaveSnapshot {
-        snapshot: Box<Snapshot>,
-        compact_to: u64,
-    },
+    /// Save a snapshot the apply task took and compact the log behind it, then report with
+    /// [`DriverMsg::SnapshotSaved`]. At most one is in flight.
+    SaveSnapshot(Box<SnapshotSave>),
     /// Work for the apply task, in order.
     Apply(ApplyMsg),
     /// Stop sending to this peer: it left the cluster.
@@ -121,6 +118,8 @@ pub(crate) struct NodeCore {
     config: Config,
     raw: RawNode<RaftStorage>,
     storage: Arc<dyn LogStorage>,
+    /// Drained by the driver after every batch of inputs and every turn, so it holds what
+    /// one inbox batch (at most 4096 messages) and one `Ready` produce.
     outputs: VecDeque<Output>,
     /// The time of the call in progress.
     now: Instant,
@@ -132,7 +131,7 @@ pub(crate) struct NodeCore {
     members: Members,
     /// Addresses of nodes that are not members, while this node has no configuration yet
     /// (the leader it joins through). Bounded by [`MAX_LEARNED_ADDRS`].
-    learned_addrs: HashMap<u64, String>,
+    learned_addrs: HashMap<u64, Arc<str>>,
     counters: Arc<Counters>,
     seq: u64,
     read_nonce: u64,
@@ -226,7 +225,7 @@ impl NodeCore {
     /// Adds an address for a node that is not a member yet (the leader a joiner contacts).
     pub(crate) fn learn_addr(&mut self, id: u64, addr: String) {
         if self.learned_addrs.len() < MAX_LEARNED_ADDRS && addr.len() <= MAX_ADDR {
-            self.learned_addrs.insert(id, addr);
+            self.learned_addrs.insert(id, Arc::from(addr));
         }
     }
 
@@ -327,7 +326,14 @@ impl NodeCore {
     fn addr_of(&self, id: u64) -> Option<&str> {
         self.members
             .addr(id)
-            .or_else(|| self.learned_addrs.get(&id).map(String::as_str))
+            .or_else(|| self.learned_addrs.get(&id).map(|a| &**a))
+    }
+
+    /// [`NodeCore::addr_of`], shared: what each sent message carries.
+    fn shared_addr_of(&self, id: u64) -> Option<Arc<str>> {
+        self.members
+            .shared_addr(id)
+            .or_else(|| self.learned_addrs.get(&id).cloned())
     }
 
     fn not_leader(&self) -> Error {

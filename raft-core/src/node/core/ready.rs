@@ -41,7 +41,7 @@ impl ApplyBacklog {
 /// One durable write: a snapshot from the leader to install first, if any, then entries and
 /// the hard state, in one `LogStorage` call each.
 pub(crate) struct LogWrite {
-    pub(crate) snapshot: Option<Box<Snapshot>>,
+    pub(crate) snapshot: Option<Arc<Snapshot>>,
     pub(crate) entries: Vec<Entry>,
     pub(crate) hard_state: Option<HardState>,
 }
@@ -59,12 +59,32 @@ impl LogWrite {
     }
 }
 
+/// Saving a snapshot the apply task took, then compacting the log behind it.
+pub(crate) struct SnapshotSave {
+    pub(crate) snapshot: Snapshot,
+    /// Compact the log up to here (0: not at all).
+    pub(crate) compact_to: u64,
+}
+
+impl SnapshotSave {
+    /// Carries the save out; returns the snapshot's index. On a storage thread in production,
+    /// in place in simulation.
+    pub(crate) fn run(&self, storage: &dyn LogStorage) -> Result<u64, StorageError> {
+        storage.save_snapshot(&self.snapshot)?;
+        if self.compact_to > 0 {
+            storage.compact(self.compact_to)?;
+        }
+        Ok(snapshot_index(&self.snapshot))
+    }
+}
+
 /// A `Ready` whose write is in flight, and what happens once the write is durable.
 pub(super) struct WriteInHand {
     ready: Ready,
     /// A snapshot from the leader and the members it names: the apply task restores it,
-    /// then takes the committed entries, once it is in the log storage.
-    snapshot: Option<(Box<Snapshot>, Vec<Member>)>,
+    /// then takes the committed entries, once it is in the log storage. Shared with the
+    /// write, so a large snapshot is held once.
+    snapshot: Option<(Arc<Snapshot>, Vec<Member>)>,
     hard_state: Option<HardState>,
 }
 
@@ -80,16 +100,16 @@ impl NodeCore {
             return;
         };
         self.saving_snapshot = true;
-        let index = snapshot_index(&snapshot);
         // Never compact past what raft-rs knows is applied: it reads that range to decide
         // whether it may campaign.
-        let compact_to = index
+        let compact_to = snapshot_index(&snapshot)
             .saturating_sub(self.config.snapshot_log_tail)
             .min(self.raft_applied);
-        self.outputs.push_back(Output::SaveSnapshot {
-            snapshot: Box::new(snapshot),
-            compact_to,
-        });
+        self.outputs
+            .push_back(Output::SaveSnapshot(Box::new(SnapshotSave {
+                snapshot,
+                compact_to,
+            })));
     }
 
     pub(super) fn send_messages(&mut self, messages: Vec<Message>) {
@@ -112,15 +132,8 @@ impl NodeCore {
                 continue;
             }
             let to = msg.to;
-            let addr = self
-                .members
-                .addr(to)
-                .or_else(|| self.learned_addrs.get(&to).map(String::as_str));
-            match addr {
-                Some(addr) => {
-                    let addr = addr.to_string();
-                    self.outputs.push_back(Output::Send { msg, addr });
-                }
+            match self.shared_addr_of(to) {
+                Some(addr) => self.outputs.push_back(Output::Send { msg, addr }),
                 None => {
                     tracing::debug!(
                         node = self.id,
@@ -223,7 +236,7 @@ impl NodeCore {
                     "a snapshot that passed its checks is unreadable: {e}"
                 ))
             })?;
-            Some((Box::new(snapshot), members))
+            Some((Arc::new(snapshot), members))
         };
 
         // 3. Committed entries go to the apply task while the write is in flight, unless
@@ -246,7 +259,7 @@ impl NodeCore {
             return self.finish_ready(in_hand);
         }
         self.outputs.push_back(Output::Write(LogWrite {
-            snapshot: in_hand.snapshot.as_ref().map(|(s, _)| s.clone()),
+            snapshot: in_hand.snapshot.as_ref().map(|(s, _)| Arc::clone(s)),
             entries,
             hard_state: in_hand.hard_state.clone(),
         }));

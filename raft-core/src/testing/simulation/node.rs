@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::FutureExt;
-use raft::prelude::Snapshot;
 use tokio::sync::{mpsc, watch};
 
 use crate::config::Config;
@@ -14,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::log_storage::LogStorage;
 use crate::mem_log_storage::MemLogStorage;
 use crate::node::apply::Applier;
-use crate::node::core::{LogWrite, NodeCore};
+use crate::node::core::{LogWrite, NodeCore, SnapshotSave};
 use crate::node::messages::{ApplyMsg, DriverMsg};
 use crate::node::open::{open, OpenParts, OpenedNode};
 use crate::node::Counters;
@@ -39,7 +38,7 @@ pub(super) struct Running {
     /// The write in flight, carried out when its latency has passed.
     pub(super) write: Option<LogWrite>,
     /// The snapshot save in flight.
-    pub(super) save: Option<(Box<Snapshot>, u64)>,
+    pub(super) save: Option<Box<SnapshotSave>>,
     pub(super) counters: Arc<Counters>,
 }
 
@@ -137,11 +136,8 @@ impl SimNode {
             if let Some(write) = running.write {
                 let _ = write.run(self.disk.as_ref());
             }
-            if let Some((snapshot, compact_to)) = running.save {
-                let _ = self.disk.save_snapshot(&snapshot);
-                if compact_to > 0 {
-                    let _ = self.disk.compact(compact_to);
-                }
+            if let Some(save) = running.save {
+                let _ = save.run(self.disk.as_ref());
             }
         }
         if amnesia {

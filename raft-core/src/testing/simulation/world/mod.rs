@@ -464,11 +464,8 @@ impl World {
                     let latency = self.disk_latency();
                     self.at(latency, Event::WriteDone { node: id, life });
                 }
-                Output::SaveSnapshot {
-                    snapshot,
-                    compact_to,
-                } => {
-                    running.save = Some((snapshot, compact_to));
+                Output::SaveSnapshot(save) => {
+                    running.save = Some(save);
                     let latency = self.disk_latency();
                     self.at(latency, Event::SnapshotSaved { node: id, life });
                 }
@@ -551,21 +548,10 @@ impl World {
         let Some(running) = self.node(id).running.as_mut() else {
             return;
         };
-        let Some((snapshot, compact_to)) = running.save.take() else {
+        let Some(save) = running.save.take() else {
             return;
         };
-        let index = crate::log_storage::snapshot_index(&snapshot);
-        let result = disk
-            .save_snapshot(&snapshot)
-            .and_then(|()| {
-                if compact_to > 0 {
-                    disk.compact(compact_to)
-                } else {
-                    Ok(())
-                }
-            })
-            .map(|()| index)
-            .map_err(Error::from);
+        let result = save.run(disk.as_ref()).map_err(Error::from);
         self.push_input(id, NodeInput::Msg(DriverMsg::SnapshotSaved(result)));
     }
 }
