@@ -1,7 +1,8 @@
 //! Framework overhead: a 3-node in-process cluster (memory log, `LocalTransport`, empty
 //! payloads) driven by N concurrent proposers. Prints writes/s per client count.
 //!
-//! `cargo run --release -p raft-core --features testing --example cluster_throughput`
+//! `cargo run --release -p raft-core --features testing --example cluster_throughput -- [SECONDS
+//! [CLIENTS...]]` (3 s per client count; 1, 16, 64 and 256 clients by default)
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -11,15 +12,17 @@ use raft_core::testing::cluster::{test_config, TestCluster};
 
 #[tokio::main]
 async fn main() {
-    let seconds: u64 = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(3);
+    let mut args = std::env::args().skip(1);
+    let seconds: u64 = args.next().and_then(|s| s.parse().ok()).unwrap_or(3);
+    let mut client_counts: Vec<usize> = args.filter_map(|s| s.parse().ok()).collect();
+    if client_counts.is_empty() {
+        client_counts = vec![1, 16, 64, 256];
+    }
     let cluster = TestCluster::start(3, test_config(), 1).await;
     let leader = cluster.wait_for_leader(Duration::from_secs(5)).await;
     let mailbox = cluster.mailbox(leader);
     println!("clients  writes/s");
-    for clients in [1usize, 16, 64, 256] {
+    for clients in client_counts {
         let done = Arc::new(AtomicU64::new(0));
         let stop = Instant::now() + Duration::from_secs(seconds);
         let mut tasks = Vec::new();

@@ -57,6 +57,13 @@ pub trait LogStorage: Send + Sync + 'static {
     /// Drops every entry up to and including `index`, which must not pass the latest
     /// snapshot's index. Compacting an already compacted index does nothing.
     fn compact(&self, index: u64) -> Result<(), StorageError>;
+    /// True when [`LogStorage::append`] and [`LogStorage::install_snapshot`] never wait for
+    /// I/O (a log kept in memory): raft-core then calls them on its own task rather than
+    /// handing each write to a blocking thread. Backends that write to disk keep the default,
+    /// `false`.
+    fn writes_in_place(&self) -> bool {
+        false
+    }
 }
 
 /// Adapts a shared [`LogStorage`] to raft-rs's [`raft::Storage`].
@@ -192,5 +199,8 @@ impl<T: LogStorage + ?Sized> LogStorage for Arc<T> {
     }
     fn compact(&self, index: u64) -> Result<(), StorageError> {
         (**self).compact(index)
+    }
+    fn writes_in_place(&self) -> bool {
+        (**self).writes_in_place()
     }
 }

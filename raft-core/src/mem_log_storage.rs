@@ -203,6 +203,9 @@ impl LogStorage for MemLogStorage {
         log.entries.drain(..drop);
         Ok(())
     }
+    fn writes_in_place(&self) -> bool {
+        true
+    }
 }
 
 /// Checks that a batch of entries has consecutive indexes; backends call it before writing.

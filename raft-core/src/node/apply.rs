@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use raft::prelude::{ConfState, EntryType, Snapshot, SnapshotMetadata};
+use raft::prelude::{ConfState, Entry, EntryType, Snapshot, SnapshotMetadata};
 use tokio::sync::{mpsc, watch};
 
 use super::membership::{entry_context, open_envelope, seal_envelope, Members};
@@ -18,7 +18,9 @@ use crate::store::Store;
 
 struct Waiter {
     term: u64,
-    seq: u64,
+    /// The membership change's sequence number in its entry's context; `None` for a
+    /// proposal, which the index and term alone identify.
+    conf_seq: Option<u64>,
     deadline: Instant,
     reply: Responder,
 }
@@ -151,20 +153,28 @@ impl Applier {
                 seq,
                 deadline,
                 reply,
+            } => self.wait_for(
+                index,
+                Waiter {
+                    term,
+                    conf_seq: Some(seq),
+                    deadline,
+                    reply,
+                },
+            ),
+            ApplyMsg::RegisterProposals {
+                first_index,
+                term,
+                waiters,
             } => {
-                if index <= self.applied {
-                    // Cannot happen in order; never leave the client hanging if it does.
-                    let _ = reply.send(Err(Error::leadership_lost()));
-                } else if let Some(old) = self.waiters.insert(
-                    index,
-                    Waiter {
+                for (index, (deadline, reply)) in (first_index..).zip(waiters) {
+                    let waiter = Waiter {
                         term,
-                        seq,
+                        conf_seq: None,
                         deadline,
                         reply,
-                    },
-                ) {
-                    let _ = old.reply.send(Err(Error::dropped()));
+                    };
+                    self.wait_for(index, waiter);
                 }
             }
             ApplyMsg::Entries(entries) => {
@@ -243,21 +253,34 @@ impl Applier {
         self.applied = entry.index;
         self.applied_term = entry.term;
         NodeMetrics::inc(&self.counters.metrics.applied_entries);
-        self.answer_waiters(entry.index, &entry.context, result);
+        self.answer_waiters(&entry, result);
     }
 
-    fn answer_waiters(&mut self, index: u64, context: &[u8], result: Result<Vec<u8>>) {
+    fn wait_for(&mut self, index: u64, waiter: Waiter) {
+        if index <= self.applied {
+            // Cannot happen in order; never leave the client hanging if it does.
+            let _ = waiter.reply.send(Err(Error::leadership_lost()));
+        } else if let Some(old) = self.waiters.insert(index, waiter) {
+            let _ = old.reply.send(Err(Error::dropped()));
+        }
+    }
+
+    fn answer_waiters(&mut self, entry: &Entry, result: Result<Vec<u8>>) {
+        let index = entry.index;
         let mut result = Some(result);
-        while let Some(entry) = self.waiters.first_entry() {
-            if *entry.key() > index {
+        while let Some(first) = self.waiters.first_entry() {
+            if *first.key() > index {
                 break;
             }
-            let at = *entry.key();
-            let waiter = entry.remove();
+            let at = *first.key();
+            let waiter = first.remove();
             let ours = at == index
-                && entry_context(context).is_some_and(|c| {
-                    c.origin == self.node_id && c.term == waiter.term && c.seq == waiter.seq
-                });
+                && entry.term == waiter.term
+                && match waiter.conf_seq {
+                    None => true,
+                    Some(seq) => entry_context(&entry.context)
+                        .is_some_and(|c| c.origin == self.node_id && c.seq == seq),
+                };
             let answer = if ours {
                 result.take().unwrap_or(Err(Error::dropped()))
             } else {

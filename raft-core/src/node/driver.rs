@@ -129,14 +129,18 @@ impl Driver {
         Ok(())
     }
 
-    /// Runs a durable write on a blocking thread.
+    /// Runs a durable write on a blocking thread, or in place for a log kept in memory.
     async fn write(&self, write: LogWrite) -> Result<(), StorageError> {
         let storage = self.parts.storage.clone();
         let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || write.run(storage.as_ref()))
-            .await
-            .map_err(|e| StorageError::Io(format!("storage thread failed: {e}")))
-            .and_then(|r| r);
+        let result = if storage.writes_in_place() {
+            write.run(storage.as_ref())
+        } else {
+            tokio::task::spawn_blocking(move || write.run(storage.as_ref()))
+                .await
+                .map_err(|e| StorageError::Io(format!("storage thread failed: {e}")))
+                .and_then(|r| r)
+        };
         let metrics = &self.parts.counters.metrics;
         metrics.log_write_seconds.observe(started.elapsed());
         NodeMetrics::inc(&metrics.log_writes);

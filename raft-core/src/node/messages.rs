@@ -94,13 +94,24 @@ pub(crate) enum ReadOp {
 
 /// What the apply task works through, in order.
 pub(crate) enum ApplyMsg {
-    /// A client waits for the entry the driver just proposed at `index`.
+    /// A client waits for the membership change the driver just proposed at `index`; it is
+    /// matched to the entry by the entry's context (raft-rs turns a refused change into an
+    /// empty entry at the same index and term).
     Register {
         index: u64,
         term: u64,
         seq: u64,
         deadline: Instant,
         reply: Responder,
+    },
+    /// Clients wait for the proposals the driver just appended at `first_index` onwards, one
+    /// waiter per entry, all in `term`. Only this leader writes entries of its term, and it
+    /// never rewrites them, so the entry applied at such an index with that term is the
+    /// proposal: no per-entry context is needed.
+    RegisterProposals {
+        first_index: u64,
+        term: u64,
+        waiters: Vec<(Instant, Responder)>,
     },
     Entries(Vec<CommittedEntry>),
     /// A snapshot from the leader was installed in the log storage; restore the store from it.

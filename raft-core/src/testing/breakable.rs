@@ -90,4 +90,7 @@ impl LogStorage for BreakableLog {
         self.check()?;
         self.inner.compact(index)
     }
+    fn writes_in_place(&self) -> bool {
+        self.inner.writes_in_place()
+    }
 }

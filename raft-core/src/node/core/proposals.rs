@@ -1,5 +1,5 @@
-//! Proposals: batching a turn's proposals into one raft message, the context that matches
-//! each entry to its waiter, and refusing new work while the node is overloaded.
+//! Proposals: batching a turn's proposals into one raft message, registering their waiters,
+//! and refusing new work while the node is overloaded.
 
 use super::*;
 
@@ -88,20 +88,11 @@ impl NodeCore {
             return;
         }
         let term = self.raw.raft.term;
-        let first_seq = self.seq + 1;
         let mut entries = Vec::with_capacity(batch.len());
         let mut waiters = Vec::with_capacity(batch.len());
         for p in batch {
-            self.seq += 1;
-            let context = EntryContext {
-                origin: self.id,
-                term,
-                seq: self.seq,
-                members: Vec::new(),
-            };
             entries.push(Entry {
                 data: p.data,
-                context: context.encode_to_vec(),
                 ..Default::default()
             });
             waiters.push((p.deadline, p.reply));
@@ -118,15 +109,11 @@ impl NodeCore {
             Ok(()) if self.raw.raft.raft_log.last_index() == last_before + count => {
                 let metrics = &self.counters.metrics;
                 metrics.proposals.fetch_add(count, Ordering::Relaxed);
-                for (i, (deadline, reply)) in waiters.into_iter().enumerate() {
-                    self.send_to_apply(ApplyMsg::Register {
-                        index: last_before + 1 + i as u64,
-                        term,
-                        seq: first_seq + i as u64,
-                        deadline,
-                        reply,
-                    });
-                }
+                self.send_to_apply(ApplyMsg::RegisterProposals {
+                    first_index: last_before + 1,
+                    term,
+                    waiters,
+                });
             }
             result => {
                 let error = match result {
