@@ -60,6 +60,7 @@ mod records;
 mod status;
 mod store;
 pub mod transport;
+mod unsynced_entries;
 pub mod wire;
 
 #[cfg(feature = "testing")]

@@ -8,6 +8,7 @@ use raft::prelude::{Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState};
 
 use crate::error::StorageError;
+use crate::unsynced_entries::UnsyncedEntries;
 
 /// The raft log, hard state and latest snapshot of one node.
 ///
@@ -67,7 +68,6 @@ pub trait LogStorage: Send + Sync + 'static {
 }
 
 /// Adapts a shared [`LogStorage`] to raft-rs's [`raft::Storage`].
-#[derive(Clone)]
 pub(crate) struct RaftStorage {
     pub(crate) log: Arc<dyn LogStorage>,
     /// A peer that needs a snapshot the stored one does not cover (0: none).
@@ -77,6 +77,8 @@ pub(crate) struct RaftStorage {
     /// its new incarnation (where it is a learner), never an older one that lists it as a
     /// voter.
     pub(crate) snapshot_floor: HashMap<u64, u64>,
+    /// Entries the log writer has not synced yet; raft-rs reads them from here meanwhile.
+    pub(crate) unsynced: UnsyncedEntries,
 }
 
 /// True when `id` is a member in a snapshot's conf state.
@@ -102,11 +104,28 @@ impl raft::Storage for RaftStorage {
         max_size: impl Into<Option<u64>>,
         _context: GetEntriesContext,
     ) -> raft::Result<Vec<Entry>> {
-        self.log.entries(low, high, max_size.into())
+        let max_size = max_size.into();
+        let Some(front) = self.unsynced.first_index().filter(|&front| high > front) else {
+            return self.log.entries(low, high, max_size);
+        };
+        let mut out = Vec::new();
+        if low < front {
+            out = self.log.entries(low, front, max_size)?;
+            if (out.len() as u64) < front - low {
+                // The size limit ended the answer before the unsynced entries.
+                return Ok(out);
+            }
+        }
+        self.unsynced.extend_into(low.max(front), high, &mut out);
+        limit_size(&mut out, max_size);
+        Ok(out)
     }
 
     fn term(&self, idx: u64) -> raft::Result<u64> {
-        self.log.term(idx)
+        match self.unsynced.term(idx) {
+            Some(term) => Ok(term),
+            None => self.log.term(idx),
+        }
     }
 
     fn first_index(&self) -> raft::Result<u64> {
@@ -114,7 +133,10 @@ impl raft::Storage for RaftStorage {
     }
 
     fn last_index(&self) -> raft::Result<u64> {
-        self.log.last_index()
+        match self.unsynced.last_index() {
+            Some(last) => Ok(last),
+            None => self.log.last_index(),
+        }
     }
 
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {

@@ -19,6 +19,8 @@ use crate::log_storage::{limit_size, snapshot_index, snapshot_term, LogStorage};
 #[derive(Clone, Default)]
 pub struct MemLogStorage {
     inner: Arc<RwLock<MemLog>>,
+    /// Asks to be written as a disk is (see [`MemLogStorage::with_deferred_writes`]).
+    deferred_writes: bool,
 }
 
 #[derive(Default)]
@@ -45,6 +47,17 @@ impl MemLogStorage {
     /// An empty log.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A memory log that asks to be written as a disk is: on the log writer, with each
+    /// `Ready` advanced before its write lands. The simulator uses it, so it takes the path
+    /// disks take.
+    #[cfg(feature = "testing")]
+    pub(crate) fn with_deferred_writes() -> Self {
+        MemLogStorage {
+            deferred_writes: true,
+            ..Self::default()
+        }
     }
 
     fn read(&self) -> RwLockReadGuard<'_, MemLog> {
@@ -204,7 +217,7 @@ impl LogStorage for MemLogStorage {
         Ok(())
     }
     fn writes_in_place(&self) -> bool {
-        true
+        !self.deferred_writes
     }
 }
 

@@ -499,7 +499,7 @@ impl Raft {
             assembler: assembler.clone(),
             counters,
             tick_interval: config.tick_interval,
-        });
+        })?;
 
         let server = Arc::new(NodeServer {
             node: node.clone(),

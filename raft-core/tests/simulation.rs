@@ -34,7 +34,7 @@ fn summary(reports: &[Report]) -> String {
     let sum = |f: fn(&Report) -> u64| reports.iter().map(f).sum::<u64>();
     format!(
         "{} seeds: {} operations, {} acknowledged, {} unknown; {} crashes, {} lost disks, \
-         {} failed fsyncs, {} partitions, {} snapshots sent",
+         {} failed fsyncs, {} partitions, {} snapshots sent, {} overlapped log writes",
         reports.len(),
         sum(|r| r.operations as u64),
         sum(|r| r.acknowledged as u64),
@@ -44,6 +44,7 @@ fn summary(reports: &[Report]) -> String {
         sum(|r| r.fsync_failures),
         sum(|r| r.partitions),
         sum(|r| r.snapshots_delivered),
+        sum(|r| r.overlapped_writes),
     )
 }
 
@@ -64,6 +65,10 @@ fn faulty_three_node_clusters_keep_every_property_first_half() {
     assert!(
         reports.iter().filter(|r| r.snapshots_delivered > 0).count() as u64 > SEEDS / 4,
         "lagging nodes caught up from snapshots in many runs"
+    );
+    assert!(
+        reports.iter().all(|r| r.overlapped_writes > 0),
+        "every run overlapped log writes"
     );
     assert!(
         reports.iter().all(|r| r.acknowledged > 100),

@@ -45,14 +45,24 @@ pub(crate) struct Driver {
     parts: DriverParts,
     /// Set when a message to the apply task could not be delivered: it died.
     apply_lost: bool,
+    writer: LogWriter,
+    /// The writer's results, in the order the writes were handed to it.
+    written: mpsc::UnboundedReceiver<Result<(), StorageError>>,
 }
 
 impl Driver {
-    pub(crate) fn new(parts: DriverParts) -> Self {
-        Driver {
+    pub(crate) fn new(parts: DriverParts) -> Result<Self> {
+        let (writer, written) = LogWriter::start(
+            parts.core.id(),
+            parts.storage.clone(),
+            parts.counters.clone(),
+        )?;
+        Ok(Driver {
             parts,
             apply_lost: false,
-        }
+            writer,
+            written,
+        })
     }
 
     /// Runs until shutdown, removal from the cluster, or a fatal error.
@@ -62,25 +72,34 @@ impl Driver {
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut inbox = Vec::with_capacity(256);
         loop {
-            let applied = *self.parts.applied_rx.borrow_and_update();
-            self.parts.core.applied(applied);
-            self.parts.core.turn(Instant::now())?;
-            self.carry_out().await?;
+            let held = self.parts.core.holding_ready();
+            if !held {
+                let applied = *self.parts.applied_rx.borrow_and_update();
+                self.parts.core.applied(applied);
+                self.parts.core.turn(Instant::now())?;
+            }
+            self.carry_out()?;
             if self.apply_lost || self.parts.apply_tx.is_closed() {
                 return Err(apply_task_gone());
             }
             if self.parts.core.stopped() {
                 return Ok(());
             }
+            // A held Ready takes no input until its write is durable.
+            let held = self.parts.core.holding_ready();
             let p = &mut self.parts;
             tokio::select! {
-                _ = ticker.tick() => {
+                result = self.written.recv() => {
+                    let result = result.unwrap_or_else(|| Err(writer_gone()));
+                    p.core.write_done(result, Instant::now())?;
+                }
+                _ = ticker.tick(), if !held => {
                     let now = Instant::now();
                     p.core.tick(now);
                     p.assembler.expire(now);
                     NodeMetrics::set(&p.counters.metrics.peer_queue, p.peers.queued());
                 }
-                n = p.rx.recv_many(&mut inbox, MAX_MESSAGES_PER_TURN) => {
+                n = p.rx.recv_many(&mut inbox, MAX_MESSAGES_PER_TURN), if !held => {
                     if n == 0 {
                         return Ok(());
                     }
@@ -90,7 +109,7 @@ impl Driver {
                         p.core.handle(msg, Instant::now())?;
                     }
                 }
-                changed = p.applied_rx.changed() => {
+                changed = p.applied_rx.changed(), if !held => {
                     if changed.is_err() {
                         return Err(apply_task_gone());
                     }
@@ -99,9 +118,9 @@ impl Driver {
         }
     }
 
-    /// Carries out everything the core asked for; a durable write is awaited here, so the
-    /// core sees no input while it holds a `Ready`.
-    async fn carry_out(&mut self) -> Result<()> {
+    /// Carries out everything the core asked for. Durable writes go to the log writer, in
+    /// order; a log kept in memory is written in place.
+    fn carry_out(&mut self) -> Result<()> {
         while let Some(output) = self.parts.core.poll_output() {
             match output {
                 Output::Send { msg, addr } => {
@@ -112,8 +131,16 @@ impl Driver {
                     }
                 }
                 Output::Write(write) => {
-                    let result = self.write(write).await;
-                    self.parts.core.write_done(result, Instant::now())?;
+                    if self.parts.storage.writes_in_place() {
+                        let started = Instant::now();
+                        let result = write.run(self.parts.storage.as_ref());
+                        observe_write(&self.parts.counters, started);
+                        self.parts.core.write_done(result, Instant::now())?;
+                    } else if !self.writer.write(write) {
+                        self.parts
+                            .core
+                            .write_done(Err(writer_gone()), Instant::now())?;
+                    }
                 }
                 Output::SaveSnapshot(save) => self.save_snapshot(*save),
                 Output::Apply(msg) => {
@@ -127,24 +154,6 @@ impl Driver {
             }
         }
         Ok(())
-    }
-
-    /// Runs a durable write on a blocking thread, or in place for a log kept in memory.
-    async fn write(&self, write: LogWrite) -> Result<(), StorageError> {
-        let storage = self.parts.storage.clone();
-        let started = Instant::now();
-        let result = if storage.writes_in_place() {
-            write.run(storage.as_ref())
-        } else {
-            tokio::task::spawn_blocking(move || write.run(storage.as_ref()))
-                .await
-                .map_err(|e| StorageError::Io(format!("storage thread failed: {e}")))
-                .and_then(|r| r)
-        };
-        let metrics = &self.parts.counters.metrics;
-        metrics.log_write_seconds.observe(started.elapsed());
-        NodeMetrics::inc(&metrics.log_writes);
-        result
     }
 
     /// Saves a snapshot and compacts the log on a blocking thread while the driver goes on:
@@ -164,6 +173,74 @@ impl Driver {
                 });
             let _ = tx.send(DriverMsg::SnapshotSaved(result)).await;
         });
+    }
+}
+
+fn writer_gone() -> StorageError {
+    StorageError::Io("the log writer thread stopped".to_string())
+}
+
+fn observe_write(counters: &Counters, started: Instant) {
+    let metrics = &counters.metrics;
+    metrics.log_write_seconds.observe(started.elapsed());
+    NodeMetrics::inc(&metrics.log_writes);
+}
+
+/// One thread per node that carries out its durable writes in order, so an fsync never
+/// blocks a runtime worker and the driver goes on while it runs. The queue is bounded by the
+/// core, which has at most a few writes in flight.
+struct LogWriter {
+    tx: std::sync::mpsc::Sender<LogWrite>,
+}
+
+impl LogWriter {
+    fn start(
+        node: u64,
+        storage: Arc<dyn LogStorage>,
+        counters: Arc<Counters>,
+    ) -> Result<(Self, mpsc::UnboundedReceiver<Result<(), StorageError>>)> {
+        let (tx, rx) = std::sync::mpsc::channel::<LogWrite>();
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        std::thread::Builder::new()
+            .name(format!("raftkit-log-writer-{node}"))
+            .spawn(move || {
+                // Ends when the driver drops its sender, or stops listening.
+                while let Ok(first) = rx.recv() {
+                    // Writes that queued up while the last one synced share the next sync.
+                    let mut merged = first;
+                    let mut count = 1;
+                    let mut unmerged = None;
+                    while let Ok(next) = rx.try_recv() {
+                        count += 1;
+                        if let Err(next) = merged.absorb(next) {
+                            unmerged = Some(next);
+                            break;
+                        }
+                    }
+                    let mut results = Vec::with_capacity(count);
+                    let started = Instant::now();
+                    let result = merged.run(storage.as_ref());
+                    observe_write(&counters, started);
+                    results.resize(count - usize::from(unmerged.is_some()), result);
+                    if let Some(next) = unmerged {
+                        let started = Instant::now();
+                        results.push(next.run(storage.as_ref()));
+                        observe_write(&counters, started);
+                    }
+                    for result in results {
+                        if done_tx.send(result).is_err() {
+                            return;
+                        }
+                    }
+                }
+            })
+            .map_err(|e| Error::from(StorageError::Io(format!("starting the log writer: {e}"))))?;
+        Ok((LogWriter { tx }, done_rx))
+    }
+
+    /// Hands a write to the thread; false if it is gone.
+    fn write(&self, write: LogWrite) -> bool {
+        self.tx.send(write).is_ok()
     }
 }
 

@@ -115,6 +115,7 @@ pub(crate) async fn open(parts: OpenParts, now: Instant) -> Result<OpenedNode> {
         log: storage.clone(),
         snapshot_wanted_for: snapshot_wanted_for.clone(),
         snapshot_floor: Default::default(),
+        unsynced: Default::default(),
     };
     let mut raft_config = config.to_raft(id, snap_index);
     if let Some(ticks) = election_timeout_ticks {

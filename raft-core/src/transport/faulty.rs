@@ -1,6 +1,8 @@
 //! A fault-injecting wrapper over any transport: drop, delay, duplicate, reorder, partition.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -17,6 +19,9 @@ use crate::wire::{RaftBatch, Request, Response};
 #[derive(Clone)]
 pub struct Faults {
     state: Arc<Mutex<FaultState>>,
+    /// Whether any fault or recording is set: without one, traffic passes straight through
+    /// and never takes the plan's lock (benches run through this wrapper too).
+    active: Arc<AtomicBool>,
 }
 
 struct FaultState {
@@ -32,6 +37,42 @@ struct FaultState {
     groups: Option<Vec<HashSet<String>>>,
     /// The most recent traffic, when recording (see [`Faults::record`]).
     recording: Option<Recording>,
+}
+
+impl FaultState {
+    fn active(&self) -> bool {
+        self.drop_rate > 0.0
+            || self.duplicate_rate > 0.0
+            || self.reorder_rate > 0.0
+            || self.delay.is_some()
+            || self.groups.is_some()
+            || self.recording.is_some()
+    }
+}
+
+/// The locked plan; releasing it records whether any fault is now set.
+struct StateGuard<'a> {
+    state: MutexGuard<'a, FaultState>,
+    active: &'a AtomicBool,
+}
+
+impl Deref for StateGuard<'_> {
+    type Target = FaultState;
+    fn deref(&self) -> &FaultState {
+        &self.state
+    }
+}
+
+impl DerefMut for StateGuard<'_> {
+    fn deref_mut(&mut self) -> &mut FaultState {
+        &mut self.state
+    }
+}
+
+impl Drop for StateGuard<'_> {
+    fn drop(&mut self) {
+        self.active.store(self.state.active(), Ordering::Release);
+    }
 }
 
 struct Recording {
@@ -63,11 +104,19 @@ impl Faults {
                 groups: None,
                 recording: None,
             })),
+            active: Arc::new(AtomicBool::new(false)),
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, FaultState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> StateGuard<'_> {
+        StateGuard {
+            state: self.state.lock().unwrap_or_else(|e| e.into_inner()),
+            active: &self.active,
+        }
+    }
+
+    fn active(&self) -> bool {
+        self.active.load(Ordering::Acquire)
     }
 
     /// The seed of the plan's random choices.
@@ -262,6 +311,9 @@ impl<T: Transport> Transport for FaultyTransport<T> {
     }
 
     async fn send(&self, addr: &str, batch: RaftBatch) -> Result<(), TransportError> {
+        if !self.faults.active() {
+            return self.inner.send(addr, batch).await;
+        }
         self.faults.keep_batch(&batch);
         let verdict = self.faults.judge(&self.local_addr, addr);
         if let Some(delay) = verdict.delay {
@@ -292,6 +344,9 @@ impl<T: Transport> Transport for FaultyTransport<T> {
         request: Request,
         timeout: Duration,
     ) -> Result<Response, TransportError> {
+        if !self.faults.active() {
+            return self.inner.call(addr, request, timeout).await;
+        }
         self.faults.keep_call(&request);
         let verdict = self.faults.judge(&self.local_addr, addr);
         // The delay counts against the call's timeout, as time on a slow network would.

@@ -149,8 +149,13 @@ pub(crate) struct NodeCore {
     was_leader: bool,
     last_leader: Option<u64>,
     persisted_hs: HardState,
-    /// The `Ready` whose durable write is in flight.
-    in_hand: Option<WriteInHand>,
+    /// The hard state of the newest write handed out.
+    written_hs: HardState,
+    /// The `Ready`s whose durable writes are in flight, oldest first.
+    in_hand: VecDeque<WriteInHand>,
+    /// The log storage writes in place (see [`LogStorage::writes_in_place`]): each `Ready` is
+    /// held, there is no write to overlap with.
+    writes_in_place: bool,
     removed: bool,
     stop: bool,
     /// Reports for raft-rs collected while a `Ready` was in hand; stepped after `advance`.
@@ -177,6 +182,7 @@ pub(crate) struct NodeCore {
 impl NodeCore {
     pub(crate) fn new(parts: CoreParts, now: Instant) -> Self {
         let persisted_hs = parts.raw.raft.hard_state();
+        let writes_in_place = parts.storage.writes_in_place();
         let raft_applied = parts.raw.raft.raft_log.applied;
         NodeCore {
             id: parts.id,
@@ -204,8 +210,10 @@ impl NodeCore {
             transfer_term: None,
             was_leader: false,
             last_leader: None,
+            written_hs: persisted_hs.clone(),
             persisted_hs,
-            in_hand: None,
+            in_hand: VecDeque::new(),
+            writes_in_place,
             removed: false,
             stop: false,
             unreachable: Vec::new(),
@@ -234,10 +242,10 @@ impl NodeCore {
         self.outputs.pop_front()
     }
 
-    /// True while a durable write is in flight: feed nothing but [`NodeCore::write_done`]
-    /// (and [`NodeCore::send_failed`] for the sends carried out meanwhile).
-    pub(crate) fn writing(&self) -> bool {
-        self.in_hand.is_some()
+    /// How many durable writes are in flight.
+    #[cfg(test)]
+    pub(crate) fn writes_in_flight(&self) -> usize {
+        self.in_hand.len()
     }
 
     /// True once the node should stop: shut down, or removed from the cluster.
@@ -275,7 +283,7 @@ impl NodeCore {
     /// Handles the inputs gathered since the last turn, then at most one `Ready`. If the
     /// `Ready` needs a durable write, the turn ends in [`NodeCore::write_done`].
     pub(crate) fn turn(&mut self, now: Instant) -> Result<()> {
-        debug_assert!(self.in_hand.is_none(), "a turn while a write is in flight");
+        debug_assert!(!self.holding_ready(), "a turn while a Ready is held");
         self.now = now;
         self.flush_proposals();
         self.flush_reads();
@@ -300,10 +308,13 @@ impl NodeCore {
                 if stalled { "stopped" } else { "resumed" }
             );
         }
-        if self.raw.has_ready() && (!stalled || std::mem::take(&mut self.ready_this_tick)) {
+        if self.may_take_ready()
+            && self.raw.has_ready()
+            && (!stalled || std::mem::take(&mut self.ready_this_tick))
+        {
             self.on_ready()?;
         }
-        if self.in_hand.is_none() {
+        if !self.holding_ready() {
             self.after_turn();
         }
         Ok(())
@@ -363,10 +374,7 @@ impl NodeCore {
 
     /// Handles one message; what it asks for happens at the next [`NodeCore::turn`].
     pub(crate) fn handle(&mut self, msg: DriverMsg, now: Instant) -> Result<()> {
-        debug_assert!(
-            self.in_hand.is_none(),
-            "an input while a write is in flight"
-        );
+        debug_assert!(!self.holding_ready(), "an input while a Ready is held");
         self.now = now;
         match msg {
             DriverMsg::Raft(m, from_addr) => self.step_remote(*m, from_addr),
@@ -595,6 +603,7 @@ mod tests {
                 log: log.clone(),
                 snapshot_wanted_for: Arc::new(AtomicU64::new(0)),
                 snapshot_floor: HashMap::new(),
+                unsynced: Default::default(),
             },
             &raft_logger(1),
         )
@@ -674,11 +683,11 @@ mod tests {
             }
         }
         let write = write.expect("becoming leader writes the new term");
-        assert!(core.writing());
+        assert_eq!(core.writes_in_flight(), 1);
         assert!(core.poll_output().is_none());
         core.write_done(write.run(core.storage.as_ref()), now)
             .unwrap();
-        assert!(!core.writing());
+        assert_eq!(core.writes_in_flight(), 0);
         assert_eq!(core.storage.initial_state().unwrap().hard_state.term, 2);
     }
 

@@ -3,6 +3,7 @@
 //! plus snapshot saving and the apply backlog.
 
 use super::*;
+use crate::unsynced_entries::WrittenRange;
 
 /// Committed entries handed to the apply task and not yet applied, for back-pressure.
 #[derive(Default)]
@@ -57,6 +58,27 @@ impl LogWrite {
         }
         Ok(())
     }
+
+    /// Takes `next` into this write, so one storage call (one sync) carries both: its entries
+    /// replace this write's from their first index on, as a second append would, and its
+    /// hard state is the newer one. A write with a snapshot is never merged (false).
+    pub(crate) fn absorb(&mut self, next: LogWrite) -> Result<(), LogWrite> {
+        if self.snapshot.is_some() || next.snapshot.is_some() {
+            return Err(next);
+        }
+        if let (Some(front), Some(first)) = (
+            self.entries.first().map(|e| e.index),
+            next.entries.first().map(|e| e.index),
+        ) {
+            let keep = usize::try_from(first.saturating_sub(front)).unwrap_or(usize::MAX);
+            self.entries.truncate(keep);
+        }
+        self.entries.extend(next.entries);
+        if next.hard_state.is_some() {
+            self.hard_state = next.hard_state;
+        }
+        Ok(())
+    }
 }
 
 /// Saving a snapshot the apply task took, then compacting the log behind it.
@@ -78,14 +100,54 @@ impl SnapshotSave {
     }
 }
 
+/// Most `Ready` writes in flight at once: enough to keep the log writer busy while the node
+/// goes on taking messages, few enough that the unsynced entries stay small.
+const MAX_WRITES_IN_FLIGHT: usize = 8;
+
 /// A `Ready` whose write is in flight, and what happens once the write is durable.
-pub(super) struct WriteInHand {
-    ready: Ready,
-    /// A snapshot from the leader and the members it names: the apply task restores it,
-    /// then takes the committed entries, once it is in the log storage. Shared with the
-    /// write, so a large snapshot is held once.
-    snapshot: Option<(Arc<Snapshot>, Vec<Member>)>,
-    hard_state: Option<HardState>,
+pub(super) enum WriteInHand {
+    /// The `Ready` is held until its write is durable and only then advanced; the core takes
+    /// no input meanwhile. For a snapshot from the leader (it replaces the log raft-rs reads)
+    /// and for logs written in place.
+    Held {
+        ready: Box<Ready>,
+        /// A snapshot from the leader and the members it names: the apply task restores it,
+        /// then takes the committed entries, once it is in the log storage. Shared with the
+        /// write, so a large snapshot is held once.
+        snapshot: Option<(Arc<Snapshot>, Vec<Member>)>,
+        hard_state: Option<HardState>,
+    },
+    /// The `Ready` was advanced when its write was handed out; its entries are read from the
+    /// unsynced entries until the write is durable, and the core goes on meanwhile.
+    Advanced {
+        number: u64,
+        /// Votes and append responses: they may leave only once the write is durable.
+        persisted_messages: Vec<Message>,
+        read_states: Vec<ReadState>,
+        written: WrittenRange,
+        hard_state: Option<HardState>,
+        /// False when the Ready had nothing to write: it completes with the write before it.
+        io: bool,
+    },
+}
+
+impl WriteInHand {
+    fn stores_commit_below(&self, index: u64) -> bool {
+        let (WriteInHand::Held { hard_state, .. } | WriteInHand::Advanced { hard_state, .. }) =
+            self;
+        hard_state.as_ref().is_some_and(|hs| hs.commit < index)
+    }
+}
+
+/// True when a held `Ready` installs a snapshot from the leader.
+fn snapshot_pending(held: &WriteInHand) -> bool {
+    matches!(
+        held,
+        WriteInHand::Held {
+            snapshot: Some(_),
+            ..
+        }
+    )
 }
 
 impl NodeCore {
@@ -94,6 +156,15 @@ impl NodeCore {
     /// The result comes back as [`DriverMsg::SnapshotSaved`].
     pub(super) fn start_snapshot_save(&mut self) {
         if self.saving_snapshot {
+            return;
+        }
+        let Some(index) = self.snapshot_to_save.as_ref().map(snapshot_index) else {
+            return;
+        };
+        // A save raises the stored commit index to the snapshot's; a write in flight that
+        // stores an older hard state would lower it again behind the snapshot (the snapshot
+        // came from entries a later Ready committed). The save waits for such writes.
+        if self.in_hand.iter().any(|w| w.stores_commit_below(index)) {
             return;
         }
         let Some(snapshot) = self.snapshot_to_save.take() else {
@@ -218,6 +289,21 @@ impl NodeCore {
             && self.backlog.bytes > self.config.max_apply_backlog_bytes.saturating_mul(2)
     }
 
+    /// Whether the core may take a new `Ready` now: never while one is held, and only up to
+    /// [`MAX_WRITES_IN_FLIGHT`]. A snapshot from the leader waits until every earlier write is
+    /// durable, so it is held alone.
+    pub(super) fn may_take_ready(&self) -> bool {
+        if self.holding_ready() || self.in_hand.len() >= MAX_WRITES_IN_FLIGHT {
+            return false;
+        }
+        self.in_hand.is_empty() || self.raw.raft.raft_log.unstable.snapshot.is_none()
+    }
+
+    /// True while a `Ready` is held: the core takes no input but [`NodeCore::write_done`].
+    pub(crate) fn holding_ready(&self) -> bool {
+        matches!(self.in_hand.front(), Some(WriteInHand::Held { .. }))
+    }
+
     /// The first half of a `Ready`, up to its durable write.
     pub(super) fn on_ready(&mut self) -> Result<()> {
         let mut ready = self.raw.ready();
@@ -248,34 +334,70 @@ impl NodeCore {
         // 4. One durable write for the snapshot, entries and hard state.
         let entries = ready.take_entries();
         let hs = self.raw.raft.hard_state();
-        let vote_changed = hs.term != self.persisted_hs.term || hs.vote != self.persisted_hs.vote;
+        let vote_changed = hs.term != self.written_hs.term || hs.vote != self.written_hs.vote;
         let hard_state = (!entries.is_empty() || vote_changed).then_some(hs);
-        let in_hand = WriteInHand {
-            ready,
-            snapshot,
-            hard_state,
-        };
-        if in_hand.snapshot.is_none() && in_hand.hard_state.is_none() {
-            return self.finish_ready(in_hand);
+        if let Some(hs) = &hard_state {
+            self.written_hs = hs.clone();
         }
-        self.outputs.push_back(Output::Write(LogWrite {
-            snapshot: in_hand.snapshot.as_ref().map(|(s, _)| Arc::clone(s)),
-            entries,
-            hard_state: in_hand.hard_state.clone(),
-        }));
-        self.in_hand = Some(in_hand);
+        let io = snapshot.is_some() || hard_state.is_some();
+        if snapshot.is_some() || self.writes_in_place {
+            let write = io.then(|| LogWrite {
+                snapshot: snapshot.as_ref().map(|(s, _)| Arc::clone(s)),
+                entries,
+                hard_state: hard_state.clone(),
+            });
+            let held = WriteInHand::Held {
+                ready: Box::new(ready),
+                snapshot,
+                hard_state,
+            };
+            if self.in_hand.is_empty() && write.is_none() {
+                return self.finish_ready(held);
+            }
+            if snapshot_pending(&held) {
+                self.raw.mut_store().unsynced.clear();
+            }
+            self.in_hand.push_back(held);
+            if let Some(write) = write {
+                self.outputs.push_back(Output::Write(write));
+            }
+            return Ok(());
+        }
+
+        // 5. Otherwise the Ready is advanced now: raft-rs reads its entries from the unsynced
+        // ones until the write lands, and the node takes its next input meanwhile.
+        let advanced = WriteInHand::Advanced {
+            number: ready.number(),
+            persisted_messages: ready.take_persisted_messages(),
+            read_states: ready.take_read_states(),
+            written: WrittenRange::of(&entries),
+            hard_state: hard_state.clone(),
+            io,
+        };
+        self.raw.mut_store().unsynced.push(&entries);
+        self.raw.advance_append_async(ready);
+        if self.in_hand.is_empty() && !io {
+            return self.finish_ready(advanced);
+        }
+        self.in_hand.push_back(advanced);
+        if io {
+            self.outputs.push_back(Output::Write(LogWrite {
+                snapshot: None,
+                entries,
+                hard_state,
+            }));
+        }
         Ok(())
     }
 
-    /// The write of the `Ready` in hand is durable (or failed: then the node stops), and the
-    /// turn ends.
+    /// The oldest write in flight is durable (or failed: then the node stops).
     pub(crate) fn write_done(
         &mut self,
         result: Result<(), StorageError>,
         now: Instant,
     ) -> Result<()> {
         self.now = now;
-        let Some(in_hand) = self.in_hand.take() else {
+        let Some(in_hand) = self.in_hand.pop_front() else {
             return Ok(());
         };
         if let Err(e) = result {
@@ -286,41 +408,72 @@ impl NodeCore {
             return Err(Error::from(e));
         }
         self.finish_ready(in_hand)?;
-        self.after_turn();
+        // Readies with nothing to write complete with the write before them.
+        while let Some(WriteInHand::Advanced { io: false, .. }) = self.in_hand.front() {
+            if let Some(next) = self.in_hand.pop_front() {
+                self.finish_ready(next)?;
+            }
+        }
+        if !self.holding_ready() {
+            self.after_turn();
+        }
         Ok(())
     }
 
     /// The second half of a `Ready`, once what it had to write is durable.
     fn finish_ready(&mut self, in_hand: WriteInHand) -> Result<()> {
-        let WriteInHand {
-            mut ready,
-            snapshot,
-            hard_state,
-        } = in_hand;
-        if let Some((snapshot, members)) = snapshot {
-            self.members = Members::from_list(members);
-            let index = snapshot_index(&snapshot);
-            tracing::info!(node = self.id, index, "installed snapshot from leader");
-            self.backlog.applied(index);
-            self.backlog.handed = self.backlog.handed.max(index);
-            self.send_to_apply(ApplyMsg::Restore(snapshot));
-            self.hand_to_apply(ready.take_committed_entries());
-        }
-        if let Some(hs) = hard_state {
-            self.persisted_hs = hs;
-        }
+        match in_hand {
+            WriteInHand::Held {
+                mut ready,
+                snapshot,
+                hard_state,
+            } => {
+                if let Some((snapshot, members)) = snapshot {
+                    self.members = Members::from_list(members);
+                    let index = snapshot_index(&snapshot);
+                    tracing::info!(node = self.id, index, "installed snapshot from leader");
+                    self.backlog.applied(index);
+                    self.backlog.handed = self.backlog.handed.max(index);
+                    self.send_to_apply(ApplyMsg::Restore(snapshot));
+                    self.hand_to_apply(ready.take_committed_entries());
+                }
+                if let Some(hs) = hard_state {
+                    self.persisted_hs = hs;
+                }
 
-        // 5. Only now may votes and append responses leave.
-        self.send_messages(ready.take_persisted_messages());
-        for state in ready.take_read_states() {
-            self.on_read_state(state);
-        }
+                // Only now may votes and append responses leave.
+                self.send_messages(ready.take_persisted_messages());
+                for state in ready.take_read_states() {
+                    self.on_read_state(state);
+                }
 
-        // 6. Advance (raft-rs hears the applied index from the apply task, not here), then
-        // the light ready.
-        let mut light = self.raw.advance_append(ready);
-        self.send_messages(light.take_messages());
-        self.hand_to_apply(light.take_committed_entries());
+                // Advance (raft-rs hears the applied index from the apply task, not here),
+                // then the light ready.
+                let mut light = self.raw.advance_append(*ready);
+                self.send_messages(light.take_messages());
+                self.hand_to_apply(light.take_committed_entries());
+            }
+            WriteInHand::Advanced {
+                number,
+                persisted_messages,
+                read_states,
+                written,
+                hard_state,
+                io: _,
+            } => {
+                self.raw.mut_store().unsynced.synced(&written);
+                if let Some(hs) = hard_state {
+                    self.persisted_hs = hs;
+                }
+                self.send_messages(persisted_messages);
+                for state in read_states {
+                    self.on_read_state(state);
+                }
+                // What this makes possible (a commit, the messages it sends, committed
+                // entries) comes in the next Ready.
+                self.raw.on_persist_ready(number);
+            }
+        }
         Ok(())
     }
 
@@ -429,5 +582,55 @@ impl NodeCore {
         drop(known);
         *slot.write().unwrap_or_else(|e| e.into_inner()) =
             current.map(|(id, addr)| (id, addr.to_string()));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn write(range: std::ops::RangeInclusive<u64>, term: u64, commit: u64) -> LogWrite {
+        LogWrite {
+            snapshot: None,
+            entries: range
+                .map(|index| Entry {
+                    index,
+                    term,
+                    ..Default::default()
+                })
+                .collect(),
+            hard_state: Some(HardState {
+                term,
+                commit,
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn merged_writes_store_what_the_two_writes_would_in_turn() {
+        let mut merged = write(5..=9, 2, 4);
+        assert!(merged.absorb(write(8..=10, 3, 6)).is_ok());
+        let stored: Vec<(u64, u64)> = merged.entries.iter().map(|e| (e.index, e.term)).collect();
+        assert_eq!(
+            stored,
+            vec![(5, 2), (6, 2), (7, 2), (8, 3), (9, 3), (10, 3)]
+        );
+        assert_eq!(merged.hard_state.as_ref().unwrap().commit, 6);
+        let commit_only = LogWrite {
+            snapshot: None,
+            entries: Vec::new(),
+            hard_state: None,
+        };
+        assert!(merged.absorb(commit_only).is_ok());
+        assert_eq!(merged.hard_state.as_ref().unwrap().commit, 6);
+        assert_eq!(merged.entries.len(), 6);
+        let with_snapshot = LogWrite {
+            snapshot: Some(Arc::new(Snapshot::default())),
+            entries: Vec::new(),
+            hard_state: None,
+        };
+        assert!(merged.absorb(with_snapshot).is_err());
     }
 }

@@ -101,6 +101,8 @@ pub struct Report {
     pub partitions: u64,
     /// Snapshots a leader sent to a lagging node, and it received.
     pub snapshots_delivered: u64,
+    /// Log writes handed out while an earlier one of the same node was still in flight.
+    pub overlapped_writes: u64,
     /// Hash of every event and message in order: equal traces, equal interleavings.
     pub trace: u64,
 }

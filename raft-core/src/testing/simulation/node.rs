@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use tokio::sync::{mpsc, watch};
@@ -35,8 +35,11 @@ pub(super) struct Running {
     pub(super) from_applier: mpsc::Receiver<DriverMsg>,
     /// Inputs that arrived since the last turn, or during a write.
     pub(super) inbox: VecDeque<NodeInput>,
-    /// The write in flight, carried out when its latency has passed.
-    pub(super) write: Option<LogWrite>,
+    /// The writes in flight, oldest first, each carried out when its latency has passed
+    /// (in order, as one log writer does).
+    pub(super) writes: VecDeque<LogWrite>,
+    /// When the newest write in flight completes: a later one cannot complete before it.
+    pub(super) writes_done_at: Duration,
     /// The snapshot save in flight.
     pub(super) save: Option<Box<SnapshotSave>>,
     pub(super) counters: Arc<Counters>,
@@ -117,7 +120,8 @@ impl SimNode {
             applied_rx,
             from_applier,
             inbox: VecDeque::new(),
-            write: None,
+            writes: VecDeque::new(),
+            writes_done_at: Duration::ZERO,
             save: None,
             counters,
         });
@@ -125,17 +129,17 @@ impl SimNode {
     }
 
     /// Stops the node as a power cut would: what it holds in memory is gone, its waiters
-    /// are dropped (their clients hear the node stopped). The write in flight reaches the
-    /// disk if `keep_write`.
-    pub(super) fn crash(&mut self, keep_write: bool, amnesia: bool) {
+    /// are dropped (their clients hear the node stopped). The oldest `keep_writes` writes in
+    /// flight reach the disk, and the snapshot save if `keep_writes > 0`.
+    pub(super) fn crash(&mut self, keep_writes: usize, amnesia: bool) {
         self.incarnation += 1;
         let Some(running) = self.running.take() else {
             return;
         };
-        if keep_write {
-            if let Some(write) = running.write {
-                let _ = write.run(self.disk.as_ref());
-            }
+        for write in running.writes.iter().take(keep_writes) {
+            let _ = write.run(self.disk.as_ref());
+        }
+        if keep_writes > 0 {
             if let Some(save) = running.save {
                 let _ = save.run(self.disk.as_ref());
             }

@@ -144,7 +144,7 @@ fn hash_of(data: &[u8]) -> u64 {
 impl World {
     pub(super) fn new(seed: u64, config: SimConfig) -> Self {
         let nodes = (1..=config.nodes)
-            .map(|id| SimNode::new(id, Arc::new(MemLogStorage::new())))
+            .map(|id| SimNode::new(id, Arc::new(MemLogStorage::with_deferred_writes())))
             .collect();
         let clients = (0..config.clients)
             .map(|_| Client {
@@ -399,7 +399,7 @@ impl World {
             return;
         };
         running.inbox.push_back(input);
-        if !running.core.writing() {
+        if !running.core.holding_ready() {
             self.at(Duration::ZERO, Event::Wake { node: id, life });
         }
     }
@@ -410,7 +410,7 @@ impl World {
         let Some(running) = self.node(id).running.as_mut() else {
             return;
         };
-        if running.core.writing() {
+        if running.core.holding_ready() {
             return;
         }
         let mut result = Ok(());
@@ -460,9 +460,21 @@ impl World {
             match output {
                 Output::Send { msg, .. } => self.send(id, msg),
                 Output::Write(write) => {
-                    running.write = Some(write);
+                    let overlapped = !running.writes.is_empty();
+                    running.writes.push_back(write);
+                    if overlapped {
+                        self.report.overlapped_writes += 1;
+                    }
                     let latency = self.disk_latency();
-                    self.at(latency, Event::WriteDone { node: id, life });
+                    // One writer: a write completes no sooner than the one before it.
+                    let now = self.now;
+                    let running = self.node(id).running.as_mut();
+                    let after = running.map_or(latency, |r| {
+                        let done_at = (now + latency).max(r.writes_done_at);
+                        r.writes_done_at = done_at;
+                        done_at - now
+                    });
+                    self.at(after, Event::WriteDone { node: id, life });
                 }
                 Output::SaveSnapshot(save) => {
                     running.save = Some(save);
@@ -515,7 +527,7 @@ impl World {
         let Some(running) = self.node(id).running.as_mut() else {
             return;
         };
-        let Some(write) = running.write.take() else {
+        let Some(write) = running.writes.pop_front() else {
             return;
         };
         let result = if faulty {
@@ -528,7 +540,7 @@ impl World {
                 // The node stops, as it must; it comes back from what its disk holds.
                 self.report.fsync_failures += 1;
                 let forget = self.config.amnesiac_disks;
-                self.node(id).crash(false, forget);
+                self.node(id).crash(0, forget);
                 let after = self.between(50, 500);
                 self.at(after, Event::Restart { node: id });
             } else {

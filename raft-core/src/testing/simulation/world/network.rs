@@ -104,7 +104,13 @@ impl World {
         if roll < 35 {
             let id = self.rng.gen_range(1..=n);
             if self.running(id) {
-                let keep = self.rng.gen_bool(0.5);
+                // A prefix of the writes in flight reaches the disk: none, some or all.
+                let in_flight = self.node(id).running.as_ref().map_or(0, |r| r.writes.len());
+                let keep = if self.rng.gen_bool(0.5) {
+                    0
+                } else {
+                    self.rng.gen_range(1..=in_flight.max(1))
+                };
                 self.report.crashes += 1;
                 let forget = self.config.amnesiac_disks;
                 self.node(id).crash(keep, forget);
@@ -129,8 +135,8 @@ impl World {
             // quorum of the other voters.
             let id = self.rng.gen_range(1..=n);
             self.report.disk_losses += 1;
-            self.node(id).crash(false, false);
-            self.node(id).disk = Arc::new(MemLogStorage::new());
+            self.node(id).crash(0, false);
+            self.node(id).disk = Arc::new(MemLogStorage::with_deferred_writes());
             let after = self.between(200, 1000);
             self.at(after, Event::Restart { node: id });
         }
