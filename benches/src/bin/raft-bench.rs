@@ -6,6 +6,13 @@
 //! JSON line. Errors are counted and shown, never hidden.
 //!
 //! `raft-bench --endpoints http://127.0.0.1:7101,http://127.0.0.1:7102 --clients 64`
+//!
+//! With `--target etcd` the same clients drive etcd (3.4+) through its native gRPC API on the
+//! client URLs instead, as etcd's own `benchmark` tool and its clients do: each client holds
+//! one HTTP/2 connection (a tonic `Channel`) to one member; a put is `KV.Put{key, value}`, a
+//! get `KV.Range{key}` (linearizable, etcd's default). Keys, values, the operation mix and the
+//! latency recording are the same, so the two systems compare directly
+//! (`benches/etcd-compare.sh`).
 
 use std::time::{Duration, Instant};
 
@@ -15,7 +22,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
@@ -23,14 +30,44 @@ use hyper::{Method, StatusCode};
 use hyper_util::rt::TokioIo;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use tonic::transport::{Channel, Endpoint};
 
-/// Load generator for raft-kv.
+/// etcd's v3 gRPC API, the part raft-bench calls: `KV.Range` and `KV.Put`
+/// (`benches/proto/etcd_kv.proto`).
+#[allow(
+    missing_docs,
+    dead_code,
+    clippy::all,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+mod etcdserverpb {
+    tonic::include_proto!("etcdserverpb");
+}
+
+use etcdserverpb::kv_client::KvClient;
+use etcdserverpb::{PutRequest, RangeRequest};
+
+/// The system under load.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// `PUT /kv/KEY` with the value as body, `GET /kv/KEY`.
+    RaftKv,
+    /// etcd 3.4+'s gRPC API: `KV.Put`, `KV.Range`.
+    Etcd,
+}
+
+/// Load generator for raft-kv (or, for comparison, etcd).
 #[derive(Parser, Debug, Clone)]
 #[command(name = "raft-bench", version, about)]
 struct Args {
-    /// Comma-separated HTTP endpoints of raft-kv nodes.
+    /// Comma-separated HTTP endpoints of raft-kv nodes (etcd: client URLs).
     #[arg(long, value_delimiter = ',', required = true)]
     endpoints: Vec<String>,
+    /// The system under load.
+    #[arg(long, value_enum, default_value_t = Target::RaftKv)]
+    target: Target,
     /// Concurrent clients, each with its own connection.
     #[arg(long, default_value_t = 16)]
     clients: usize,
@@ -95,33 +132,23 @@ impl Connection {
     }
 
     /// Sends one request; the answer's status once its body is read.
-    async fn send(
-        &mut self,
-        method: Method,
-        path: &str,
-        body: Bytes,
-    ) -> Result<StatusCode, String> {
-        let result = self.try_send(method, path, body).await;
+    async fn send(&mut self, request: &Request) -> Result<StatusCode, String> {
+        let result = self.try_send(request).await;
         if result.is_err() {
             self.sender = None;
         }
         result
     }
 
-    async fn try_send(
-        &mut self,
-        method: Method,
-        path: &str,
-        body: Bytes,
-    ) -> Result<StatusCode, String> {
+    async fn try_send(&mut self, request: &Request) -> Result<StatusCode, String> {
         if self.sender.as_ref().is_none_or(|s| s.is_closed()) {
             self.sender = Some(self.connect().await?);
         }
         let request = hyper::Request::builder()
-            .method(method)
-            .uri(path)
+            .method(request.method.clone())
+            .uri(&request.path)
             .header(hyper::header::HOST, &self.authority)
-            .body(Full::new(body))
+            .body(Full::new(request.body.clone()))
             .map_err(|e| e.to_string())?;
         let sender = self.sender.as_mut().ok_or("no connection")?;
         let exchange = async {
@@ -139,10 +166,147 @@ impl Connection {
     }
 }
 
+/// One raft-kv operation, ready to send.
+struct Request {
+    method: Method,
+    path: String,
+    body: Bytes,
+}
+
+/// Builds each client's raft-kv requests.
+struct Requests {
+    value: Bytes,
+}
+
+impl Requests {
+    fn put(&self, key: u64) -> Request {
+        Request {
+            method: Method::PUT,
+            path: format!("/kv/bench-{key}"),
+            body: self.value.clone(),
+        }
+    }
+
+    fn get(&self, key: u64) -> Request {
+        Request {
+            method: Method::GET,
+            path: format!("/kv/bench-{key}"),
+            body: Bytes::new(),
+        }
+    }
+}
+
+/// Why an operation failed.
+enum Failure {
+    /// The node answered with an error.
+    Answer(String),
+    /// No answer (connection refused or lost, timeout): the node is down or restarting, and
+    /// the client pauses before its next operation rather than spin on it.
+    Unreachable(String),
+}
+
+/// One client of etcd: one gRPC channel (one HTTP/2 connection, reopened by tonic after an
+/// error) to one member.
+struct EtcdClient {
+    kv: KvClient<Channel>,
+    value: Bytes,
+}
+
+impl EtcdClient {
+    fn new(endpoint: &str, value: Bytes) -> Result<Self> {
+        if !endpoint.starts_with("http://") {
+            bail!("endpoints must be http://host:port, not {endpoint}");
+        }
+        // Connects on the first call, within the warmup, like raft-kv's connections.
+        let channel = Endpoint::from_shared(endpoint.trim_end_matches('/').to_string())
+            .with_context(|| format!("endpoint {endpoint}"))?
+            .tcp_nodelay(true)
+            .connect_lazy();
+        Ok(Self {
+            kv: KvClient::new(channel),
+            value,
+        })
+    }
+
+    async fn send(&mut self, read: bool, key: u64) -> Result<(), Failure> {
+        let key = Bytes::from(format!("bench-{key}"));
+        let value = self.value.clone();
+        let kv = &mut self.kv;
+        let call = async move {
+            if read {
+                // Linearizable: etcd serves a range from the leader's read index unless the
+                // request says `serializable`. A key never written is an answer without `kvs`.
+                let request = RangeRequest {
+                    key,
+                    serializable: false,
+                    ..Default::default()
+                };
+                kv.range(request).await.map(drop)
+            } else {
+                let request = PutRequest {
+                    key,
+                    value,
+                    ..Default::default()
+                };
+                kv.put(request).await.map(drop)
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(10), call).await {
+            Err(_) => Err(Failure::Unreachable("timed out after 10 s".into())),
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(status)) => {
+                let message = format!("gRPC {:?}: {}", status.code(), status.message());
+                if status.code() == tonic::Code::Unavailable {
+                    Err(Failure::Unreachable(message))
+                } else {
+                    Err(Failure::Answer(message))
+                }
+            }
+        }
+    }
+}
+
+/// One client's link to one node of the system under load.
+enum Link {
+    RaftKv(Connection, Requests),
+    Etcd(EtcdClient),
+}
+
+impl Link {
+    fn new(target: Target, endpoint: &str, value_size: usize) -> Result<Self> {
+        let value = Bytes::from(vec![b'x'; value_size]);
+        Ok(match target {
+            Target::RaftKv => Self::RaftKv(Connection::new(endpoint)?, Requests { value }),
+            Target::Etcd => Self::Etcd(EtcdClient::new(endpoint, value)?),
+        })
+    }
+
+    /// One put or linearizable get of `key`.
+    async fn send(&mut self, read: bool, key: u64) -> Result<(), Failure> {
+        match self {
+            Self::RaftKv(connection, requests) => {
+                let request = if read {
+                    requests.get(key)
+                } else {
+                    requests.put(key)
+                };
+                match connection.send(&request).await {
+                    Ok(status) if status.is_success() => Ok(()),
+                    // raft-kv answers 404 for a key never written.
+                    Ok(StatusCode::NOT_FOUND) if read => Ok(()),
+                    Ok(status) => Err(Failure::Answer(format!("HTTP {status}"))),
+                    Err(e) => Err(Failure::Unreachable(e)),
+                }
+            }
+            Self::Etcd(client) => client.send(read, key).await,
+        }
+    }
+}
+
 async fn client(args: Args, id: usize, start: Instant) -> Result<ClientResult> {
-    let mut connection = Connection::new(&args.endpoints[id % args.endpoints.len()])?;
+    let endpoint = &args.endpoints[id % args.endpoints.len()];
+    let mut link = Link::new(args.target, endpoint, args.value_size)?;
     let mut rng = StdRng::seed_from_u64(args.seed.wrapping_add(id as u64));
-    let value = Bytes::from(vec![b'x'; args.value_size]);
     let measure_from = start + Duration::from_secs_f64(args.warmup);
     let stop = measure_from + Duration::from_secs_f64(args.duration);
     let mut result = ClientResult {
@@ -157,20 +321,12 @@ async fn client(args: Args, id: usize, start: Instant) -> Result<ClientResult> {
             return Ok(result);
         }
         let key = rng.gen_range(0..args.keys);
-        let path = format!("/kv/bench-{key}");
         let read = rng.gen_bool(args.read_ratio.clamp(0.0, 1.0));
         let began = Instant::now();
-        let outcome = if read {
-            connection.send(Method::GET, &path, Bytes::new()).await
-        } else {
-            connection.send(Method::PUT, &path, value.clone()).await
-        };
-        let ok = match outcome {
-            Ok(status) if status.is_success() || (read && status == StatusCode::NOT_FOUND) => {
-                Ok(())
-            }
-            Ok(status) => Err(format!("HTTP {status}")),
-            Err(e) => {
+        let ok = match link.send(read, key).await {
+            Ok(()) => Ok(()),
+            Err(Failure::Answer(e)) => Err(e),
+            Err(Failure::Unreachable(e)) => {
                 // The node is down or restarting: do not spin on it.
                 tokio::time::sleep(Duration::from_millis(10)).await;
                 Err(e)
@@ -238,8 +394,13 @@ async fn main() -> Result<()> {
         first_error = first_error.or(r.first_error);
     }
     let seconds = args.duration;
+    // raft-kv's output is unchanged by `--target`; etcd runs say so in the header and JSON.
+    let against = match args.target {
+        Target::RaftKv => "",
+        Target::Etcd => " (etcd)",
+    };
     println!(
-        "raft-bench: {} clients, {} endpoints, {:.0} s measured after {:.0} s warmup, {} B values, {} keys, read ratio {}",
+        "raft-bench{against}: {} clients, {} endpoints, {:.0} s measured after {:.0} s warmup, {} B values, {} keys, read ratio {}",
         args.clients, args.endpoints.len(), args.duration, args.warmup, args.value_size, args.keys, args.read_ratio
     );
     println!(
@@ -253,11 +414,14 @@ async fn main() -> Result<()> {
     if let Some(e) = &first_error {
         println!("first error: {e}");
     }
-    let line = serde_json::json!({
+    let mut line = serde_json::json!({
         "clients": args.clients, "endpoints": args.endpoints.len(), "duration_s": seconds,
         "value_size": args.value_size, "keys": args.keys, "read_ratio": args.read_ratio,
         "ops_per_sec": total, "errors": errors, "put": w, "get": r,
     });
+    if args.target == Target::Etcd {
+        line["target"] = "etcd".into();
+    }
     println!("{line}");
     Ok(())
 }
