@@ -11,6 +11,8 @@
 #   benches/etcd-compare.sh                      # 1, 64 and 256 clients, 10 s per run
 #   CLIENTS="1 64" DURATION=3 benches/etcd-compare.sh
 #   GETS=1 benches/etcd-compare.sh               # also linearizable gets at the most clients
+#   OUT=benches/results benches/etcd-compare.sh  # also writes puts/s, p99 and CPU per put as
+#                                                # CSV (series,x,y) for benches/plot.py
 #
 # BIN_DIR holds `raft-kv` and `raft-bench` (default: the release target directory; build them
 # with `cargo build --release -p raft-kv-example -p raftkit-benches`). etcd comes from the OS
@@ -195,9 +197,10 @@ for n in $clients; do
 done
 
 echo
-python3 - "$work/results" "$(getconf CLK_TCK)" <<'EOF'
-import json, sys
+python3 - "$work/results" "$(getconf CLK_TCK)" "${OUT:-}" <<'EOF'
+import json, os, sys
 hz = int(sys.argv[2])
+out = sys.argv[3]
 rows = {}  # (clients, ratio) -> system -> (histogram, cpu µs per op, errors)
 for line in open(sys.argv[1]):
     system, n, ratio, ticks, js = line.split(" ", 4)
@@ -233,4 +236,18 @@ if any(ratio > 0 for _, ratio in rows):
     print("Rows marked \"gets\": linearizable gets/s, their latency and CPU µs per get.")
 for note in notes:
     print(f"WARNING: {note} (see the run's output above)")
+if out:
+    os.makedirs(out, exist_ok=True)
+    names = {"raft-kv": "raft-kv", "etcd": "etcd 3.4"}
+    for file, value in (
+        ("puts-per-sec", lambda h, cpu: h["ops_per_sec"]),
+        ("p99-ms", lambda h, cpu: h["p99_ms"]),
+        ("cpu-us-per-put", lambda h, cpu: cpu),
+    ):
+        with open(os.path.join(out, f"{file}.csv"), "w") as f:
+            f.write("series,x,y\n")
+            for s in ("raft-kv", "etcd"):
+                for (n, ratio), r in sorted(rows.items()):
+                    if ratio == 0 and s in r:
+                        f.write(f"{names[s]},{n},{value(r[s][0], r[s][1])}\n")
 EOF

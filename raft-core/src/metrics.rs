@@ -75,6 +75,8 @@ pub(crate) struct NodeMetrics {
     pub(crate) apply_backlog_bytes: AtomicU64,
     /// Committed entries handed to the apply task and not applied yet.
     pub(crate) apply_backlog_entries: AtomicU64,
+    /// Log writes handed to the log writer and not durable yet.
+    pub(crate) log_writes_in_flight: AtomicU64,
     /// Raft messages queued for peers, over all peers.
     pub(crate) peer_queue: AtomicU64,
     /// Requests queued for forwarding to the leader, over all destinations.
@@ -150,6 +152,7 @@ impl NodeMetrics {
                 driver_inbox: get(&self.driver_inbox),
                 apply_backlog_entries: get(&self.apply_backlog_entries),
                 apply_backlog_bytes: get(&self.apply_backlog_bytes),
+                log_writes_in_flight: get(&self.log_writes_in_flight),
                 peer_send: get(&self.peer_queue),
                 forward: get(&self.forward_queue),
                 snapshot_receiving_bytes: get(&self.snapshot_receiving_bytes),
@@ -178,6 +181,9 @@ pub struct QueueDepths {
     /// Bytes of committed entries waiting for [`crate::Store::apply`]
     /// (bounded by [`crate::Config::max_apply_backlog_bytes`]).
     pub apply_backlog_bytes: u64,
+    /// Log writes handed to the log writer and not durable yet (at most eight; a node with a
+    /// log in memory writes in place and shows 0 or 1).
+    pub log_writes_in_flight: u64,
     /// Raft messages queued for peers, over all peers.
     pub peer_send: u64,
     /// Proposals and reads queued on their way to the leader.
@@ -292,6 +298,7 @@ impl Metrics {
             ("driver_inbox", q.driver_inbox),
             ("apply_backlog_entries", q.apply_backlog_entries),
             ("apply_backlog_bytes", q.apply_backlog_bytes),
+            ("log_writes_in_flight", q.log_writes_in_flight),
             ("peer_send", q.peer_send),
             ("forward", q.forward),
             ("snapshot_receiving_bytes", q.snapshot_receiving_bytes),

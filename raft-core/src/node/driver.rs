@@ -65,8 +65,16 @@ impl Driver {
         })
     }
 
-    /// Runs until shutdown, removal from the cluster, or a fatal error.
+    /// Runs until shutdown, removal from the cluster, or a fatal error; then waits for the
+    /// log writer to finish the write it is doing, so no thread outlives the node with its
+    /// log storage open.
     pub(crate) async fn run(mut self) -> Result<()> {
+        let result = self.drive().await;
+        self.writer.stop().await;
+        result
+    }
+
+    async fn drive(&mut self) -> Result<()> {
         let mut ticker = tokio::time::interval(self.parts.tick_interval);
         // Ticks must never come faster than the interval: leases rely on it.
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -190,7 +198,8 @@ fn observe_write(counters: &Counters, started: Instant) {
 /// blocks a runtime worker and the driver goes on while it runs. The queue is bounded by the
 /// core, which has at most a few writes in flight.
 struct LogWriter {
-    tx: std::sync::mpsc::Sender<LogWrite>,
+    tx: Option<std::sync::mpsc::Sender<LogWrite>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl LogWriter {
@@ -201,7 +210,7 @@ impl LogWriter {
     ) -> Result<(Self, mpsc::UnboundedReceiver<Result<(), StorageError>>)> {
         let (tx, rx) = std::sync::mpsc::channel::<LogWrite>();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(format!("raftkit-log-writer-{node}"))
             .spawn(move || {
                 // Ends when the driver drops its sender, or stops listening.
@@ -235,12 +244,24 @@ impl LogWriter {
                 }
             })
             .map_err(|e| Error::from(StorageError::Io(format!("starting the log writer: {e}"))))?;
-        Ok((LogWriter { tx }, done_rx))
+        let writer = LogWriter {
+            tx: Some(tx),
+            thread: Some(thread),
+        };
+        Ok((writer, done_rx))
     }
 
     /// Hands a write to the thread; false if it is gone.
     fn write(&self, write: LogWrite) -> bool {
-        self.tx.send(write).is_ok()
+        self.tx.as_ref().is_some_and(|tx| tx.send(write).is_ok())
+    }
+
+    /// Lets the thread finish what it was given and waits for it to end.
+    async fn stop(&mut self) {
+        self.tx = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
     }
 }
 

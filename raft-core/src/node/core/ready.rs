@@ -361,6 +361,7 @@ impl NodeCore {
             if let Some(write) = write {
                 self.outputs.push_back(Output::Write(write));
             }
+            self.publish_writes_in_flight();
             return Ok(());
         }
 
@@ -387,7 +388,13 @@ impl NodeCore {
                 hard_state,
             }));
         }
+        self.publish_writes_in_flight();
         Ok(())
+    }
+
+    fn publish_writes_in_flight(&self) {
+        let metrics = &self.counters.metrics;
+        NodeMetrics::set(&metrics.log_writes_in_flight, self.in_hand.len() as u64);
     }
 
     /// The oldest write in flight is durable (or failed: then the node stops).
@@ -414,6 +421,7 @@ impl NodeCore {
                 self.finish_ready(next)?;
             }
         }
+        self.publish_writes_in_flight();
         if !self.holding_ready() {
             self.after_turn();
         }
