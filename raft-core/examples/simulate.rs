@@ -17,6 +17,12 @@ use std::time::Instant;
 use raft_core::testing::simulation::{run, SimConfig};
 
 fn main() -> ExitCode {
+    // `RUST_LOG=raft_core=debug simulate --seed N` shows what the nodes did.
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .try_init();
+    }
     let mut seeds = 100u64;
     let mut from = 0u64;
     let mut jobs = 1u64;

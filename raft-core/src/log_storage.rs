@@ -14,8 +14,11 @@ use crate::unsynced_entries::UnsyncedEntries;
 ///
 /// Reads follow raft-rs's [`raft::Storage`] contract (including its `Compacted` and
 /// `Unavailable` errors). Every write is durable when it returns: a node acknowledges nothing
-/// that a write has not made durable. Writes are called from a blocking thread, never from an
-/// async runtime worker, so implementations may fsync freely.
+/// that a write has not made durable. Writes are called from a blocking thread (in a running
+/// node, its log-writer thread, one at a time and in order), never from an async runtime
+/// worker, so implementations may fsync freely. Reads go on from other threads while a write
+/// runs; raft-core never reads the entries a write in flight is storing (it serves those from
+/// memory until the write returns).
 ///
 /// The stored conf state is the one in the latest snapshot's metadata: raft-core rebuilds the
 /// current membership by replaying the committed log after it, the way it rebuilds the user's
