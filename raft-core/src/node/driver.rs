@@ -208,6 +208,9 @@ impl LogWriter {
         storage: Arc<dyn LogStorage>,
         counters: Arc<Counters>,
     ) -> Result<(Self, mpsc::UnboundedReceiver<Result<(), StorageError>>)> {
+        // Both channels are unbounded as channels and bounded by the core: it hands out a write
+        // only while fewer than `MAX_WRITES_IN_FLIGHT` (8) are in flight, and each write gives
+        // one result, so neither ever holds more than eight items.
         let (tx, rx) = std::sync::mpsc::channel::<LogWrite>();
         let (done_tx, done_rx) = mpsc::unbounded_channel();
         let thread = std::thread::Builder::new()
