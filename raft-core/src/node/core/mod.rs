@@ -325,6 +325,7 @@ impl NodeCore {
     }
 
     /// The current term.
+    #[cfg(feature = "testing")]
     pub(crate) fn term(&self) -> u64 {
         self.raw.raft.term
     }
