@@ -2,7 +2,7 @@
 //! `Progress` of each member, plus when this node last heard from it.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use raft::ProgressState;
 
@@ -28,8 +28,11 @@ impl LastContact {
         self.at.retain(|&id, _| keep(id));
     }
 
-    fn get(&self, id: u64) -> Option<Instant> {
-        self.at.get(&id).copied()
+    /// How long before `now` member `id` was last heard from; `None` if never.
+    pub(crate) fn since(&self, id: u64, now: Instant) -> Option<Duration> {
+        self.at
+            .get(&id)
+            .map(|&at| now.saturating_duration_since(at))
     }
 }
 
@@ -55,7 +58,7 @@ pub(crate) fn member_progress<T: raft::Storage>(
             let last_contact = if id == raft.id {
                 None
             } else {
-                contact.get(id).map(|at| now.saturating_duration_since(at))
+                contact.since(id, now)
             };
             let progress = MemberProgress {
                 matched: p.matched,

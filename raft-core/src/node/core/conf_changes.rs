@@ -294,9 +294,7 @@ impl NodeCore {
         let reachable: Vec<u64> = others
             .iter()
             .copied()
-            .filter(|&v| {
-                v == self.id || self.raw.raft.prs().get(v).is_some_and(|p| p.recent_active)
-            })
+            .filter(|&v| v == self.id || self.heard_from_recently(v))
             .collect();
         if reachable.len() < others.len() / 2 + 1 {
             let unreachable: Vec<u64> = others
@@ -315,6 +313,16 @@ impl NodeCore {
             )));
         }
         Ok(())
+    }
+
+    /// `id` sent this node a raft message within the last election timeout. raft-rs's
+    /// `Progress::recent_active` is not used: check-quorum clears it for every peer once per
+    /// election timeout, so a request that lands right after that check finds every healthy
+    /// peer "inactive", and a client retrying on the same period never gets through.
+    fn heard_from_recently(&self, id: u64) -> bool {
+        self.last_contact
+            .since(id, self.now)
+            .is_some_and(|ago| ago <= self.config.min_election_timeout())
     }
 
     pub(super) fn start_transfer(&mut self, target: u64) {
