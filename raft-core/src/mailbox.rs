@@ -75,7 +75,7 @@ impl Mailbox {
             )));
         }
         let started = Instant::now();
-        let result = self.route(Op::Propose(data), None).await;
+        let result = self.route_from(started, Op::Propose(data)).await;
         self.node
             .counters
             .metrics
@@ -96,7 +96,7 @@ impl Mailbox {
         consistency: ReadConsistency,
     ) -> Result<Vec<u8>> {
         let started = Instant::now();
-        let result = self.route(Op::Read(query, consistency), None).await;
+        let result = self.route_from(started, Op::Read(query, consistency)).await;
         self.node
             .counters
             .metrics
@@ -251,7 +251,8 @@ impl Mailbox {
     pub async fn transfer_leader(&self, target: u64) -> Result<()> {
         let deadline = Instant::now() + self.timeout;
         loop {
-            self.route_by(Op::Transfer(target), None, deadline).await?;
+            self.route_by(Op::Transfer(target), None, Instant::now(), deadline)
+                .await?;
             let wait_until =
                 (Instant::now() + self.node.config.min_election_timeout()).min(deadline);
             while Instant::now() < wait_until {
@@ -274,15 +275,24 @@ impl Mailbox {
     /// Runs `op` on the leader, wherever it is. `hint` is a node to ask first instead of
     /// this one (a joining node knows no leader yet).
     pub(crate) async fn route(&self, op: Op, hint: Option<(u64, String)>) -> Result<Vec<u8>> {
-        self.route_by(op, hint, Instant::now() + self.timeout).await
+        let now = Instant::now();
+        self.route_by(op, hint, now, now + self.timeout).await
+    }
+
+    /// [`Mailbox::route`] without a hint, for a caller that read the clock at `started`.
+    async fn route_from(&self, started: Instant, op: Op) -> Result<Vec<u8>> {
+        self.route_by(op, None, started, started + self.timeout)
+            .await
     }
 
     /// [`Mailbox::route`] with the caller's deadline: the one every attempt, every forwarded
-    /// request and every waiter on the way answers by.
+    /// request and every waiter on the way answers by. `started` is when the caller read the
+    /// clock last; the first attempt needs no other reading.
     async fn route_by(
         &self,
         op: Op,
         hint: Option<(u64, String)>,
+        started: Instant,
         deadline: Instant,
     ) -> Result<Vec<u8>> {
         // What only the leader serves goes straight to the leader this node knows of: asking
@@ -299,8 +309,9 @@ impl Mailbox {
         let mut attempt_timed_out = false;
         // A target that just failed to answer: being pointed back at it waits for the backoff.
         let mut failed_recently: Option<(u64, String)> = None;
+        let mut first_attempt_at = Some(started);
         loop {
-            let now = Instant::now();
+            let now = first_attempt_at.take().unwrap_or_else(Instant::now);
             if now >= deadline {
                 return Err(if leader_seen || attempt_timed_out {
                     Error::timeout(self.timeout)
@@ -309,7 +320,7 @@ impl Mailbox {
                 });
             }
             let result = match &target {
-                None => self.node.run(op.clone(), deadline).await,
+                None => self.node.run_at(now, op.clone(), deadline).await,
                 Some((_, addr)) => self.run_remote(addr, &op, deadline).await,
             };
             let error = match result {

@@ -57,8 +57,19 @@ impl NodeHandle {
         deadline: Instant,
         make: impl FnOnce(Instant, crate::node::messages::Responder) -> DriverMsg,
     ) -> Result<Vec<u8>> {
+        self.submit_at(Instant::now(), deadline, make).await
+    }
+
+    /// [`NodeHandle::submit`] for a caller that read the clock just before (`now`): the
+    /// proposal path reads it as rarely as it can.
+    async fn submit_at(
+        &self,
+        now: Instant,
+        deadline: Instant,
+        make: impl FnOnce(Instant, crate::node::messages::Responder) -> DriverMsg,
+    ) -> Result<Vec<u8>> {
         let (reply, rx) = tokio::sync::oneshot::channel();
-        let allotted = deadline.saturating_duration_since(Instant::now());
+        let allotted = deadline.saturating_duration_since(now);
         self.offer(make(deadline, reply))?;
         wait_answer(rx, deadline, allotted).await
     }
@@ -78,7 +89,12 @@ impl NodeHandle {
 
     /// Runs `op` on this node: answered by the driver, or the apply task, by `deadline`.
     pub(crate) async fn run(&self, op: Op, deadline: Instant) -> Result<Vec<u8>> {
-        self.submit(deadline, |deadline, reply| DriverMsg::Op {
+        self.run_at(Instant::now(), op, deadline).await
+    }
+
+    /// [`NodeHandle::run`] for a caller that read the clock just before (`now`).
+    pub(crate) async fn run_at(&self, now: Instant, op: Op, deadline: Instant) -> Result<Vec<u8>> {
+        self.submit_at(now, deadline, |deadline, reply| DriverMsg::Op {
             op,
             deadline,
             reply,
