@@ -8,6 +8,9 @@ use raft::prelude::{Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState};
 
 use crate::error::StorageError;
+use crate::snapshot_payload::{
+    inline_payload, InlinePayloadWriter, PayloadReader, SnapshotPayload, SnapshotPayloadWriter,
+};
 use crate::unsynced_entries::UnsyncedEntries;
 
 /// The raft log, hard state and latest snapshot of one node.
@@ -61,6 +64,58 @@ pub trait LogStorage: Send + Sync + 'static {
     /// Drops every entry up to and including `index`, which must not pass the latest
     /// snapshot's index. Compacting an already compacted index does nothing.
     fn compact(&self, index: u64) -> Result<(), StorageError>;
+    /// A writer for the payload (the user's state) of a snapshot this node takes or receives,
+    /// which [`LogStorage::save_snapshot_with`] or [`LogStorage::install_snapshot_with`] then
+    /// stores with its snapshot. Called on a blocking thread, like the writes.
+    ///
+    /// The default keeps the payload in memory and stores it inside the snapshot data (with
+    /// [`LogStorage::save_snapshot`] and [`LogStorage::install_snapshot`]), as a log in
+    /// memory does anyway. A backend that keeps snapshot data in files overrides the four
+    /// payload methods together, so that a large state is streamed to and from its file.
+    fn snapshot_payload_writer(&self) -> Result<Box<dyn SnapshotPayloadWriter>, StorageError> {
+        Ok(Box::new(InlinePayloadWriter::default()))
+    }
+    /// [`LogStorage::save_snapshot`] for a snapshot whose data refers to a separate payload.
+    fn save_snapshot_with(
+        &self,
+        snapshot: &Snapshot,
+        payload: SnapshotPayload,
+    ) -> Result<(), StorageError> {
+        self.save_snapshot(&payload.inline_into(snapshot)?)
+    }
+    /// [`LogStorage::install_snapshot`] for a snapshot whose data refers to a separate
+    /// payload.
+    fn install_snapshot_with(
+        &self,
+        snapshot: &Snapshot,
+        payload: SnapshotPayload,
+    ) -> Result<(), StorageError> {
+        self.install_snapshot(&payload.inline_into(snapshot)?)
+    }
+    /// Opens the payload of the stored snapshot `meta` names (the latest one). Called on a
+    /// blocking thread unless [`LogStorage::snapshot_payloads_in_place`]; the reader may
+    /// outlive a later snapshot replacing this one. The default reads the payload out of the
+    /// stored snapshot's data.
+    fn snapshot_payload(&self, meta: &SnapshotMetadata) -> Result<PayloadReader, StorageError> {
+        let stored = self
+            .snapshot()
+            .map_err(|e| StorageError::Io(e.to_string()))?;
+        let stored_meta = stored.metadata.clone().unwrap_or_default();
+        if (stored_meta.index, stored_meta.term) != (meta.index, meta.term) {
+            return Err(StorageError::Invalid(format!(
+                "the snapshot at {} (term {}) is no longer the stored one",
+                meta.index, meta.term
+            )));
+        }
+        Ok(Box::new(std::io::Cursor::new(inline_payload(&stored)?)))
+    }
+    /// True when the payload methods never wait for I/O (the defaults, which keep payloads
+    /// in memory): raft-core then calls them on its own task rather than on a blocking
+    /// thread. Backends that override the payload methods to use files say `false`.
+    fn snapshot_payloads_in_place(&self) -> bool {
+        true
+    }
+
     /// True when [`LogStorage::append`] and [`LogStorage::install_snapshot`] never wait for
     /// I/O (a log kept in memory): raft-core then calls them on its own task rather than
     /// handing each write to a blocking thread. Backends that write to disk keep the default,

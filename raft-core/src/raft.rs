@@ -22,7 +22,7 @@ use crate::node::op::Op;
 use crate::node::open::{first_snapshot, open, OpenParts, OpenedNode};
 use crate::node::peers::Peers;
 use crate::node::server::NodeServer;
-use crate::node::snapshot_transfer::SnapshotAssembler;
+use crate::node::snapshot_transfer::{ReceivedPayloads, SnapshotAssembler};
 use crate::node::Counters;
 use crate::records::Member;
 use crate::store::Store;
@@ -440,6 +440,7 @@ impl Raft {
         let id = node.id;
         let config = node.config.clone();
         let counters = node.counters.clone();
+        let received_payloads = Arc::new(ReceivedPayloads::default());
         let OpenedNode {
             mut core,
             applier,
@@ -454,6 +455,7 @@ impl Raft {
                 driver_tx: node.driver_tx.clone(),
                 read_nonce: rand::random(),
                 election_timeout_ticks: None,
+                received_payloads: received_payloads.clone(),
             },
             std::time::Instant::now(),
         )
@@ -472,12 +474,15 @@ impl Raft {
             node.transport.clone(),
             node.driver_tx.clone(),
             config.snapshot_chunk_size,
+            storage.clone(),
         );
         let assembler = Arc::new(SnapshotAssembler::new(
             id,
             config.max_snapshot_size,
             config.snapshot_transfer_timeout,
             counters.clone(),
+            storage.clone(),
+            received_payloads,
         ));
         // A node that lost its disk may be the leader its peers still remember: it never
         // joins through itself.

@@ -3,6 +3,7 @@
 use async_trait::async_trait;
 
 pub use crate::error::StoreError;
+use crate::snapshot_stream::{SnapshotSink, SnapshotSource};
 
 /// The result type of [`Store`] methods: any error type converts into its [`StoreError`] with
 /// `?`.
@@ -11,8 +12,14 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// The replicated state machine: the four methods a user implements.
 ///
 /// raft-core guarantees that every committed entry is passed to [`Store::apply`] exactly once
-/// per process incarnation, in log order, and that [`Store::snapshot`] is called between
-/// applies, so a snapshot covers exactly the entries applied before it.
+/// per process incarnation, in log order, and that snapshots ([`Store::snapshot_to`]) are
+/// taken between applies, so a snapshot covers exactly the entries applied before it.
+///
+/// A snapshot is written to, and restored from, a stream: the log storage keeps it in a file
+/// beside the log, and a new or lagging member receives it chunk by chunk. A store with a
+/// small state implements [`Store::snapshot`] and [`Store::restore`] and keeps the default
+/// stream methods; a store with a large state also overrides [`Store::snapshot_to`] and
+/// [`Store::restore_from`], so that its state is never serialized into one buffer.
 ///
 /// `apply` must be deterministic: every replica applies the same entries in the same order and
 /// must reach the same state. An `Err` from `apply` is returned to the proposing client; the
@@ -54,4 +61,21 @@ pub trait Store: Send + Sync + 'static {
     async fn snapshot(&self) -> StoreResult<Vec<u8>>;
     /// Replaces the whole state with a snapshot produced by [`Store::snapshot`].
     async fn restore(&mut self, snapshot: &[u8]) -> StoreResult<()>;
+
+    /// Writes the whole state into `sink`, as a stream. raft-core takes every snapshot this
+    /// way; the default writes what [`Store::snapshot`] returns. A store whose state is large
+    /// overrides it (and [`Store::restore_from`]) so that no serialized copy of the state is
+    /// ever held whole: raft-core hands the stream to the log storage a chunk at a time.
+    async fn snapshot_to(&self, sink: &mut SnapshotSink) -> StoreResult<()> {
+        let data = self.snapshot().await?;
+        sink.write(&data).await
+    }
+
+    /// Replaces the whole state with the stream [`Store::snapshot_to`] wrote. raft-core
+    /// restores every snapshot this way; the default reads it whole and calls
+    /// [`Store::restore`].
+    async fn restore_from(&mut self, source: &mut SnapshotSource) -> StoreResult<()> {
+        let data = source.read_to_end().await?;
+        self.restore(&data).await
+    }
 }

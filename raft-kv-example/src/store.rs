@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use raft_core::{async_trait, Store, StoreResult};
+use raft_core::{async_trait, SnapshotSink, SnapshotSource, Store, StoreError, StoreResult};
 use serde::{Deserialize, Serialize};
 
 /// A write, proposed through raft.
@@ -89,11 +89,133 @@ impl Store for KvStore {
         self.map = decode(snapshot)?;
         Ok(())
     }
+
+    /// Writes exactly the bytes of [`Store::snapshot`] (bincode of the map: its length, then
+    /// each key and value), one entry at a time, so no serialized copy of the map is held.
+    async fn snapshot_to(&self, sink: &mut SnapshotSink) -> StoreResult<()> {
+        sink.write(&encode(&(self.map.len() as u64))?).await?;
+        let mut entry = Vec::new();
+        for (key, value) in &self.map {
+            entry.clear();
+            put_varint(&mut entry, key.len() as u64);
+            entry.extend_from_slice(key.as_bytes());
+            put_varint(&mut entry, value.len() as u64);
+            entry.extend_from_slice(value);
+            sink.write(&entry).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads what [`Store::snapshot_to`] (or [`Store::snapshot`]) wrote, an entry at a time.
+    async fn restore_from(&mut self, source: &mut SnapshotSource) -> StoreResult<()> {
+        let mut map = BTreeMap::new();
+        let count = read_varint(source).await?;
+        for _ in 0..count {
+            let key = String::from_utf8(read_bytes(source).await?)?;
+            let value = read_bytes(source).await?;
+            map.insert(key, value);
+        }
+        if source.remaining() != 0 {
+            return Err(StoreError::msg(format!(
+                "{} bytes follow the snapshot's {count} entries",
+                source.remaining()
+            )));
+        }
+        self.map = map;
+        Ok(())
+    }
+}
+
+/// Appends `n` as bincode's standard varint: one byte below 251, else a marker byte and the
+/// little-endian u16, u32 or u64.
+fn put_varint(out: &mut Vec<u8>, n: u64) {
+    if n < 251 {
+        out.push(n as u8);
+    } else if let Ok(n) = u16::try_from(n) {
+        out.push(251);
+        out.extend_from_slice(&n.to_le_bytes());
+    } else if let Ok(n) = u32::try_from(n) {
+        out.push(252);
+        out.extend_from_slice(&n.to_le_bytes());
+    } else {
+        out.push(253);
+        out.extend_from_slice(&n.to_le_bytes());
+    }
+}
+
+/// Reads what [`put_varint`] wrote.
+async fn read_varint(source: &mut SnapshotSource) -> StoreResult<u64> {
+    let mut marker = [0u8; 1];
+    source.read_exact(&mut marker).await?;
+    let width = match marker[0] {
+        n @ 0..=250 => return Ok(u64::from(n)),
+        251 => 2,
+        252 => 4,
+        253 => 8,
+        other => return Err(StoreError::msg(format!("bad length marker {other}"))),
+    };
+    let mut bytes = [0u8; 8];
+    source.read_exact(&mut bytes[..width]).await?;
+    Ok(u64::from_le_bytes(bytes))
+}
+
+/// Reads a length-prefixed byte string, refusing a length past the snapshot's end.
+async fn read_bytes(source: &mut SnapshotSource) -> StoreResult<Vec<u8>> {
+    let len = read_varint(source).await?;
+    if len > source.remaining() {
+        return Err(StoreError::msg(format!(
+            "a {len}-byte string in a snapshot with {} bytes left",
+            source.remaining()
+        )));
+    }
+    let mut bytes = vec![0u8; len as usize];
+    source.read_exact(&mut bytes).await?;
+    Ok(bytes)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_streamed_snapshot_is_the_whole_one_and_restores_either_way() -> StoreResult<()> {
+        let mut store = KvStore::default();
+        // Lengths on both sides of each varint width.
+        for (i, len) in [0usize, 1, 250, 251, 65_535, 65_536, 300_000]
+            .iter()
+            .enumerate()
+        {
+            store.map.insert(
+                format!("key-{i}-{}", "k".repeat(i * 60)),
+                vec![i as u8; *len],
+            );
+        }
+        let whole = store.snapshot().await?;
+        let mut sink = SnapshotSink::memory();
+        store.snapshot_to(&mut sink).await?;
+        let streamed = sink.into_memory()?;
+        assert!(whole == streamed, "byte for byte the same");
+        let mut copy = KvStore::default();
+        copy.restore_from(&mut SnapshotSource::from_bytes(whole.clone()))
+            .await?;
+        assert_eq!(copy.map, store.map);
+        let mut truncated = KvStore::default();
+        let cut = SnapshotSource::from_bytes(whole[..whole.len() - 1].to_vec());
+        assert!(truncated.restore_from(&mut { cut }).await.is_err());
+        let mut longer = whole.clone();
+        longer.push(0);
+        assert!(KvStore::default()
+            .restore_from(&mut SnapshotSource::from_bytes(longer))
+            .await
+            .is_err());
+        let mut lying = vec![1u8, 253];
+        lying.extend_from_slice(&u64::MAX.to_le_bytes());
+        assert!(KvStore::default()
+            .restore_from(&mut SnapshotSource::from_bytes(lying))
+            .await
+            .is_err());
+        Ok(())
+    }
 
     #[tokio::test]
     async fn commands_queries_and_snapshots() -> StoreResult<()> {

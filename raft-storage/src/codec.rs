@@ -60,7 +60,10 @@ pub(crate) fn decode_truncated(bytes: &[u8]) -> Result<(u64, u64), StorageError>
     Ok((u64_at(bytes, 0), u64_at(bytes, 8)))
 }
 
-const SNAPSHOT_RECORD_VERSION: u8 = 1;
+/// A record whose file holds the whole snapshot data.
+const SNAPSHOT_RECORD_INLINE: u8 = 1;
+/// A record that holds the snapshot data (the envelope) itself; its file holds the payload.
+const SNAPSHOT_RECORD_PAYLOAD: u8 = 2;
 
 /// Where the latest snapshot lives: its metadata, and which file holds its data.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -71,31 +74,61 @@ pub(crate) struct SnapshotRecord {
     pub(crate) len: u64,
     pub(crate) crc: u32,
     pub(crate) meta: SnapshotMetadata,
+    /// The snapshot's data when the file holds only its payload; `None` when the file holds
+    /// the data.
+    pub(crate) envelope: Option<Vec<u8>>,
 }
 
 impl SnapshotRecord {
     pub(crate) fn encode(&self) -> Vec<u8> {
         let meta = encode(&self.meta);
-        let mut out = Vec::with_capacity(21 + meta.len());
-        out.push(SNAPSHOT_RECORD_VERSION);
+        let envelope = self.envelope.as_deref().unwrap_or_default();
+        let mut out = Vec::with_capacity(25 + meta.len() + envelope.len());
+        out.push(if self.envelope.is_some() {
+            SNAPSHOT_RECORD_PAYLOAD
+        } else {
+            SNAPSHOT_RECORD_INLINE
+        });
         out.extend_from_slice(&self.seq.to_be_bytes());
         out.extend_from_slice(&self.len.to_be_bytes());
         out.extend_from_slice(&self.crc.to_be_bytes());
+        if self.envelope.is_some() {
+            out.extend_from_slice(&(meta.len() as u32).to_be_bytes());
+        }
         out.extend_from_slice(&meta);
+        out.extend_from_slice(envelope);
         out
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<Self, StorageError> {
-        if bytes.len() < 21 || bytes[0] != SNAPSHOT_RECORD_VERSION {
-            return Err(StorageError::Corrupt(
+        let bad = || {
+            StorageError::Corrupt(
                 "the snapshot record is truncated or of an unknown version".into(),
-            ));
+            )
+        };
+        if bytes.len() < 21 {
+            return Err(bad());
         }
+        let (seq, len, crc) = (u64_at(bytes, 1), u64_at(bytes, 9), u32_at(bytes, 17));
+        let (meta, envelope) = match bytes[0] {
+            SNAPSHOT_RECORD_INLINE => (&bytes[21..], None),
+            SNAPSHOT_RECORD_PAYLOAD if bytes.len() >= 25 => {
+                let meta_len = u32_at(bytes, 21) as usize;
+                let rest = &bytes[25..];
+                if rest.len() < meta_len {
+                    return Err(bad());
+                }
+                let (meta, envelope) = rest.split_at(meta_len);
+                (meta, Some(envelope.to_vec()))
+            }
+            _ => return Err(bad()),
+        };
         Ok(Self {
-            seq: u64_at(bytes, 1),
-            len: u64_at(bytes, 9),
-            crc: u32_at(bytes, 17),
-            meta: decode(&bytes[21..], "snapshot metadata")?,
+            seq,
+            len,
+            crc,
+            meta: decode(meta, "snapshot metadata")?,
+            envelope,
         })
     }
 }
@@ -118,8 +151,16 @@ mod tests {
                 index: 10,
                 term: 2,
             },
+            envelope: None,
         };
         assert_eq!(SnapshotRecord::decode(&rec.encode()).unwrap(), rec);
+        let with_envelope = SnapshotRecord {
+            envelope: Some(b"envelope".to_vec()),
+            ..rec.clone()
+        };
+        let encoded = with_envelope.encode();
+        assert_eq!(SnapshotRecord::decode(&encoded).unwrap(), with_envelope);
+        assert!(SnapshotRecord::decode(&encoded[..30]).is_err());
         assert!(SnapshotRecord::decode(&[9; 30]).is_err());
         assert!(SnapshotRecord::decode(&rec.encode()[..10]).is_err());
         assert_eq!(decode_truncated(&encode_truncated(5, 6)).unwrap(), (5, 6));

@@ -2,11 +2,11 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use raft_core::backend::eraftpb::{Entry, HardState, RaftState, Snapshot, SnapshotMetadata};
 use raft_core::backend::limit_size;
-use raft_core::{LogStorage, StorageError};
+use raft_core::{LogStorage, PayloadReader, SnapshotPayload, SnapshotPayloadWriter, StorageError};
 use raft_engine::{Command, Config, Engine, LogBatch, MessageExt, ReadableSize};
 
 use crate::codec::{
@@ -178,7 +178,7 @@ struct Writer {
 pub struct RaftEngineLogStorage {
     engine: Engine,
     dir: PathBuf,
-    snapshots: SnapshotFiles,
+    snapshots: Arc<SnapshotFiles>,
     state: RwLock<State>,
     writer: Mutex<Writer>,
 }
@@ -306,6 +306,112 @@ fn put(batch: &mut LogBatch, key: &[u8], value: Vec<u8>) -> Result<(), StorageEr
         .map_err(|e| StorageError::Invalid(format!("raft-engine refused a key: {e}")))
 }
 
+impl RaftEngineLogStorage {
+    /// Installs a snapshot from the leader (`payload`: its data kept apart, already
+    /// written).
+    fn install(
+        &self,
+        snapshot: &Snapshot,
+        payload: Option<SnapshotPayload>,
+    ) -> Result<(), StorageError> {
+        // The writer is held throughout: the follower waits for the install anyway, and the
+        // log is replaced as a whole.
+        let mut w = self.writer()?;
+        let meta = snapshot.metadata.clone().unwrap_or_default();
+        if meta.index == 0 {
+            return Err(StorageError::Invalid(
+                "cannot install an empty snapshot".into(),
+            ));
+        }
+        let (file, record) = match payload {
+            None => self.snapshots.write_snapshot(snapshot),
+            Some(payload) => self.snapshots.take_payload(snapshot, payload),
+        }
+        .inspect_err(|e| {
+            w.failed = Some(e.to_string());
+        })?;
+        let hs = self
+            .read_state()
+            .index
+            .hard_state_after_snapshot(&meta, true);
+        let mut batch = LogBatch::default();
+        // Drops every entry of the log; the next append starts a new one after the snapshot.
+        batch.add_command(ENTRIES, Command::Clean);
+        put(
+            &mut batch,
+            TRUNCATED_KEY,
+            encode_truncated(meta.index, meta.term),
+        )?;
+        put(&mut batch, SNAPSHOT_KEY, record.encode())?;
+        put(&mut batch, HARD_STATE_KEY, encode(&hs))?;
+        {
+            let mut st = self.write_state();
+            if let Err(e) = self.commit(&mut w, &mut batch) {
+                file.keep_after_failed_commit();
+                return Err(e);
+            }
+            st.index.set_snapshot(meta, hs, true);
+            st.snapshot = Some(record);
+        }
+        // Readers now see the new record, so the old file can go.
+        file.commit();
+        drop(w);
+        self.snapshots.remove_others();
+        Ok(())
+    }
+
+    /// Stores a snapshot this node took (`payload`: its data kept apart, already written).
+    fn save(
+        &self,
+        snapshot: &Snapshot,
+        payload: Option<SnapshotPayload>,
+    ) -> Result<(), StorageError> {
+        let meta = snapshot.metadata.clone().unwrap_or_default();
+        {
+            // Checked before writing a possibly large file for nothing.
+            let _w = self.writer()?;
+            if !self.read_state().index.plan_save_snapshot(&meta)? {
+                return Ok(());
+            }
+        }
+        // The data file is written and synced without the writer, so appends go on meanwhile.
+        // Until it is committed the file is pinned; returning early drops (deletes) it.
+        let (file, record) = match payload {
+            None => self
+                .snapshots
+                .write_snapshot(snapshot)
+                .map_err(|e| self.poison(e))?,
+            Some(payload) => self.snapshots.take_payload(snapshot, payload)?,
+        };
+        let mut w = self.writer()?;
+        // The stored snapshot, or the log, may have changed while the file was written.
+        if !self.read_state().index.plan_save_snapshot(&meta)? {
+            return Ok(());
+        }
+        let hs = self
+            .read_state()
+            .index
+            .hard_state_after_snapshot(&meta, false);
+        let mut batch = LogBatch::default();
+        put(&mut batch, SNAPSHOT_KEY, record.encode())?;
+        put(&mut batch, HARD_STATE_KEY, encode(&hs))?;
+        if let Err(e) = self.commit(&mut w, &mut batch) {
+            file.keep_after_failed_commit();
+            return Err(e);
+        }
+        {
+            let mut st = self.write_state();
+            st.index.set_snapshot(meta, hs, false);
+            st.snapshot = Some(record);
+        }
+        // Readers now see the new record, so the old file can go.
+        file.commit();
+        drop(w);
+        self.snapshots.remove_others();
+        Ok(())
+    }
+}
+
 fn load(engine: &Engine, path: &Path, snapshots: &SnapshotFiles) -> Result<State, StorageError> {
     let hard_state = match engine.get(META, HARD_STATE_KEY) {
         Some(b) => decode_hard_state(&b)?,
@@ -318,7 +424,7 @@ fn load(engine: &Engine, path: &Path, snapshots: &SnapshotFiles) -> Result<State
     let snapshot = match engine.get(META, SNAPSHOT_KEY) {
         Some(b) => {
             let record = SnapshotRecord::decode(&b)?;
-            snapshots.read(&record)?;
+            snapshots.verify(&record)?;
             Some(record)
         }
         None => None,
@@ -412,6 +518,13 @@ impl LogStorage for RaftEngineLogStorage {
             let Some(record) = &st.snapshot else {
                 return Ok(Snapshot::default());
             };
+            if let Some(envelope) = &record.envelope {
+                // The file holds the payload alone, read as a stream when it is wanted.
+                return Ok(Snapshot {
+                    data: envelope.clone(),
+                    metadata: Some(record.meta.clone()),
+                });
+            }
             (self.snapshots.open_file(record)?, record.meta.clone())
         };
         Ok(Snapshot {
@@ -460,89 +573,53 @@ impl LogStorage for RaftEngineLogStorage {
     }
 
     fn install_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
-        // The writer is held throughout: the follower waits for the install anyway, and the
-        // log is replaced as a whole.
-        let mut w = self.writer()?;
-        let meta = snapshot.metadata.clone().unwrap_or_default();
-        if meta.index == 0 {
-            return Err(StorageError::Invalid(
-                "cannot install an empty snapshot".into(),
-            ));
-        }
-        let (file, record) = self.snapshots.write_snapshot(snapshot).inspect_err(|e| {
-            w.failed = Some(e.to_string());
-        })?;
-        let hs = self
-            .read_state()
-            .index
-            .hard_state_after_snapshot(&meta, true);
-        let mut batch = LogBatch::default();
-        // Drops every entry of the log; the next append starts a new one after the snapshot.
-        batch.add_command(ENTRIES, Command::Clean);
-        put(
-            &mut batch,
-            TRUNCATED_KEY,
-            encode_truncated(meta.index, meta.term),
-        )?;
-        put(&mut batch, SNAPSHOT_KEY, record.encode())?;
-        put(&mut batch, HARD_STATE_KEY, encode(&hs))?;
-        {
-            let mut st = self.write_state();
-            if let Err(e) = self.commit(&mut w, &mut batch) {
-                file.keep_after_failed_commit();
-                return Err(e);
-            }
-            st.index.set_snapshot(meta, hs, true);
-            st.snapshot = Some(record);
-        }
-        // Readers now see the new record, so the old file can go.
-        file.commit();
-        drop(w);
-        self.snapshots.remove_others();
-        Ok(())
+        self.install(snapshot, None)
+    }
+
+    fn install_snapshot_with(
+        &self,
+        snapshot: &Snapshot,
+        payload: SnapshotPayload,
+    ) -> Result<(), StorageError> {
+        self.install(snapshot, Some(payload))
     }
 
     fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
-        let meta = snapshot.metadata.clone().unwrap_or_default();
-        {
-            // Checked before writing a possibly large file for nothing.
-            let _w = self.writer()?;
-            if !self.read_state().index.plan_save_snapshot(&meta)? {
-                return Ok(());
+        self.save(snapshot, None)
+    }
+
+    fn save_snapshot_with(
+        &self,
+        snapshot: &Snapshot,
+        payload: SnapshotPayload,
+    ) -> Result<(), StorageError> {
+        self.save(snapshot, Some(payload))
+    }
+
+    fn snapshot_payloads_in_place(&self) -> bool {
+        false
+    }
+
+    fn snapshot_payload_writer(&self) -> Result<Box<dyn SnapshotPayloadWriter>, StorageError> {
+        Ok(Box::new(self.snapshots.payload_writer()?))
+    }
+
+    fn snapshot_payload(&self, meta: &SnapshotMetadata) -> Result<PayloadReader, StorageError> {
+        // Opened under the state lock, so it is the file the record names; read after.
+        let st = self.read_state();
+        match &st.snapshot {
+            Some(record)
+                if record.envelope.is_some()
+                    && record.meta.index == meta.index
+                    && record.meta.term == meta.term =>
+            {
+                self.snapshots.open_payload(record)
             }
+            _ => Err(StorageError::Invalid(format!(
+                "the snapshot at {} (term {}) is no longer the stored one",
+                meta.index, meta.term
+            ))),
         }
-        // The data file is written and synced without the writer, so appends go on meanwhile.
-        // Until it is committed the file is pinned; returning early drops (deletes) it.
-        let (file, record) = self
-            .snapshots
-            .write_snapshot(snapshot)
-            .map_err(|e| self.poison(e))?;
-        let mut w = self.writer()?;
-        // The stored snapshot, or the log, may have changed while the file was written.
-        if !self.read_state().index.plan_save_snapshot(&meta)? {
-            return Ok(());
-        }
-        let hs = self
-            .read_state()
-            .index
-            .hard_state_after_snapshot(&meta, false);
-        let mut batch = LogBatch::default();
-        put(&mut batch, SNAPSHOT_KEY, record.encode())?;
-        put(&mut batch, HARD_STATE_KEY, encode(&hs))?;
-        if let Err(e) = self.commit(&mut w, &mut batch) {
-            file.keep_after_failed_commit();
-            return Err(e);
-        }
-        {
-            let mut st = self.write_state();
-            st.index.set_snapshot(meta, hs, false);
-            st.snapshot = Some(record);
-        }
-        // Readers now see the new record, so the old file can go.
-        file.commit();
-        drop(w);
-        self.snapshots.remove_others();
-        Ok(())
     }
 
     fn compact(&self, index: u64) -> Result<(), StorageError> {

@@ -1,10 +1,10 @@
 //! The RocksDB backend.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use raft_core::backend::eraftpb::{Entry, HardState, RaftState, Snapshot, SnapshotMetadata};
-use raft_core::{LogStorage, StorageError};
+use raft_core::{LogStorage, PayloadReader, SnapshotPayload, SnapshotPayloadWriter, StorageError};
 use raft_prost::Message;
 use rocksdb::{ErrorKind, Options, ReadOptions, WriteBatch, WriteOptions, DB};
 
@@ -97,7 +97,7 @@ pub struct RocksLogStorage {
     // Field order matters for drop: the database closes before the rest goes.
     db: DB,
     dir: PathBuf,
-    snapshots: SnapshotFiles,
+    snapshots: Arc<SnapshotFiles>,
     state: RwLock<State>,
     writer: Mutex<Writer>,
 }
@@ -201,6 +201,105 @@ fn fail(w: &mut Writer, e: StorageError) -> StorageError {
     e
 }
 
+impl RocksLogStorage {
+    /// Installs a snapshot from the leader (`payload`: its data kept apart, already
+    /// written).
+    fn install(
+        &self,
+        snapshot: &Snapshot,
+        payload: Option<SnapshotPayload>,
+    ) -> Result<(), StorageError> {
+        // The writer is held throughout: the follower waits for the install anyway, and the
+        // log is replaced as a whole.
+        let mut w = self.writer()?;
+        let meta = snapshot.metadata.clone().unwrap_or_default();
+        if meta.index == 0 {
+            return Err(StorageError::Invalid(
+                "cannot install an empty snapshot".into(),
+            ));
+        }
+        let (file, record) = match payload {
+            None => self.snapshots.write_snapshot(snapshot),
+            Some(payload) => self.snapshots.take_payload(snapshot, payload),
+        }
+        .map_err(|e| fail(&mut w, e))?;
+        let hs = self
+            .read_state()
+            .index
+            .hard_state_after_snapshot(&meta, true);
+        let mut batch = WriteBatch::default();
+        batch.delete_range(entry_key(0).as_slice(), ENTRIES_END);
+        batch.put(TRUNCATED_KEY, encode_truncated(meta.index, meta.term));
+        batch.put(SNAPSHOT_KEY, record.encode());
+        batch.put(HARD_STATE_KEY, encode(&hs));
+        {
+            let mut st = self.write_state();
+            if let Err(e) = self.commit(&mut w, batch) {
+                file.keep_after_failed_commit();
+                return Err(e);
+            }
+            st.index.set_snapshot(meta, hs, true);
+            st.snapshot = Some(record);
+        }
+        // Readers now see the new record, so the old file can go.
+        file.commit();
+        drop(w);
+        self.snapshots.remove_others();
+        Ok(())
+    }
+
+    /// Stores a snapshot this node took (`payload`: its data kept apart, already written).
+    fn save(
+        &self,
+        snapshot: &Snapshot,
+        payload: Option<SnapshotPayload>,
+    ) -> Result<(), StorageError> {
+        let meta = snapshot.metadata.clone().unwrap_or_default();
+        {
+            // Checked before writing a possibly large file for nothing.
+            let _w = self.writer()?;
+            if !self.read_state().index.plan_save_snapshot(&meta)? {
+                return Ok(());
+            }
+        }
+        // The data file is written and synced without the writer, so appends go on meanwhile.
+        // Until it is committed the file is pinned; returning early drops (deletes) it.
+        let (file, record) = match payload {
+            None => self
+                .snapshots
+                .write_snapshot(snapshot)
+                .map_err(|e| self.poison(e))?,
+            Some(payload) => self.snapshots.take_payload(snapshot, payload)?,
+        };
+        let mut w = self.writer()?;
+        // The stored snapshot, or the log, may have changed while the file was written.
+        if !self.read_state().index.plan_save_snapshot(&meta)? {
+            return Ok(());
+        }
+        let hs = self
+            .read_state()
+            .index
+            .hard_state_after_snapshot(&meta, false);
+        let mut batch = WriteBatch::default();
+        batch.put(SNAPSHOT_KEY, record.encode());
+        batch.put(HARD_STATE_KEY, encode(&hs));
+        if let Err(e) = self.commit(&mut w, batch) {
+            file.keep_after_failed_commit();
+            return Err(e);
+        }
+        {
+            let mut st = self.write_state();
+            st.index.set_snapshot(meta, hs, false);
+            st.snapshot = Some(record);
+        }
+        // Readers now see the new record, so the old file can go.
+        file.commit();
+        drop(w);
+        self.snapshots.remove_others();
+        Ok(())
+    }
+}
+
 /// Reads the stored state and checks it.
 fn load(db: &DB, db_path: &Path, snapshots: &SnapshotFiles) -> Result<State, StorageError> {
     let get = |key: &[u8]| db.get(key).map_err(|e| rocks_error("reading", db_path, e));
@@ -216,7 +315,7 @@ fn load(db: &DB, db_path: &Path, snapshots: &SnapshotFiles) -> Result<State, Sto
         Some(b) => {
             let record = SnapshotRecord::decode(&b)?;
             // Check the data now, so a damaged file is reported at open.
-            snapshots.read(&record)?;
+            snapshots.verify(&record)?;
             Some(record)
         }
         None => None,
@@ -316,6 +415,13 @@ impl LogStorage for RocksLogStorage {
             let Some(record) = &st.snapshot else {
                 return Ok(Snapshot::default());
             };
+            if let Some(envelope) = &record.envelope {
+                // The file holds the payload alone, read as a stream when it is wanted.
+                return Ok(Snapshot {
+                    data: envelope.clone(),
+                    metadata: Some(record.meta.clone()),
+                });
+            }
             (self.snapshots.open_file(record)?, record.meta.clone())
         };
         Ok(Snapshot {
@@ -373,85 +479,53 @@ impl LogStorage for RocksLogStorage {
     }
 
     fn install_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
-        // The writer is held throughout: the follower waits for the install anyway, and the
-        // log is replaced as a whole.
-        let mut w = self.writer()?;
-        let meta = snapshot.metadata.clone().unwrap_or_default();
-        if meta.index == 0 {
-            return Err(StorageError::Invalid(
-                "cannot install an empty snapshot".into(),
-            ));
-        }
-        let (file, record) = self
-            .snapshots
-            .write_snapshot(snapshot)
-            .map_err(|e| fail(&mut w, e))?;
-        let hs = self
-            .read_state()
-            .index
-            .hard_state_after_snapshot(&meta, true);
-        let mut batch = WriteBatch::default();
-        batch.delete_range(entry_key(0).as_slice(), ENTRIES_END);
-        batch.put(TRUNCATED_KEY, encode_truncated(meta.index, meta.term));
-        batch.put(SNAPSHOT_KEY, record.encode());
-        batch.put(HARD_STATE_KEY, encode(&hs));
-        {
-            let mut st = self.write_state();
-            if let Err(e) = self.commit(&mut w, batch) {
-                file.keep_after_failed_commit();
-                return Err(e);
-            }
-            st.index.set_snapshot(meta, hs, true);
-            st.snapshot = Some(record);
-        }
-        // Readers now see the new record, so the old file can go.
-        file.commit();
-        drop(w);
-        self.snapshots.remove_others();
-        Ok(())
+        self.install(snapshot, None)
+    }
+
+    fn install_snapshot_with(
+        &self,
+        snapshot: &Snapshot,
+        payload: SnapshotPayload,
+    ) -> Result<(), StorageError> {
+        self.install(snapshot, Some(payload))
     }
 
     fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
-        let meta = snapshot.metadata.clone().unwrap_or_default();
-        {
-            // Checked before writing a possibly large file for nothing.
-            let _w = self.writer()?;
-            if !self.read_state().index.plan_save_snapshot(&meta)? {
-                return Ok(());
+        self.save(snapshot, None)
+    }
+
+    fn save_snapshot_with(
+        &self,
+        snapshot: &Snapshot,
+        payload: SnapshotPayload,
+    ) -> Result<(), StorageError> {
+        self.save(snapshot, Some(payload))
+    }
+
+    fn snapshot_payloads_in_place(&self) -> bool {
+        false
+    }
+
+    fn snapshot_payload_writer(&self) -> Result<Box<dyn SnapshotPayloadWriter>, StorageError> {
+        Ok(Box::new(self.snapshots.payload_writer()?))
+    }
+
+    fn snapshot_payload(&self, meta: &SnapshotMetadata) -> Result<PayloadReader, StorageError> {
+        // Opened under the state lock, so it is the file the record names; read after.
+        let st = self.read_state();
+        match &st.snapshot {
+            Some(record)
+                if record.envelope.is_some()
+                    && record.meta.index == meta.index
+                    && record.meta.term == meta.term =>
+            {
+                self.snapshots.open_payload(record)
             }
+            _ => Err(StorageError::Invalid(format!(
+                "the snapshot at {} (term {}) is no longer the stored one",
+                meta.index, meta.term
+            ))),
         }
-        // The data file is written and synced without the writer, so appends go on meanwhile.
-        // Until it is committed the file is pinned; returning early drops (deletes) it.
-        let (file, record) = self
-            .snapshots
-            .write_snapshot(snapshot)
-            .map_err(|e| self.poison(e))?;
-        let mut w = self.writer()?;
-        // The stored snapshot, or the log, may have changed while the file was written.
-        if !self.read_state().index.plan_save_snapshot(&meta)? {
-            return Ok(());
-        }
-        let hs = self
-            .read_state()
-            .index
-            .hard_state_after_snapshot(&meta, false);
-        let mut batch = WriteBatch::default();
-        batch.put(SNAPSHOT_KEY, record.encode());
-        batch.put(HARD_STATE_KEY, encode(&hs));
-        if let Err(e) = self.commit(&mut w, batch) {
-            file.keep_after_failed_commit();
-            return Err(e);
-        }
-        {
-            let mut st = self.write_state();
-            st.index.set_snapshot(meta, hs, false);
-            st.snapshot = Some(record);
-        }
-        // Readers now see the new record, so the old file can go.
-        file.commit();
-        drop(w);
-        self.snapshots.remove_others();
-        Ok(())
     }
 
     fn compact(&self, index: u64) -> Result<(), StorageError> {

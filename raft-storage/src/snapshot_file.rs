@@ -9,12 +9,12 @@
 
 use std::collections::HashSet;
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use raft_core::backend::eraftpb::Snapshot;
-use raft_core::StorageError;
+use raft_core::{PayloadReader, SnapshotPayload, SnapshotPayloadWriter, StorageError};
 
 use crate::codec::SnapshotRecord;
 use raft_core::private_files;
@@ -57,7 +57,7 @@ pub(crate) struct SnapshotFiles {
 impl SnapshotFiles {
     /// Opens (creating) `root/snapshots`. New files are numbered after every file present;
     /// call [`SnapshotFiles::adopt`] once the database says which file is committed.
-    pub(crate) fn open(root: &Path) -> Result<Self, StorageError> {
+    pub(crate) fn open(root: &Path) -> Result<Arc<Self>, StorageError> {
         let dir = root.join("snapshots");
         if !dir.is_dir() {
             private_files::create_dir_all(&dir).map_err(|e| io_error("creating", &dir, e))?;
@@ -68,7 +68,7 @@ impl SnapshotFiles {
             live: Mutex::default(),
         };
         files.live().next_seq = files.max_seq()? + 1;
-        Ok(files)
+        Ok(Arc::new(files))
     }
 
     fn live(&self) -> MutexGuard<'_, Live> {
@@ -99,9 +99,9 @@ impl SnapshotFiles {
     /// that anything reached the disk. The storage acknowledges nothing more until it is
     /// reopened and has checked what the disk holds.
     pub(crate) fn write_snapshot(
-        &self,
+        self: &Arc<Self>,
         snapshot: &Snapshot,
-    ) -> Result<(NewFile<'_>, SnapshotRecord), StorageError> {
+    ) -> Result<(NewFile, SnapshotRecord), StorageError> {
         let file = self.new_file();
         let (len, crc) = file.write(&snapshot.data)?;
         let record = SnapshotRecord {
@@ -109,12 +109,100 @@ impl SnapshotFiles {
             len,
             crc,
             meta: snapshot.metadata.clone().unwrap_or_default(),
+            envelope: None,
         };
         Ok((file, record))
     }
 
+    /// A writer of a new payload file, pinned until its snapshot's record is committed.
+    pub(crate) fn payload_writer(self: &Arc<Self>) -> Result<PayloadWriter, StorageError> {
+        let file = self.new_file();
+        let tmp = self.tmp_path(file.seq());
+        let open = || -> std::io::Result<BufWriter<File>> {
+            let mut out = BufWriter::with_capacity(1 << 20, private_files::create_file(&tmp)?);
+            // The header's length and CRC are filled in when the payload is finished.
+            out.write_all(&[0u8; HEADER_LEN])?;
+            Ok(out)
+        };
+        let out = open().map_err(|e| io_error("creating snapshot file", &tmp, e))?;
+        Ok(PayloadWriter {
+            file,
+            out: Some(out),
+            len: 0,
+            crc: crc32fast::Hasher::new(),
+        })
+    }
+
+    /// The file and record for `snapshot`, whose payload `payload` a [`PayloadWriter`] of
+    /// these files wrote.
+    pub(crate) fn take_payload(
+        &self,
+        snapshot: &Snapshot,
+        payload: SnapshotPayload,
+    ) -> Result<(NewFile, SnapshotRecord), StorageError> {
+        let written = payload.into_stored::<WrittenPayload>().map_err(|_| {
+            StorageError::Invalid("a snapshot payload another storage wrote".into())
+        })?;
+        if !std::ptr::eq(Arc::as_ptr(&written.file.files), self) {
+            return Err(StorageError::Invalid(
+                "a snapshot payload another storage wrote".into(),
+            ));
+        }
+        let record = SnapshotRecord {
+            seq: written.file.seq(),
+            len: written.len,
+            crc: written.crc,
+            meta: snapshot.metadata.clone().unwrap_or_default(),
+            envelope: Some(snapshot.data.clone()),
+        };
+        Ok((written.file, record))
+    }
+
+    /// Opens the payload file `record` points at, positioned at the payload; its header is
+    /// checked against the record, and the reader checks the CRC-32 as it reads.
+    pub(crate) fn open_payload(
+        &self,
+        record: &SnapshotRecord,
+    ) -> Result<PayloadReader, StorageError> {
+        let OpenSnapshot { mut file, path, .. } = self.open_file(record)?;
+        check_header(&mut file, &path, record)?;
+        Ok(Box::new(
+            BufReader::with_capacity(1 << 20, file).take(record.len),
+        ))
+    }
+
+    /// Checks the file `record` points at (length and CRC-32), reading it a piece at a time.
+    pub(crate) fn verify(&self, record: &SnapshotRecord) -> Result<(), StorageError> {
+        let OpenSnapshot { mut file, path, .. } = self.open_file(record)?;
+        check_header(&mut file, &path, record)?;
+        let mut crc = crc32fast::Hasher::new();
+        let mut len = 0u64;
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file
+                .read(&mut buf)
+                .map_err(|e| io_error("reading snapshot file", &path, e))?;
+            if n == 0 {
+                break;
+            }
+            len += n as u64;
+            crc.update(&buf[..n]);
+        }
+        if len != record.len {
+            return Err(corrupt(
+                &path,
+                record,
+                &format!("truncated: {len} of {} bytes", record.len),
+            ));
+        }
+        if crc.finalize() != record.crc {
+            return Err(corrupt(&path, record, "checksum mismatch"));
+        }
+        Ok(())
+    }
+
     /// Hands out a new, pinned snapshot file, to be written with [`NewFile::write`].
-    pub(crate) fn new_file(&self) -> NewFile<'_> {
+    pub(crate) fn new_file(self: &Arc<Self>) -> NewFile {
         let seq = {
             let mut live = self.live();
             let seq = live.next_seq;
@@ -123,7 +211,7 @@ impl SnapshotFiles {
             seq
         };
         NewFile {
-            files: self,
+            files: self.clone(),
             seq,
             settled: false,
         }
@@ -185,6 +273,7 @@ impl SnapshotFiles {
     }
 
     /// Reads and checks the data of the snapshot `record` points at.
+    #[cfg(test)]
     pub(crate) fn read(&self, record: &SnapshotRecord) -> Result<Vec<u8>, StorageError> {
         self.open_file(record)?.read()
     }
@@ -250,14 +339,14 @@ impl SnapshotFiles {
 /// A snapshot file being written, pinned against [`SnapshotFiles::remove_others`] until it
 /// is committed; dropping it unsettled abandons it: its files are deleted and it is unpinned.
 #[derive(Debug)]
-pub(crate) struct NewFile<'a> {
-    files: &'a SnapshotFiles,
+pub(crate) struct NewFile {
+    files: Arc<SnapshotFiles>,
     seq: u64,
     /// Committed, or kept after a failed database write: nothing to undo on drop.
     settled: bool,
 }
 
-impl NewFile<'_> {
+impl NewFile {
     /// The file's sequence number, for the database record.
     pub(crate) fn seq(&self) -> u64 {
         self.seq
@@ -286,7 +375,7 @@ impl NewFile<'_> {
     }
 }
 
-impl Drop for NewFile<'_> {
+impl Drop for NewFile {
     fn drop(&mut self) {
         if self.settled {
             return;
@@ -336,6 +425,98 @@ pub(crate) fn prepare_dir(dir: &Path, create: bool) -> Result<(), StorageError> 
     }
     fs::read_dir(dir).map_err(|e| io_error("reading data directory", dir, e))?;
     Ok(())
+}
+
+/// Reads and checks a snapshot file's header against `record`.
+fn check_header(file: &mut File, path: &Path, record: &SnapshotRecord) -> Result<(), StorageError> {
+    let mut header = [0u8; HEADER_LEN];
+    file.read_exact(&mut header)
+        .map_err(|_| corrupt(path, record, "bad header"))?;
+    if &header[..8] != MAGIC {
+        return Err(corrupt(path, record, "bad header"));
+    }
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&header[8..16]);
+    let mut crc = [0u8; 4];
+    crc.copy_from_slice(&header[16..20]);
+    if u64::from_be_bytes(len) != record.len || u32::from_be_bytes(crc) != record.crc {
+        return Err(corrupt(
+            path,
+            record,
+            "header does not match the database's record",
+        ));
+    }
+    Ok(())
+}
+
+/// Writes a snapshot's payload into a new snapshot file, a piece at a time: a temporary file,
+/// synced, its header filled in, renamed into place and the directory synced when finished.
+/// Dropped unfinished, it deletes what it wrote.
+pub(crate) struct PayloadWriter {
+    file: NewFile,
+    /// `None` once finished or failed.
+    out: Option<BufWriter<File>>,
+    len: u64,
+    crc: crc32fast::Hasher,
+}
+
+/// A payload file written and synced, waiting for its snapshot's record; dropping it deletes
+/// the file.
+pub(crate) struct WrittenPayload {
+    file: NewFile,
+    len: u64,
+    crc: u32,
+}
+
+impl Write for PayloadWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let out = self
+            .out
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("the snapshot file was already finished"))?;
+        let n = out.write(buf)?;
+        self.len += n as u64;
+        self.crc.update(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.as_mut().map_or(Ok(()), |out| out.flush())
+    }
+}
+
+impl SnapshotPayloadWriter for PayloadWriter {
+    fn finish(mut self: Box<Self>) -> Result<SnapshotPayload, StorageError> {
+        let files = self.file.files.clone();
+        let seq = self.file.seq();
+        let (tmp, fin) = (files.tmp_path(seq), files.path(seq));
+        let crc = self.crc.clone().finalize();
+        let len = self.len;
+        let Some(out) = self.out.take() else {
+            return Err(StorageError::Invalid(
+                "the snapshot file was already finished".into(),
+            ));
+        };
+        let seal = || -> std::io::Result<()> {
+            let mut f = out.into_inner().map_err(|e| e.into_error())?;
+            let mut header = Vec::with_capacity(HEADER_LEN);
+            header.extend_from_slice(MAGIC);
+            header.extend_from_slice(&len.to_be_bytes());
+            header.extend_from_slice(&crc.to_be_bytes());
+            f.seek(SeekFrom::Start(0))?;
+            f.write_all(&header)?;
+            f.sync_all()
+        };
+        seal().map_err(|e| io_error("writing snapshot file", &tmp, e))?;
+        fs::rename(&tmp, &fin).map_err(|e| io_error("renaming snapshot file to", &fin, e))?;
+        sync_dir(&files.dir)?;
+        let PayloadWriter { file, .. } = *self;
+        Ok(SnapshotPayload::stored(Box::new(WrittenPayload {
+            file,
+            len,
+            crc,
+        })))
+    }
 }
 
 /// A snapshot file opened for reading.
@@ -407,6 +588,7 @@ mod tests {
                 index: 5,
                 ..Default::default()
             },
+            envelope: None,
         }
     }
 

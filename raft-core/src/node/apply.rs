@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 use raft::prelude::{ConfState, Entry, EntryType, Snapshot, SnapshotMetadata};
 use tokio::sync::{mpsc, watch};
 
-use super::membership::{entry_context, open_envelope, seal_envelope, Members};
+use super::membership::{entry_context, open_envelope, seal_envelope_ref, Members};
 use super::messages::{ApplyMsg, CommittedEntry, DriverMsg, ReadOp, Responder};
 use super::Counters;
 use crate::error::{Error, Result};
-use crate::log_storage::{snapshot_index, snapshot_term};
+use crate::log_storage::{snapshot_index, snapshot_term, LogStorage};
 use crate::metrics::NodeMetrics;
+use crate::snapshot_payload::SnapshotPayload;
+use crate::snapshot_stream::{SnapshotSink, SnapshotSource};
 use crate::store::Store;
 
 struct Waiter {
@@ -35,6 +37,8 @@ struct PendingRead {
 pub(crate) struct Applier {
     pub(crate) node_id: u64,
     pub(crate) store: Box<dyn Store>,
+    /// Where snapshot payloads are written to and read from.
+    storage: Arc<dyn LogStorage>,
     pub(crate) applied: u64,
     pub(crate) applied_term: u64,
     pub(crate) conf_state: ConfState,
@@ -56,6 +60,7 @@ impl Applier {
     pub(crate) fn new(
         node_id: u64,
         store: Box<dyn Store>,
+        storage: Arc<dyn LogStorage>,
         snapshot: &Snapshot,
         members: Members,
         snapshot_threshold: u64,
@@ -71,6 +76,7 @@ impl Applier {
         Applier {
             node_id,
             store,
+            storage,
             applied: snapshot_index(snapshot),
             applied_term: snapshot_term(snapshot),
             conf_state,
@@ -88,9 +94,16 @@ impl Applier {
 
     /// Restores the user's store from a snapshot's envelope.
     pub(crate) async fn restore_store(&mut self, snapshot: &Snapshot) -> Result<()> {
-        let envelope = open_envelope(&snapshot.data).map_err(Error::config)?;
+        let mut envelope = open_envelope(&snapshot.data).map_err(Error::config)?;
+        let mut source = match envelope.payload {
+            None => SnapshotSource::from_bytes(std::mem::take(&mut envelope.user_data)),
+            Some(payload) => {
+                let meta = snapshot.metadata.clone().unwrap_or_default();
+                SnapshotSource::for_storage(&self.storage, meta, payload.len, payload.crc32)?
+            }
+        };
         self.store
-            .restore(&envelope.user_data)
+            .restore_from(&mut source)
             .await
             .map_err(|e| Error::store(format!("restore failed: {e:#}")))?;
         // A node that joined learns its cluster from its first snapshot. Until then it knows
@@ -186,7 +199,20 @@ impl Applier {
             }
             ApplyMsg::Restore(snapshot) => {
                 if snapshot_index(&snapshot) > self.applied {
-                    self.restore_store(&snapshot).await?;
+                    if let Err(e) = self.restore_store(&snapshot).await {
+                        // A newer snapshot from the leader may have replaced this one (and
+                        // its payload) before it was read: its own restore follows.
+                        let newer = self.storage.snapshot_metadata().map(|m| m.index);
+                        if newer.is_ok_and(|newer| newer > snapshot_index(&snapshot)) {
+                            tracing::debug!(
+                                node = self.node_id,
+                                index = snapshot_index(&snapshot),
+                                "a newer snapshot replaced this one before it was restored: {e}"
+                            );
+                            return Ok(());
+                        }
+                        return Err(e);
+                    }
                     NodeMetrics::inc(&self.counters.metrics.snapshots_installed);
                     // Proposals at or below the snapshot may or may not be in it.
                     let later = self.waiters.split_off(&(self.applied + 1));
@@ -340,8 +366,8 @@ impl Applier {
         if wanted {
             self.snapshot_wanted_for = None;
         }
-        let user_data = match self.store.snapshot().await {
-            Ok(d) => d,
+        let payload = match self.take_payload().await {
+            Ok(payload) => payload,
             Err(e) => {
                 tracing::warn!(
                     node = self.node_id,
@@ -352,10 +378,10 @@ impl Applier {
             }
         };
         let snapshot = Snapshot {
-            data: seal_envelope(
+            data: seal_envelope_ref(
                 Counters::get(&self.counters.cluster_id),
                 self.members.to_list(),
-                user_data,
+                payload.reference(),
             ),
             metadata: Some(SnapshotMetadata {
                 conf_state: Some(self.conf_state.clone()),
@@ -367,8 +393,18 @@ impl Applier {
         NodeMetrics::inc(&self.counters.metrics.snapshots_taken);
         let _ = self
             .driver_tx
-            .send(DriverMsg::SnapshotTaken(Box::new(snapshot)))
+            .send(DriverMsg::SnapshotTaken(Box::new((snapshot, payload))))
             .await;
+    }
+
+    /// Streams the store's state into a new payload of the log storage.
+    async fn take_payload(&mut self) -> Result<SnapshotPayload> {
+        let mut sink = SnapshotSink::for_storage(&self.storage)?;
+        self.store
+            .snapshot_to(&mut sink)
+            .await
+            .map_err(|e| Error::store(format!("{e:#}")))?;
+        Ok(sink.finish().await?)
     }
 
     /// Answers every waiter and read whose deadline passed.

@@ -138,7 +138,7 @@ impl Driver {
                         self.parts.core.send_failed(to, snapshot);
                     }
                 }
-                Output::Write(write) => {
+                Output::Write(mut write) => {
                     if self.parts.storage.writes_in_place() {
                         let started = Instant::now();
                         let result = write.run(self.parts.storage.as_ref());
@@ -234,7 +234,7 @@ impl LogWriter {
                     let result = merged.run(storage.as_ref());
                     observe_write(&counters, started);
                     results.resize(count - usize::from(unmerged.is_some()), result);
-                    if let Some(next) = unmerged {
+                    if let Some(mut next) = unmerged {
                         let started = Instant::now();
                         results.push(next.run(storage.as_ref()));
                         observe_write(&counters, started);

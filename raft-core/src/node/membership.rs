@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use prost::Message as _;
 
-use crate::records::{EntryContext, Member, SnapshotEnvelope, SnapshotMembers};
+use crate::records::{
+    EntryContext, Member, PayloadRef, SnapshotEnvelope, SnapshotMembers, SnapshotPayloadOnly,
+};
 
 /// The members this node knows, by id. Each address is also kept shared, so every raft
 /// message the core sends names its peer's address without copying it.
@@ -72,11 +74,36 @@ pub(crate) fn open_membership(data: &[u8]) -> Result<SnapshotMembers, String> {
     SnapshotMembers::decode(data).map_err(|e| format!("snapshot envelope: {e}"))
 }
 
+/// The reference to the user's state a snapshot keeps apart, if it does, without copying an
+/// inline state.
+pub(crate) fn open_payload_ref(data: &[u8]) -> Result<Option<PayloadRef>, String> {
+    SnapshotPayloadOnly::decode(data)
+        .map(|p| p.payload)
+        .map_err(|e| format!("snapshot envelope: {e}"))
+}
+
+/// Snapshot data holding the user's state inline.
 pub(crate) fn seal_envelope(cluster_id: u64, members: Vec<Member>, user_data: Vec<u8>) -> Vec<u8> {
     SnapshotEnvelope {
         members,
         user_data,
         cluster_id,
+        payload: None,
+    }
+    .encode_to_vec()
+}
+
+/// Snapshot data referring to the user's state kept apart, as a payload.
+pub(crate) fn seal_envelope_ref(
+    cluster_id: u64,
+    members: Vec<Member>,
+    payload: PayloadRef,
+) -> Vec<u8> {
+    SnapshotEnvelope {
+        members,
+        user_data: Vec::new(),
+        cluster_id,
+        payload: Some(payload),
     }
     .encode_to_vec()
 }

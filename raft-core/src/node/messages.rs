@@ -9,6 +9,7 @@ use tokio::sync::oneshot;
 use super::op::Op;
 use crate::error::{Error, Result};
 use crate::records::Member;
+use crate::snapshot_payload::SnapshotPayload;
 use crate::status::Status;
 use crate::wire::MembershipAction;
 
@@ -60,7 +61,7 @@ pub(crate) enum DriverMsg {
     },
     Status(oneshot::Sender<Status>),
     /// The apply task took a snapshot of the state machine.
-    SnapshotTaken(Box<Snapshot>),
+    SnapshotTaken(Box<(Snapshot, SnapshotPayload)>),
     /// A snapshot the driver handed to a storage thread was saved (or not), and the log
     /// compacted behind it.
     SnapshotSaved(Result<u64>),

@@ -13,6 +13,7 @@ use super::apply::Applier;
 use super::core::{CoreParts, NodeCore};
 use super::membership::{open_envelope, seal_envelope, Members};
 use super::messages::DriverMsg;
+use super::snapshot_transfer::ReceivedPayloads;
 use super::Counters;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -57,6 +58,8 @@ pub(crate) struct OpenParts {
     /// draws one from its thread's random generator at each election, which a simulation
     /// cannot replay; the simulator draws it from its seed instead.
     pub(crate) election_timeout_ticks: Option<usize>,
+    /// Payloads of snapshots received from the leader, waiting to be installed.
+    pub(crate) received_payloads: Arc<ReceivedPayloads>,
 }
 
 /// A node ready to run: its core, its apply task's state, and how far that has applied.
@@ -70,6 +73,7 @@ pub(crate) struct OpenedNode {
 /// entries after it are applied again as the core hands them over.
 pub(crate) async fn open(parts: OpenParts, now: Instant) -> Result<OpenedNode> {
     let OpenParts {
+        received_payloads,
         id,
         config,
         storage,
@@ -98,6 +102,7 @@ pub(crate) async fn open(parts: OpenParts, now: Instant) -> Result<OpenedNode> {
     let mut applier = Applier::new(
         id,
         store,
+        storage.clone(),
         &snapshot,
         members.clone(),
         config.snapshot_threshold,
@@ -133,6 +138,7 @@ pub(crate) async fn open(parts: OpenParts, now: Instant) -> Result<OpenedNode> {
             counters,
             snapshot_wanted_for,
             read_nonce,
+            received_payloads,
         },
         now,
     );

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 
 use super::messages::DriverMsg;
 use super::snapshot_transfer::send_snapshot;
+use crate::log_storage::LogStorage;
 use crate::transport::Transport;
 use crate::wire::{self, RaftBatch};
 
@@ -30,6 +31,8 @@ pub(crate) struct Peers {
     transport: Arc<dyn Transport>,
     driver_tx: mpsc::Sender<DriverMsg>,
     chunk_size: usize,
+    /// Where snapshot payloads are read from, as they are sent.
+    storage: Arc<dyn LogStorage>,
     senders: HashMap<u64, PeerSender>,
 }
 
@@ -40,6 +43,7 @@ impl Peers {
         transport: Arc<dyn Transport>,
         driver_tx: mpsc::Sender<DriverMsg>,
         chunk_size: usize,
+        storage: Arc<dyn LogStorage>,
     ) -> Self {
         Peers {
             local_id,
@@ -47,6 +51,7 @@ impl Peers {
             transport,
             driver_tx,
             chunk_size,
+            storage,
             senders: HashMap::new(),
         }
     }
@@ -68,6 +73,7 @@ impl Peers {
                 transport: self.transport.clone(),
                 driver_tx: self.driver_tx.clone(),
                 chunk_size: self.chunk_size,
+                storage: self.storage.clone(),
             };
             tokio::spawn(task.run(rx));
             PeerSender {
@@ -106,6 +112,7 @@ struct SenderTask {
     transport: Arc<dyn Transport>,
     driver_tx: mpsc::Sender<DriverMsg>,
     chunk_size: usize,
+    storage: Arc<dyn LogStorage>,
 }
 
 impl SenderTask {
@@ -152,11 +159,13 @@ impl SenderTask {
         let addr = self.addr.clone();
         let driver_tx = self.driver_tx.clone();
         let chunk_size = self.chunk_size;
+        let storage = self.storage.clone();
         let to = self.to;
         let transfer_id = rand::random();
         tokio::spawn(async move {
-            let status = match send_snapshot(&transport, &addr, msg, chunk_size, transfer_id).await
-            {
+            let sent =
+                send_snapshot(&transport, &addr, msg, chunk_size, transfer_id, &storage).await;
+            let status = match sent {
                 Ok(()) => {
                     tracing::info!(peer = to, "snapshot sent");
                     SnapshotStatus::Finish

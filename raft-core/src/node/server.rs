@@ -261,30 +261,33 @@ impl NodeServer {
                 .status()
                 .await
                 .map(|s| response::Kind::Status((&s).into())),
-            (None, Some(request::Kind::SnapshotChunk(chunk))) => match self.assembler.accept(chunk)
-            {
-                Ok(None) => Ok(response::Kind::SnapshotChunk(true)),
-                Ok(Some(msg)) => {
-                    let from = msg.from;
-                    match self
-                        .node
-                        .driver_tx
-                        .send(DriverMsg::Raft(Box::new(msg), None))
-                        .await
-                    {
-                        Ok(()) => Ok(response::Kind::SnapshotChunk(true)),
-                        Err(_) => Err(Error::shutdown()),
+            (None, Some(request::Kind::SnapshotChunk(chunk))) => {
+                match self.assembler.accept(chunk).await {
+                    Ok(None) => Ok(response::Kind::SnapshotChunk(true)),
+                    Ok(Some(msg)) => {
+                        let from = msg.from;
+                        match self
+                            .node
+                            .driver_tx
+                            .send(DriverMsg::Raft(Box::new(msg), None))
+                            .await
+                        {
+                            Ok(()) => Ok(response::Kind::SnapshotChunk(true)),
+                            Err(_) => Err(Error::shutdown()),
+                        }
+                        .inspect(|_| {
+                            tracing::info!(node = self.node.id, from, "received a snapshot")
+                        })
                     }
-                    .inspect(|_| tracing::info!(node = self.node.id, from, "received a snapshot"))
+                    Err((reason, why)) => {
+                        self.node
+                            .counters
+                            .metrics
+                            .refuse(self.node.id, reason, &why);
+                        Err(Error::Invalid(why))
+                    }
                 }
-                Err((reason, why)) => {
-                    self.node
-                        .counters
-                        .metrics
-                        .refuse(self.node.id, reason, &why);
-                    Err(Error::Invalid(why))
-                }
-            },
+            }
             // Every other kind is an operation, handled above.
             (None, Some(_)) => Err(Error::Invalid("not an operation".into())),
         };

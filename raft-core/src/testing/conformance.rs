@@ -19,9 +19,13 @@
 
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
+use std::io::{Read, Write};
+
+use prost::Message as _;
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 
 use crate::log_storage::LogStorage;
+use crate::records::{PayloadRef, SnapshotEnvelope};
 
 /// Creates fresh storages for the suite, and reopens them where the backend is durable.
 pub trait StorageFactory {
@@ -48,6 +52,7 @@ pub fn run_all<F: StorageFactory>(factory: &mut F) {
     install_snapshot_replaces_log(factory);
     large_snapshot_round_trip(factory);
     durable_across_reopen(factory);
+    snapshot_payloads_round_trip(factory);
 }
 
 /// A normal entry with a payload derived from its index and term.
@@ -265,6 +270,89 @@ pub fn save_snapshot_keeps_log<F: StorageFactory>(f: &mut F) {
             .is_err(),
         "a snapshot past the log is refused"
     );
+}
+
+/// Snapshot data that refers to a payload kept apart (length and CRC-32 in the envelope).
+fn payload_snapshot(index: u64, term: u64, payload: &[u8]) -> Snapshot {
+    let envelope = SnapshotEnvelope {
+        cluster_id: 7,
+        payload: Some(PayloadRef {
+            len: payload.len() as u64,
+            crc32: crc32fast::hash(payload),
+        }),
+        ..Default::default()
+    };
+    snapshot(index, term, vec![1, 2, 3], envelope.encode_to_vec())
+}
+
+fn written_payload<S: LogStorage>(s: &S, bytes: &[u8]) -> crate::SnapshotPayload {
+    let mut writer = s.snapshot_payload_writer().unwrap();
+    for piece in bytes.chunks(7_777) {
+        writer.write_all(piece).unwrap();
+    }
+    writer.finish().unwrap()
+}
+
+fn read_payload<S: LogStorage>(s: &S, index: u64, term: u64) -> Vec<u8> {
+    let meta = SnapshotMetadata {
+        index,
+        term,
+        ..Default::default()
+    };
+    let mut bytes = Vec::new();
+    s.snapshot_payload(&meta)
+        .unwrap()
+        .read_to_end(&mut bytes)
+        .unwrap();
+    bytes
+}
+
+/// A payload written through the storage's writer is saved, or installed, with its snapshot
+/// and read back whole by the snapshot's index and term, also after a reopen; a payload
+/// that was replaced cannot be read, and an abandoned writer leaves the storage as it was.
+pub fn snapshot_payloads_round_trip<F: StorageFactory>(f: &mut F) {
+    let s = f.create();
+    let hs = HardState {
+        term: 2,
+        vote: 1,
+        commit: 8,
+    };
+    s.append(&entries(1..=10, 2), Some(&hs)).unwrap();
+    let state: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let saved = payload_snapshot(6, 2, &state);
+    s.save_snapshot_with(&saved, written_payload(&s, &state))
+        .unwrap();
+    assert_eq!(read_payload(&s, 6, 2), state, "saved payload read back");
+    assert_eq!(s.snapshot_metadata().unwrap().index, 6);
+    assert_eq!(s.last_index().unwrap(), 10, "a save keeps the log");
+    {
+        let mut abandoned = s.snapshot_payload_writer().unwrap();
+        abandoned.write_all(b"never finished").unwrap();
+    }
+    assert_eq!(
+        read_payload(&s, 6, 2),
+        state,
+        "an abandoned payload changes nothing"
+    );
+
+    let installed = payload_snapshot(20, 3, b"installed state");
+    s.install_snapshot_with(&installed, written_payload(&s, b"installed state"))
+        .unwrap();
+    assert_eq!(read_payload(&s, 20, 3), b"installed state");
+    assert_eq!(s.first_index().unwrap(), 21, "an install replaces the log");
+    let replaced = SnapshotMetadata {
+        index: 6,
+        term: 2,
+        ..Default::default()
+    };
+    assert!(
+        s.snapshot_payload(&replaced).is_err(),
+        "the replaced snapshot's payload is gone"
+    );
+    if let Some(s) = f.reopen(s) {
+        assert_eq!(read_payload(&s, 20, 3), b"installed state", "durable");
+        assert_eq!(s.snapshot_metadata().unwrap().index, 20);
+    }
 }
 
 /// Compaction drops the prefix, remembers the term at the boundary, and never passes the

@@ -53,12 +53,14 @@ use super::messages::{
 };
 use super::op::Op;
 use super::progress::{member_progress, LastContact};
+use super::snapshot_transfer::ReceivedPayloads;
 use super::Counters;
 use crate::config::Config;
 use crate::error::{Error, Result, StorageError};
 use crate::log_storage::{snapshot_index, LogStorage, RaftStorage};
 use crate::metrics::NodeMetrics;
 use crate::records::{EntryContext, Member};
+use crate::snapshot_payload::SnapshotPayload;
 use crate::status::{ReadConsistency, Role, Status};
 use crate::wire::{self, MembershipAction};
 
@@ -90,6 +92,9 @@ pub(crate) struct CoreParts {
     pub(crate) snapshot_wanted_for: Arc<AtomicU64>,
     /// Makes this node's ReadIndex contexts unique across its restarts.
     pub(crate) read_nonce: u64,
+    /// Payloads of snapshots received from the leader, taken when raft-rs hands the snapshot
+    /// back to install.
+    pub(crate) received_payloads: Arc<ReceivedPayloads>,
 }
 
 /// What the core wants done; see [`NodeCore::poll_output`].
@@ -162,7 +167,7 @@ pub(crate) struct NodeCore {
     unreachable: Vec<u64>,
     snapshot_failed: Vec<u64>,
     /// A snapshot the apply task took, waiting for the storage thread.
-    snapshot_to_save: Option<Snapshot>,
+    snapshot_to_save: Option<(Snapshot, SnapshotPayload)>,
     /// A snapshot is being written by a storage thread.
     saving_snapshot: bool,
     snapshot_wanted_for: Arc<AtomicU64>,
@@ -177,6 +182,7 @@ pub(crate) struct NodeCore {
     ready_this_tick: bool,
     /// When each member last sent this node a raft message, for [`Status::progress`].
     last_contact: LastContact,
+    received_payloads: Arc<ReceivedPayloads>,
 }
 
 impl NodeCore {
@@ -227,6 +233,7 @@ impl NodeCore {
             stalled: false,
             ready_this_tick: false,
             last_contact: LastContact::default(),
+            received_payloads: parts.received_payloads,
         }
     }
 
@@ -619,6 +626,7 @@ mod tests {
                 counters: Arc::new(Counters::default()),
                 snapshot_wanted_for: Arc::new(AtomicU64::new(0)),
                 read_nonce: 7,
+                received_payloads: Default::default(),
             },
             Instant::now(),
         )
@@ -631,7 +639,7 @@ mod tests {
         let mut sent = Vec::new();
         while let Some(output) = core.poll_output() {
             match output {
-                Output::Write(write) => {
+                Output::Write(mut write) => {
                     let result = write.run(core.storage.as_ref());
                     core.write_done(result, now).unwrap();
                 }
@@ -683,7 +691,7 @@ mod tests {
                 write = Some(w);
             }
         }
-        let write = write.expect("becoming leader writes the new term");
+        let mut write = write.expect("becoming leader writes the new term");
         assert_eq!(core.writes_in_flight(), 1);
         assert!(core.poll_output().is_none());
         core.write_done(write.run(core.storage.as_ref()), now)

@@ -2,7 +2,10 @@
 //! task, the durable write (a snapshot from the leader first), persisted messages, advance;
 //! plus snapshot saving and the apply backlog.
 
+use super::super::membership::open_payload_ref;
 use super::*;
+use crate::log_storage::snapshot_term;
+use crate::snapshot_payload::SnapshotPayload;
 use crate::unsynced_entries::WrittenRange;
 
 /// Committed entries handed to the apply task and not yet applied, for back-pressure.
@@ -43,15 +46,20 @@ impl ApplyBacklog {
 /// the hard state, in one `LogStorage` call each.
 pub(crate) struct LogWrite {
     pub(crate) snapshot: Option<Arc<Snapshot>>,
+    /// The snapshot's payload, when it came apart from the snapshot's data.
+    pub(crate) payload: Option<SnapshotPayload>,
     pub(crate) entries: Vec<Entry>,
     pub(crate) hard_state: Option<HardState>,
 }
 
 impl LogWrite {
     /// Carries the write out; on a storage thread in production, in place in simulation.
-    pub(crate) fn run(&self, storage: &dyn LogStorage) -> Result<(), StorageError> {
+    pub(crate) fn run(&mut self, storage: &dyn LogStorage) -> Result<(), StorageError> {
         if let Some(snapshot) = &self.snapshot {
-            storage.install_snapshot(snapshot)?;
+            match self.payload.take() {
+                Some(payload) => storage.install_snapshot_with(snapshot, payload)?,
+                None => storage.install_snapshot(snapshot)?,
+            }
         }
         if !self.entries.is_empty() || self.hard_state.is_some() {
             storage.append(&self.entries, self.hard_state.as_ref())?;
@@ -84,6 +92,8 @@ impl LogWrite {
 /// Saving a snapshot the apply task took, then compacting the log behind it.
 pub(crate) struct SnapshotSave {
     pub(crate) snapshot: Snapshot,
+    /// The user's state, stored with the snapshot.
+    pub(crate) payload: SnapshotPayload,
     /// Compact the log up to here (0: not at all).
     pub(crate) compact_to: u64,
 }
@@ -91,8 +101,8 @@ pub(crate) struct SnapshotSave {
 impl SnapshotSave {
     /// Carries the save out; returns the snapshot's index. On a storage thread in production,
     /// in place in simulation.
-    pub(crate) fn run(&self, storage: &dyn LogStorage) -> Result<u64, StorageError> {
-        storage.save_snapshot(&self.snapshot)?;
+    pub(crate) fn run(self, storage: &dyn LogStorage) -> Result<u64, StorageError> {
+        storage.save_snapshot_with(&self.snapshot, self.payload)?;
         if self.compact_to > 0 {
             storage.compact(self.compact_to)?;
         }
@@ -158,7 +168,11 @@ impl NodeCore {
         if self.saving_snapshot {
             return;
         }
-        let Some(index) = self.snapshot_to_save.as_ref().map(snapshot_index) else {
+        let Some(index) = self
+            .snapshot_to_save
+            .as_ref()
+            .map(|(s, _)| snapshot_index(s))
+        else {
             return;
         };
         // A save raises the stored commit index to the snapshot's; a write in flight that
@@ -167,7 +181,7 @@ impl NodeCore {
         if self.in_hand.iter().any(|w| w.stores_commit_below(index)) {
             return;
         }
-        let Some(snapshot) = self.snapshot_to_save.take() else {
+        let Some((snapshot, payload)) = self.snapshot_to_save.take() else {
             return;
         };
         self.saving_snapshot = true;
@@ -179,6 +193,7 @@ impl NodeCore {
         self.outputs
             .push_back(Output::SaveSnapshot(Box::new(SnapshotSave {
                 snapshot,
+                payload,
                 compact_to,
             })));
     }
@@ -313,15 +328,29 @@ impl NodeCore {
 
         // 2. A snapshot from the leader replaces the log, then the state machine. It was
         // checked (conf state, envelope) before raft saw it.
+        let mut payload_in_hand = None;
         let snapshot = if ready.snapshot().is_empty() {
             None
         } else {
             let snapshot = ready.snapshot().clone();
-            let members = open_members(&snapshot.data).map_err(|e| {
+            let unreadable = |e| {
                 Error::config(format!(
                     "a snapshot that passed its checks is unreadable: {e}"
                 ))
-            })?;
+            };
+            let members = open_members(&snapshot.data).map_err(unreadable)?;
+            if open_payload_ref(&snapshot.data)
+                .map_err(unreadable)?
+                .is_some()
+            {
+                let (index, term) = (snapshot_index(&snapshot), snapshot_term(&snapshot));
+                let payload = self.received_payloads.take(index, term).ok_or_else(|| {
+                    Error::config(format!(
+                        "the payload of the snapshot at {index} (term {term}) was not received"
+                    ))
+                })?;
+                payload_in_hand = Some(payload);
+            }
             Some((Arc::new(snapshot), members))
         };
 
@@ -343,6 +372,7 @@ impl NodeCore {
         if snapshot.is_some() || self.writes_in_place {
             let write = io.then(|| LogWrite {
                 snapshot: snapshot.as_ref().map(|(s, _)| Arc::clone(s)),
+                payload: payload_in_hand,
                 entries,
                 hard_state: hard_state.clone(),
             });
@@ -384,6 +414,7 @@ impl NodeCore {
         if io {
             self.outputs.push_back(Output::Write(LogWrite {
                 snapshot: None,
+                payload: None,
                 entries,
                 hard_state,
             }));
@@ -601,6 +632,7 @@ mod tests {
     fn write(range: std::ops::RangeInclusive<u64>, term: u64, commit: u64) -> LogWrite {
         LogWrite {
             snapshot: None,
+            payload: None,
             entries: range
                 .map(|index| Entry {
                     index,
@@ -628,6 +660,7 @@ mod tests {
         assert_eq!(merged.hard_state.as_ref().unwrap().commit, 6);
         let commit_only = LogWrite {
             snapshot: None,
+            payload: None,
             entries: Vec::new(),
             hard_state: None,
         };
@@ -636,6 +669,7 @@ mod tests {
         assert_eq!(merged.entries.len(), 6);
         let with_snapshot = LogWrite {
             snapshot: Some(Arc::new(Snapshot::default())),
+            payload: None,
             entries: Vec::new(),
             hard_state: None,
         };

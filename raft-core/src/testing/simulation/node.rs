@@ -98,6 +98,7 @@ impl SimNode {
                 driver_tx,
                 read_nonce,
                 election_timeout_ticks: Some(election_timeout_ticks),
+                received_payloads: Default::default(),
             },
             now,
         );
@@ -133,10 +134,10 @@ impl SimNode {
     /// flight reach the disk, and the snapshot save if `keep_writes > 0`.
     pub(super) fn crash(&mut self, keep_writes: usize, amnesia: bool) {
         self.incarnation += 1;
-        let Some(running) = self.running.take() else {
+        let Some(mut running) = self.running.take() else {
             return;
         };
-        for write in running.writes.iter().take(keep_writes) {
+        for write in running.writes.iter_mut().take(keep_writes) {
             let _ = write.run(self.disk.as_ref());
         }
         if keep_writes > 0 {
