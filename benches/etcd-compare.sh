@@ -1,18 +1,27 @@
 #!/usr/bin/env bash
-# raft-kv against etcd, side by side: 3 members each on loopback, every log write synced
+# raft-kv against etcd, side by side: 3 members each (NODES: others) on loopback, every log write synced
 # (raft-kv: RocksDB and gRPC; etcd: its defaults), 100-byte puts, both driven by the same
 # load generator (`raft-bench`; `--target etcd` speaks etcd's native gRPC API, KV.Put and
 # KV.Range, one HTTP/2 connection per client, as etcd's own `benchmark` tool and its clients
 # do; raft-kv gets one keep-alive HTTP/1.1 connection per client). At each client count
 # it runs raft-kv then etcd, each on a fresh cluster, so drift on a shared machine hits both
 # alike; it measures puts/s, p50/p99 and the servers' CPU time per put (utime + stime of the 3
-# server processes, as in server-cpu.sh), then prints one Markdown table.
+# server processes, as in server-cpu.sh), then prints one Markdown table. The clusters are
+# started by benches/lib-clusters.sh (one `raft-kv serve` per member, as `raft-kv cluster`
+# runs them).
 #
 #   benches/etcd-compare.sh                      # 1, 64 and 256 clients, 10 s per run
 #   CLIENTS="1 64" DURATION=3 benches/etcd-compare.sh
 #   GETS=1 benches/etcd-compare.sh               # also linearizable gets at the most clients
 #   OUT=benches/results benches/etcd-compare.sh  # also writes puts/s, p99 and CPU per put as
 #                                                # CSV (series,x,y) for benches/plot.py
+#   NODES="3 5" CLIENTS="1 64 256" benches/etcd-compare.sh      # 3 and 5 members each
+#   VALUE_SIZES="100 1024 65536" CLIENTS=64 benches/etcd-compare.sh
+#
+# With several NODES each series is one system at one cluster size (x: clients); with several
+# VALUE_SIZES (bytes per value; then one client count) x is the value size. CSV_PREFIX names
+# the CSV files apart (`CSV_PREFIX=value-size-`: value-size-puts-per-sec.csv, ...). Every
+# combination runs raft-kv then etcd back to back, each on a fresh cluster.
 #
 # BIN_DIR holds `raft-kv` and `raft-bench` (default: the release target directory; build them
 # with `cargo build --release -p raft-kv-example -p raftkit-benches`). etcd comes from the OS
@@ -29,10 +38,10 @@ fi
 duration="${DURATION:-10}"
 clients="${CLIENTS:-1 64 256}"
 gets="${GETS:-0}"
+nodes_list="${NODES:-3}"
+value_sizes="${VALUE_SIZES:-100}"
 base_port="${BASE_PORT:-7600}"
 bin="${BIN_DIR:-${CARGO_TARGET_DIR:-target}/release}"
-etcd_client_port=23791 # members 1-3: 23791-23793
-etcd_peer_port=23801   # members 1-3: 23801-23803
 warmup=2
 
 for b in raft-kv raft-bench; do
@@ -44,126 +53,27 @@ done
 command -v curl >/dev/null 2>&1 || { echo "curl is needed to wait for etcd" >&2; exit 1; }
 
 work="$(mktemp -d)"
-server_pids=""  # the 3 server processes of the cluster running now
-cluster_pid=""  # raft-kv: `raft-kv cluster`, the servers' parent (etcd: none)
-# Stops the cluster running now, if any.
-cleanup() {
-    local pid
-    if [ -n "$cluster_pid" ]; then
-        # `raft-kv cluster` stops its servers on Ctrl-C; they are its children, not ours.
-        kill -INT "$cluster_pid" 2>/dev/null || true
-        wait "$cluster_pid" 2>/dev/null || true
-        for pid in $server_pids; do
-            for _ in $(seq 1 100); do
-                kill -0 "$pid" 2>/dev/null || break
-                sleep 0.1
-            done
-        done
-    else
-        for pid in $server_pids; do
-            kill "$pid" 2>/dev/null || true
-        done
-        for pid in $server_pids; do
-            wait "$pid" 2>/dev/null || true
-        done
-    fi
-    server_pids=""
-    cluster_pid=""
-}
+# shellcheck source=benches/lib-clusters.sh
+source benches/lib-clusters.sh
 trap 'cleanup; rm -rf "$work"' EXIT
 trap 'exit 130' INT TERM
 
-# Sets `server_pids` and `endpoints`; the cluster's files go under $1.
-start_raftkv() {
-    local dir="$1" pid
-    mkdir -p "$dir"
-    "$bin/raft-kv" cluster --nodes 3 --transport grpc --storage rocksdb \
-        --base-port "$base_port" --data-dir "$dir" >"$dir/cluster.out" 2>&1 &
-    cluster_pid=$!
-    for _ in $(seq 1 600); do
-        grep -q "nodes are voters" "$dir/cluster.out" && break
-        kill -0 "$cluster_pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    grep -q "nodes are voters" "$dir/cluster.out" || { cat "$dir/cluster.out"; exit 1; }
-    server_pids="$(pgrep -f -- "--data-dir $dir/node-" | tr '\n' ' ')"
-    [ "$(wc -w <<<"$server_pids")" -eq 3 ] ||
-        { echo "expected 3 raft-kv servers, found: $server_pids" >&2; exit 1; }
-    for pid in $server_pids; do
-        [ "$(ps -o ppid= -p "$pid" | tr -d ' ')" = "$cluster_pid" ] ||
-            { echo "raft-kv server $pid is not ours" >&2; exit 1; }
-    done
-    endpoints="http://127.0.0.1:$((base_port + 101)),http://127.0.0.1:$((base_port + 102)),http://127.0.0.1:$((base_port + 103))"
-}
-
-# Sets `server_pids` and `endpoints`; the members' data directories go under $1.
-start_etcd() {
-    local dir="$1" i initial="" token
-    token="raftkit-bench-$(basename "$dir")-$$"
-    mkdir -p "$dir"
-    for i in 1 2 3; do
-        initial+="${initial:+,}m$i=http://127.0.0.1:$((etcd_peer_port + i - 1))"
-    done
-    endpoints=""
-    for i in 1 2 3; do
-        local client="http://127.0.0.1:$((etcd_client_port + i - 1))"
-        local peer="http://127.0.0.1:$((etcd_peer_port + i - 1))"
-        # Default fsync behaviour (no --unsafe-no-fsync), default snapshot count; an 8 GiB
-        # backend quota (etcd's maximum) so no run can raise the space alarm; errors-only logs.
-        etcd --name "m$i" --data-dir "$dir/m$i" \
-            --listen-client-urls "$client" --advertise-client-urls "$client" \
-            --listen-peer-urls "$peer" --initial-advertise-peer-urls "$peer" \
-            --initial-cluster "$initial" --initial-cluster-state new \
-            --initial-cluster-token "$token" \
-            --quota-backend-bytes 8589934592 --logger zap --log-level error \
-            >"$dir/m$i.out" 2>&1 &
-        server_pids+="$! "
-        endpoints+="${endpoints:+,}$client"
-    done
-    local url ready
-    for _ in $(seq 1 300); do
-        ready=0
-        for url in ${endpoints//,/ }; do
-            if curl -fsS --max-time 1 "$url/health" 2>/dev/null | grep -q '"health":"true"'; then
-                ready=$((ready + 1))
-            fi
-        done
-        [ "$ready" -eq 3 ] && return 0
-        for pid in $server_pids; do
-            kill -0 "$pid" 2>/dev/null || { cat "$dir"/m*.out; exit 1; }
-        done
-        sleep 0.1
-    done
-    echo "etcd did not become healthy" >&2
-    cat "$dir"/m*.out
-    exit 1
-}
-
-# utime + stime of the servers, in clock ticks.
-ticks() {
-    local total=0 pid
-    for pid in $server_pids; do
-        total=$((total + $(awk '{print $14 + $15}' "/proc/$pid/stat")))
-    done
-    echo "$total"
-}
-
-# bench SYSTEM CLIENTS RATIO: warms up, then one measured raft-bench run; appends
-# "SYSTEM CLIENTS RATIO TICKS JSON" to the results.
+# bench SYSTEM MEMBERS VALUE_SIZE CLIENTS RATIO: warms up, then one measured raft-bench run;
+# appends "SYSTEM MEMBERS VALUE_SIZE CLIENTS RATIO TICKS JSON" to the results.
 bench() {
-    local system="$1" n="$2" ratio="$3" before after log
-    log="$work/bench-$system-$n-$ratio.log"
+    local system="$1" nodes="$2" size="$3" n="$4" ratio="$5" before after log
+    log="$work/bench-$system-$nodes-$size-$n-$ratio.log"
     # Connections, caches, the leader's first log segments: outside the measurement.
     "$bin/raft-bench" --target "$system" --endpoints "$endpoints" --clients "$n" \
-        --duration "$warmup" --warmup 0 --read-ratio "$ratio" --keys 1000 --value-size 100 \
+        --duration "$warmup" --warmup 0 --read-ratio "$ratio" --keys 1000 --value-size "$size" \
         >/dev/null
     before="$(ticks)"
     "$bin/raft-bench" --target "$system" --endpoints "$endpoints" --clients "$n" \
-        --duration "$duration" --warmup 0 --read-ratio "$ratio" --keys 1000 --value-size 100 \
+        --duration "$duration" --warmup 0 --read-ratio "$ratio" --keys 1000 --value-size "$size" \
         >"$log"
     after="$(ticks)"
     sed '$d' "$log"
-    echo "$system $n $ratio $((after - before)) $(tail -n 1 "$log")" >>"$work/results"
+    echo "$system $nodes $size $n $ratio $((after - before)) $(tail -n 1 "$log")" >>"$work/results"
 }
 
 largest=0
@@ -171,52 +81,62 @@ for n in $clients; do
     if [ "$n" -gt "$largest" ]; then largest="$n"; fi
 done
 
-echo "# raft-kv (gRPC, RocksDB) vs $(etcd --version | sed -n "s/^etcd Version: /etcd /p"); 3 members each on loopback;" \
-    "$(nproc) cores; ${duration} s per run after ${warmup} s warmup; 100 B values, 1000 keys"
+if [ "$(wc -w <<<"$value_sizes")" -gt 1 ] && [ "$(wc -w <<<"$clients")" -gt 1 ]; then
+    echo "several VALUE_SIZES take one client count (CLIENTS)" >&2
+    exit 1
+fi
+
+echo "# raft-kv (gRPC, RocksDB) vs $(etcd --version | sed -n "s/^etcd Version: /etcd /p"); $nodes_list members each on loopback;" \
+    "$(nproc) cores; ${duration} s per run after ${warmup} s warmup; $value_sizes B values, 1000 keys"
 : >"$work/results"
 run=0
-for n in $clients; do
-    for system in raft-kv etcd; do
-        run=$((run + 1))
-        echo
-        echo "## $system, $n clients, puts"
-        if [ "$system" = raft-kv ]; then
-            start_raftkv "$work/run-$run"
-        else
-            start_etcd "$work/run-$run"
-        fi
-        bench "$system" "$n" 0
-        if [ "$gets" = 1 ] && [ "$n" = "$largest" ]; then
-            # On the same cluster: the put run has written the keys.
-            echo "## $system, $n clients, linearizable gets"
-            bench "$system" "$n" 1
-        fi
-        cleanup
-        rm -rf "$work/run-$run"
+for nodes in $nodes_list; do
+    for size in $value_sizes; do
+        for n in $clients; do
+            for system in raft-kv etcd; do
+                run=$((run + 1))
+                echo
+                echo "## $system, $nodes members, $size B values, $n clients, puts"
+                start_cluster "$system" "$work/run-$run" "$nodes"
+                bench "$system" "$nodes" "$size" "$n" 0
+                if [ "$gets" = 1 ] && [ "$n" = "$largest" ]; then
+                    # On the same cluster: the put run has written the keys.
+                    echo "## $system, $n clients, linearizable gets"
+                    bench "$system" "$nodes" "$size" "$n" 1
+                fi
+                cleanup
+                rm -rf "$work/run-$run"
+            done
+        done
     done
 done
 
 echo
-python3 - "$work/results" "$(getconf CLK_TCK)" "${OUT:-}" <<'EOF'
+python3 - "$work/results" "$(getconf CLK_TCK)" "${OUT:-}" "${CSV_PREFIX:-}" <<'EOF'
 import json, os, sys
 hz = int(sys.argv[2])
-out = sys.argv[3]
-rows = {}  # (clients, ratio) -> system -> (histogram, cpu µs per op, errors)
+out, prefix = sys.argv[3], sys.argv[4]
+# (members, value size, clients, ratio) -> system -> (histogram, cpu µs per op, errors)
+rows = {}
 for line in open(sys.argv[1]):
-    system, n, ratio, ticks, js = line.split(" ", 4)
+    system, nodes, size, n, ratio, ticks, js = line.split(" ", 6)
     j = json.loads(js)
     h = j["get"] if float(ratio) > 0 else j["put"]
     cpu = int(ticks) * 1e6 / hz / h["ops"] if h["ops"] else float("nan")
-    rows.setdefault((int(n), float(ratio)), {})[system] = (h, cpu, j["errors"])
-print("ratio = raft-kv / etcd throughput; CPU = utime + stime of the 3 servers per operation")
+    rows.setdefault((int(nodes), int(size), int(n), float(ratio)), {})[system] = (h, cpu, j["errors"])
+several_nodes = len({k[0] for k in rows}) > 1
+several_sizes = len({k[1] for k in rows}) > 1
+print("ratio = raft-kv / etcd throughput; CPU = utime + stime of the servers per operation")
 print()
-print("| clients | raft-kv puts/s | etcd puts/s | ratio | raft-kv p50/p99 ms | etcd p50/p99 ms "
-      "| CPU µs/put raft-kv | etcd |")
-print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+extra = (["members"] if several_nodes else []) + (["value B"] if several_sizes else [])
+print("| " + " | ".join(extra + ["clients"]) + " | raft-kv puts/s | etcd puts/s | ratio "
+      "| raft-kv p50/p99 ms | etcd p50/p99 ms | CPU µs/put raft-kv | etcd |")
+print("|" + "---:|" * (len(extra) + 8))
 notes = []
-for (n, ratio), r in sorted(rows.items()):
+for (nodes, size, n, ratio), r in sorted(rows.items()):
     label = f"{n}" if ratio == 0 else f"{n}, gets"
-    cells = [label]
+    cells = ([str(nodes)] if several_nodes else []) + ([str(size)] if several_sizes else [])
+    cells.append(label)
     for s in ("raft-kv", "etcd"):
         cells.append(f"{r[s][0]['ops_per_sec']:.0f}" if s in r else "-")
     if "raft-kv" in r and "etcd" in r and r["etcd"][0]["ops_per_sec"]:
@@ -229,14 +149,15 @@ for (n, ratio), r in sorted(rows.items()):
         cells.append(f"{r[s][1]:.0f}" if s in r else "-")
     for s in ("raft-kv", "etcd"):
         if s in r and r[s][2]:
-            notes.append(f"{s}, {label} clients: {r[s][2]} errors")
+            notes.append(f"{s}, {nodes} members, {size} B, {label} clients: {r[s][2]} errors")
     print("| " + " | ".join(cells) + " |")
-if any(ratio > 0 for _, ratio in rows):
+if any(k[3] > 0 for k in rows):
     print()
     print("Rows marked \"gets\": linearizable gets/s, their latency and CPU µs per get.")
 for note in notes:
     print(f"WARNING: {note} (see the run's output above)")
 if out:
+    # One series per system (and cluster size, with several); x: clients, or the value size.
     os.makedirs(out, exist_ok=True)
     names = {"raft-kv": "raft-kv", "etcd": "etcd 3.4"}
     for file, value in (
@@ -244,10 +165,13 @@ if out:
         ("p99-ms", lambda h, cpu: h["p99_ms"]),
         ("cpu-us-per-put", lambda h, cpu: cpu),
     ):
-        with open(os.path.join(out, f"{file}.csv"), "w") as f:
+        with open(os.path.join(out, f"{prefix}{file}.csv"), "w") as f:
             f.write("series,x,y\n")
-            for s in ("raft-kv", "etcd"):
-                for (n, ratio), r in sorted(rows.items()):
-                    if ratio == 0 and s in r:
-                        f.write(f"{names[s]},{n},{value(r[s][0], r[s][1])}\n")
+            for nodes in sorted({k[0] for k in rows}):
+                for s in ("raft-kv", "etcd"):
+                    name = names[s] + (f" ({nodes} members)" if several_nodes else "")
+                    for (m, size, n, ratio), r in sorted(rows.items()):
+                        if m == nodes and ratio == 0 and s in r:
+                            x = size if several_sizes else n
+                            f.write(f"{name},{x},{value(r[s][0], r[s][1])}\n")
 EOF

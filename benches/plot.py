@@ -3,10 +3,12 @@
 library needed: the standard library only).
 
     benches/plot.py DATA.csv OUT.svg --title "Puts/s against clients" \
-        --x-label clients --y-label "puts/s" [--log-x] [--log-y]
+        --x-label clients --y-label "puts/s" [--log-x] [--log-y] [--x-ticks-at-data] [--x-bytes]
 
 Each distinct `series` value is one line, drawn in the order it first appears. Rows whose
-`y` is empty or not a number are skipped.
+`y` is empty or not a number are skipped. `--x-ticks-at-data` puts the x ticks at the data's
+x values (e.g. 10k, 100k, 1M keys) instead of powers of two or round steps; `--x-bytes`
+labels them as sizes (100 B, 1 KiB, 64 KiB).
 """
 
 import argparse
@@ -56,14 +58,23 @@ def label(value):
     return f"{value:g}"
 
 
-def draw(series, title, x_label, y_label, log_x, log_y):
+def byte_label(value):
+    for unit, size in (("MiB", 2**20), ("KiB", 2**10)):
+        if value >= size:
+            return f"{value / size:g} {unit}"
+    return f"{value:g} B"
+
+
+def draw(series, title, x_label, y_label, log_x, log_y, x_ticks_at_data=False, x_bytes=False):
     xs = [x for points in series.values() for x, _ in points]
     ys = [y for points in series.values() for _, y in points]
     if not xs:
         sys.exit("no data points")
     x_lo, x_hi = min(xs), max(xs)
     y_lo, y_hi = (min(ys), max(ys)) if log_y else (0.0, max(ys) * 1.05 or 1.0)
-    x_ticks, y_ticks = ticks(x_lo, x_hi, log_x), ticks(y_lo, y_hi, log_y)
+    x_ticks = sorted(set(xs)) if x_ticks_at_data else ticks(x_lo, x_hi, log_x)
+    y_ticks = ticks(y_lo, y_hi, log_y)
+    x_text = byte_label if x_bytes else label
     x_lo, x_hi = min(x_ticks[0], x_lo), max(x_ticks[-1], x_hi)
     y_lo, y_hi = min(y_ticks[0], y_lo), max(y_ticks[-1], y_hi)
 
@@ -72,6 +83,8 @@ def draw(series, title, x_label, y_label, log_x, log_y):
             v, lo, hi = math.log2(v), math.log2(lo), math.log2(hi)
         return (v - lo) / ((hi - lo) or 1.0) * size
 
+    # Long series names widen the picture (about 7 px a character), not squeeze the plot.
+    width = WIDTH + max(0, 45 + 7 * max(len(name) for name in series) - RIGHT)
     plot_w, plot_h = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 
     def px(x):
@@ -81,15 +94,15 @@ def draw(series, title, x_label, y_label, log_x, log_y):
         return TOP + plot_h - scale(y, y_lo, y_hi, log_y, plot_h)
 
     out = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{HEIGHT}" '
         f'font-family="sans-serif" font-size="12">',
-        f'<rect width="{WIDTH}" height="{HEIGHT}" fill="white"/>',
+        f'<rect width="{width}" height="{HEIGHT}" fill="white"/>',
         f'<text x="{WIDTH / 2}" y="22" text-anchor="middle" font-size="15">{escape(title)}</text>',
     ]
     for t in x_ticks:
         x = px(t)
         out.append(f'<line x1="{x:.1f}" y1="{TOP}" x2="{x:.1f}" y2="{TOP + plot_h}" stroke="#eee"/>')
-        out.append(f'<text x="{x:.1f}" y="{TOP + plot_h + 18}" text-anchor="middle">{label(t)}</text>')
+        out.append(f'<text x="{x:.1f}" y="{TOP + plot_h + 18}" text-anchor="middle">{x_text(t)}</text>')
     for t in y_ticks:
         y = py(t)
         out.append(f'<line x1="{LEFT}" y1="{y:.1f}" x2="{LEFT + plot_w}" y2="{y:.1f}" stroke="#eee"/>')
@@ -127,8 +140,13 @@ def main():
     parser.add_argument("--y-label", default="y")
     parser.add_argument("--log-x", action="store_true")
     parser.add_argument("--log-y", action="store_true")
+    parser.add_argument("--x-ticks-at-data", action="store_true")
+    parser.add_argument("--x-bytes", action="store_true")
     args = parser.parse_args()
-    svg = draw(read_series(args.data), args.title, args.x_label, args.y_label, args.log_x, args.log_y)
+    svg = draw(
+        read_series(args.data), args.title, args.x_label, args.y_label, args.log_x, args.log_y,
+        args.x_ticks_at_data, args.x_bytes,
+    )
     with open(args.out, "w") as f:
         f.write(svg)
 

@@ -13,6 +13,12 @@
 //! get `KV.Range{key}` (linearizable, etcd's default). Keys, values, the operation mix and the
 //! latency recording are the same, so the two systems compare directly
 //! (`benches/etcd-compare.sh`).
+//!
+//! With `--load` it writes each of the `--keys` keys exactly once instead (`bench-0` to
+//! `bench-{keys-1}`, client `i` taking keys `i`, `i + clients`, ...) and stops: a cluster then
+//! holds exactly that many keys (`benches/state-curves.sh` measures restart time and memory
+//! against it). The rates and latencies are over the whole load; `--duration`, `--warmup` and
+//! `--read-ratio` do not apply.
 
 use std::time::{Duration, Instant};
 
@@ -89,6 +95,9 @@ struct Args {
     /// Seed of the key and operation choices.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Write each of the `--keys` keys once, then stop (a failed put is retried).
+    #[arg(long)]
+    load: bool,
 }
 
 struct ClientResult {
@@ -303,6 +312,46 @@ impl Link {
     }
 }
 
+/// Failed attempts at one key after which `--load` gives up.
+const LOAD_ATTEMPTS: u32 = 20;
+
+/// `--load`: this client's share of the keys, each written once.
+async fn load_client(args: Args, id: usize) -> Result<ClientResult> {
+    let endpoint = &args.endpoints[id % args.endpoints.len()];
+    let mut link = Link::new(args.target, endpoint, args.value_size)?;
+    let mut result = ClientResult {
+        writes: histogram()?,
+        reads: histogram()?,
+        errors: 0,
+        first_error: None,
+    };
+    for key in (id as u64..args.keys).step_by(args.clients) {
+        let mut attempts = 0;
+        loop {
+            let began = Instant::now();
+            let e = match link.send(false, key).await {
+                Ok(()) => {
+                    let micros = began.elapsed().as_micros().max(1) as u64;
+                    result.writes.saturating_record(micros);
+                    break;
+                }
+                Err(Failure::Answer(e)) => e,
+                Err(Failure::Unreachable(e)) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    e
+                }
+            };
+            result.errors += 1;
+            attempts += 1;
+            if attempts == LOAD_ATTEMPTS {
+                bail!("bench-{key}: {attempts} failed puts, the last: {e}");
+            }
+            result.first_error.get_or_insert(e);
+        }
+    }
+    Ok(result)
+}
+
 async fn client(args: Args, id: usize, start: Instant) -> Result<ClientResult> {
     let endpoint = &args.endpoints[id % args.endpoints.len()];
     let mut link = Link::new(args.target, endpoint, args.value_size)?;
@@ -380,7 +429,11 @@ async fn main() -> Result<()> {
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(args.clients);
     for id in 0..args.clients {
-        tasks.push(tokio::spawn(client(args.clone(), id, start)));
+        tasks.push(if args.load {
+            tokio::spawn(load_client(args.clone(), id))
+        } else {
+            tokio::spawn(client(args.clone(), id, start))
+        });
     }
     let mut writes = histogram()?;
     let mut reads = histogram()?;
@@ -393,16 +446,27 @@ async fn main() -> Result<()> {
         errors += r.errors;
         first_error = first_error.or(r.first_error);
     }
-    let seconds = args.duration;
+    let seconds = if args.load {
+        start.elapsed().as_secs_f64()
+    } else {
+        args.duration
+    };
     // raft-kv's output is unchanged by `--target`; etcd runs say so in the header and JSON.
     let against = match args.target {
         Target::RaftKv => "",
         Target::Etcd => " (etcd)",
     };
-    println!(
-        "raft-bench{against}: {} clients, {} endpoints, {:.0} s measured after {:.0} s warmup, {} B values, {} keys, read ratio {}",
-        args.clients, args.endpoints.len(), args.duration, args.warmup, args.value_size, args.keys, args.read_ratio
-    );
+    if args.load {
+        println!(
+            "raft-bench{against}: loaded {} keys of {} B once each in {seconds:.1} s, {} clients, {} endpoints",
+            args.keys, args.value_size, args.clients, args.endpoints.len()
+        );
+    } else {
+        println!(
+            "raft-bench{against}: {} clients, {} endpoints, {:.0} s measured after {:.0} s warmup, {} B values, {} keys, read ratio {}",
+            args.clients, args.endpoints.len(), args.duration, args.warmup, args.value_size, args.keys, args.read_ratio
+        );
+    }
     println!(
         "{:<6} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "op", "ops/s", "p50 ms", "p90 ms", "p99 ms", "p99.9 ms", "max ms"
@@ -419,6 +483,9 @@ async fn main() -> Result<()> {
         "value_size": args.value_size, "keys": args.keys, "read_ratio": args.read_ratio,
         "ops_per_sec": total, "errors": errors, "put": w, "get": r,
     });
+    if args.load {
+        line["load"] = true.into();
+    }
     if args.target == Target::Etcd {
         line["target"] = "etcd".into();
     }
