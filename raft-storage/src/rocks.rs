@@ -513,19 +513,7 @@ impl LogStorage for RocksLogStorage {
     fn snapshot_payload(&self, meta: &SnapshotMetadata) -> Result<PayloadReader, StorageError> {
         // Opened under the state lock, so it is the file the record names; read after.
         let st = self.read_state();
-        match &st.snapshot {
-            Some(record)
-                if record.envelope.is_some()
-                    && record.meta.index == meta.index
-                    && record.meta.term == meta.term =>
-            {
-                self.snapshots.open_payload(record)
-            }
-            _ => Err(StorageError::Invalid(format!(
-                "the snapshot at {} (term {}) is no longer the stored one",
-                meta.index, meta.term
-            ))),
-        }
+        self.snapshots.open_payload_of(st.snapshot.as_ref(), meta)
     }
 
     fn compact(&self, index: u64) -> Result<(), StorageError> {

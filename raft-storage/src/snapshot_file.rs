@@ -13,7 +13,7 @@ use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use raft_core::backend::eraftpb::Snapshot;
+use raft_core::backend::eraftpb::{Snapshot, SnapshotMetadata};
 use raft_core::{PayloadReader, SnapshotPayload, SnapshotPayloadWriter, StorageError};
 
 use crate::codec::SnapshotRecord;
@@ -156,6 +156,28 @@ impl SnapshotFiles {
             envelope: Some(snapshot.data.clone()),
         };
         Ok((written.file, record))
+    }
+
+    /// Opens the payload of the snapshot `meta` names, which must be `stored` (the record of
+    /// the latest snapshot) and keep its payload apart.
+    pub(crate) fn open_payload_of(
+        &self,
+        stored: Option<&SnapshotRecord>,
+        meta: &SnapshotMetadata,
+    ) -> Result<PayloadReader, StorageError> {
+        match stored {
+            Some(record)
+                if record.envelope.is_some()
+                    && record.meta.index == meta.index
+                    && record.meta.term == meta.term =>
+            {
+                self.open_payload(record)
+            }
+            _ => Err(StorageError::Invalid(format!(
+                "the snapshot at {} (term {}) is no longer the stored one",
+                meta.index, meta.term
+            ))),
+        }
     }
 
     /// Opens the payload file `record` points at, positioned at the payload; its header is
@@ -577,7 +599,6 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
-    use raft_core::backend::eraftpb::SnapshotMetadata;
 
     fn record(seq: u64, (len, crc): (u64, u32)) -> SnapshotRecord {
         SnapshotRecord {
