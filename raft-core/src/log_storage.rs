@@ -70,7 +70,7 @@ pub trait LogStorage: Send + Sync + 'static {
     ///
     /// The default keeps the payload in memory and stores it inside the snapshot data (with
     /// [`LogStorage::save_snapshot`] and [`LogStorage::install_snapshot`]), as a log in
-    /// memory does anyway. A backend that keeps snapshot data in files overrides the four
+    /// memory does anyway. A backend that keeps snapshot data in files overrides the five
     /// payload methods together, so that a large state is streamed to and from its file.
     fn snapshot_payload_writer(&self) -> Result<Box<dyn SnapshotPayloadWriter>, StorageError> {
         Ok(Box::new(InlinePayloadWriter::default()))
