@@ -74,6 +74,16 @@ pub enum NotApplied {
     /// The request never reached the node it was for.
     #[error(transparent)]
     Unreachable(TransportError),
+    /// The cluster no longer remembers the client session the command was sent in (it was
+    /// idle too long, or the session table was full): the command was not applied now. A
+    /// [`crate::Mailbox`] starts a new session and sends it again; if an earlier attempt of
+    /// the same command may have applied, it reports that outcome as unknown instead.
+    #[error("the client session expired; the command was not applied now")]
+    SessionExpired,
+    /// A later command of the same client session was applied already: this one was not,
+    /// and never will be (a late duplicate, or a session used by two callers at once).
+    #[error("a later command of the client session was applied; this one was not")]
+    SupersededInSession,
 }
 
 /// Why a write's outcome is unknown: it may have been applied.
@@ -96,6 +106,14 @@ pub enum MaybeApplied {
     /// Another node answered with an error this version does not know.
     #[error("remote node failed: {0}")]
     Remote(String),
+    /// A retry of the command found its client session forgotten by the cluster (idle too
+    /// long, or the session table full), after an earlier attempt may have applied.
+    #[error("the client session expired while the command was retried; it may or may not have taken effect")]
+    SessionExpired,
+    /// The command was applied earlier in its session, but its answer was too large to keep
+    /// for retries.
+    #[error("the command was applied, but its answer was too large to keep for a retry")]
+    AnswerNotKept,
 }
 
 /// Why this node cannot serve.
@@ -147,6 +165,11 @@ impl Error {
     /// [`NotApplied::Dropped`].
     pub(crate) fn dropped() -> Self {
         Error::NotApplied(NotApplied::Dropped)
+    }
+
+    /// [`MaybeApplied::AnswerNotKept`].
+    pub(crate) fn applied_answer_not_kept() -> Self {
+        Error::MaybeApplied(MaybeApplied::AnswerNotKept)
     }
 
     /// [`NotApplied::MembershipBusy`].

@@ -80,7 +80,7 @@ impl Forwarder {
     pub(crate) async fn call(&self, addr: &str, op: Op, deadline: Instant) -> Forwarded {
         let (tx, rx) = oneshot::channel();
         let size = match &op {
-            Op::Propose(data) | Op::Read(data, _) => data.len(),
+            Op::Propose(data, _) | Op::Read(data, _) => data.len(),
             Op::Membership(_) | Op::Transfer(_) => 0,
         };
         let mut pending = Pending {
@@ -338,7 +338,7 @@ mod tests {
     }
 
     fn propose(i: u32) -> Op {
-        Op::Propose(i.to_be_bytes().to_vec())
+        Op::Propose(i.to_be_bytes().to_vec(), None)
     }
 
     /// The old shape of an outcome: an answer, a transport error, or nothing.

@@ -11,6 +11,7 @@ use crate::metrics::NodeMetrics;
 use crate::node::handle::NodeHandle;
 use crate::node::messages::{DriverMsg, MembershipChange};
 use crate::node::op::{answer_from_wire, Op};
+use crate::session::{SessionPool, SessionTag};
 use crate::status::{ReadConsistency, Role, Status};
 use crate::transport::Transport;
 use crate::wire::{request, response, MembershipAction, Request, StatusRequest};
@@ -32,6 +33,8 @@ use crate::wire::{request, response, MembershipAction, Request, StatusRequest};
 pub struct Mailbox {
     node: Arc<NodeHandle>,
     timeout: Duration,
+    /// The client sessions its proposals go in; `None`: proposals without a session.
+    sessions: Option<Arc<SessionPool>>,
 }
 
 impl std::fmt::Debug for Mailbox {
@@ -39,6 +42,7 @@ impl std::fmt::Debug for Mailbox {
         f.debug_struct("Mailbox")
             .field("node", &self.node.id)
             .field("timeout", &self.timeout)
+            .field("sessions", &self.sessions.is_some())
             .finish()
     }
 }
@@ -46,7 +50,11 @@ impl std::fmt::Debug for Mailbox {
 impl Mailbox {
     pub(crate) fn new(node: Arc<NodeHandle>) -> Self {
         let timeout = node.config.request_timeout;
-        Mailbox { node, timeout }
+        Mailbox {
+            node,
+            timeout,
+            sessions: Some(Arc::default()),
+        }
     }
 
     /// The id of the node this mailbox talks to.
@@ -59,14 +67,72 @@ impl Mailbox {
         Mailbox {
             node: self.node.clone(),
             timeout,
+            sessions: self.sessions.clone(),
         }
     }
 
-    /// Replicates `data` and returns what [`crate::Store::apply`] returned for it.
+    /// A mailbox whose proposals go without a client session: a write whose outcome became
+    /// unknown (its leader failed, or its call timed out) is not retried, and the error says
+    /// so ([`Error::MaybeApplied`]). The replicated state keeps no answers for it.
+    pub fn without_sessions(&self) -> Mailbox {
+        Mailbox {
+            node: self.node.clone(),
+            timeout: self.timeout,
+            sessions: None,
+        }
+    }
+
+    /// Replicates `data` and returns what [`crate::Store::apply`] returned for it, once.
+    ///
+    /// The command goes in one of this mailbox's client sessions ([`crate::SessionTag`]):
+    /// when its outcome becomes unknown on the way (the leader failed, a call timed out), it
+    /// is sent again until the deadline, and the cluster answers a retry of an applied
+    /// command with its first answer instead of applying it twice.
     ///
     /// The error says what became of the command: [`Error::NotApplied`] certainly was not
-    /// applied, [`Error::MaybeApplied`] may still have been (for example after a timeout).
+    /// applied, [`Error::MaybeApplied`] may have been (the deadline passed first).
     pub async fn send_proposal(&self, data: Vec<u8>) -> Result<Vec<u8>> {
+        self.check_proposal_size(&data)?;
+        let started = Instant::now();
+        let result = match &self.sessions {
+            None => self.route_from(started, Op::Propose(data, None)).await,
+            Some(pool) => self.propose_in_pool(pool, started, data).await,
+        };
+        self.node
+            .counters
+            .metrics
+            .proposal_seconds
+            .observe(started.elapsed());
+        result
+    }
+
+    /// Replicates `data` as command `session.seq` of the caller's own client session, and
+    /// returns what [`crate::Store::apply`] returned for it: the first answer if the command
+    /// was applied before (this is a retry). Commands of one session go one at a time; a
+    /// command numbered below the session's last one is refused
+    /// ([`NotApplied::SupersededInSession`]),
+    /// and a session the cluster no longer remembers is refused when `session.established`
+    /// ([`NotApplied::SessionExpired`]).
+    pub async fn send_proposal_in(&self, session: SessionTag, data: Vec<u8>) -> Result<Vec<u8>> {
+        self.check_proposal_size(&data)?;
+        if !session.is_valid() {
+            return Err(Error::Invalid(
+                "a session id and a command number are never 0".into(),
+            ));
+        }
+        let started = Instant::now();
+        let result = self
+            .route_from(started, Op::Propose(data, Some(session)))
+            .await;
+        self.node
+            .counters
+            .metrics
+            .proposal_seconds
+            .observe(started.elapsed());
+        result
+    }
+
+    fn check_proposal_size(&self, data: &[u8]) -> Result<()> {
         let limit = self.node.config.max_proposal_bytes;
         if data.len() > limit {
             return Err(Error::Invalid(format!(
@@ -74,14 +140,41 @@ impl Mailbox {
                 data.len()
             )));
         }
-        let started = Instant::now();
-        let result = self.route_from(started, Op::Propose(data)).await;
-        self.node
-            .counters
-            .metrics
-            .proposal_seconds
-            .observe(started.elapsed());
-        result
+        Ok(())
+    }
+
+    /// Proposes `data` in a session of `pool`: a new session if the cluster forgot the one
+    /// taken (the command was not applied, so it is safe to send in another).
+    async fn propose_in_pool(
+        &self,
+        pool: &SessionPool,
+        started: Instant,
+        data: Vec<u8>,
+    ) -> Result<Vec<u8>> {
+        let mut session = pool.take();
+        let mut op = Op::Propose(data, Some(session.tag()));
+        let mut renewed = false;
+        loop {
+            let result = self
+                .route_by(&op, None, started, started + self.timeout)
+                .await;
+            if let (Err(Error::NotApplied(NotApplied::SessionExpired)), false) = (&result, renewed)
+            {
+                renewed = true;
+                session = crate::session::IdleSession::new();
+                if let Op::Propose(_, tag) = &mut op {
+                    *tag = Some(session.tag());
+                }
+                continue;
+            }
+            session.next_seq += 1;
+            // An answer, even the store's refusal, means the cluster knows the session.
+            if matches!(result, Ok(_) | Err(Error::Store(_))) {
+                session.established = true;
+            }
+            pool.give_back(session);
+            return result;
+        }
     }
 
     /// A linearizable read: reflects every write acknowledged before the call.
@@ -251,7 +344,7 @@ impl Mailbox {
     pub async fn transfer_leader(&self, target: u64) -> Result<()> {
         let deadline = Instant::now() + self.timeout;
         loop {
-            self.route_by(Op::Transfer(target), None, Instant::now(), deadline)
+            self.route_by(&Op::Transfer(target), None, Instant::now(), deadline)
                 .await?;
             let wait_until =
                 (Instant::now() + self.node.config.min_election_timeout()).min(deadline);
@@ -276,12 +369,12 @@ impl Mailbox {
     /// this one (a joining node knows no leader yet).
     pub(crate) async fn route(&self, op: Op, hint: Option<(u64, String)>) -> Result<Vec<u8>> {
         let now = Instant::now();
-        self.route_by(op, hint, now, now + self.timeout).await
+        self.route_by(&op, hint, now, now + self.timeout).await
     }
 
     /// [`Mailbox::route`] without a hint, for a caller that read the clock at `started`.
     async fn route_from(&self, started: Instant, op: Op) -> Result<Vec<u8>> {
-        self.route_by(op, None, started, started + self.timeout)
+        self.route_by(&op, None, started, started + self.timeout)
             .await
     }
 
@@ -290,7 +383,7 @@ impl Mailbox {
     /// clock last; the first attempt needs no other reading.
     async fn route_by(
         &self,
-        op: Op,
+        op: &Op,
         hint: Option<(u64, String)>,
         started: Instant,
         deadline: Instant,
@@ -307,6 +400,9 @@ impl Mailbox {
         // passing is a timeout rather than a missing leader.
         let mut leader_seen = false;
         let mut attempt_timed_out = false;
+        // An attempt may have applied the command: a later "session expired" leaves its
+        // outcome unknown.
+        let mut maybe_applied = false;
         // A target that just failed to answer: being pointed back at it waits for the backoff.
         let mut failed_recently: Option<(u64, String)> = None;
         let mut first_attempt_at = Some(started);
@@ -321,7 +417,7 @@ impl Mailbox {
             }
             let result = match &target {
                 None => self.node.run_at(now, op.clone(), deadline).await,
-                Some((_, addr)) => self.run_remote(addr, &op, deadline).await,
+                Some((_, addr)) => self.run_remote(addr, op, deadline).await,
             };
             let error = match result {
                 Ok(v) => return Ok(v),
@@ -346,15 +442,25 @@ impl Mailbox {
                         continue;
                     }
                 }
-                Error::MaybeApplied(MaybeApplied::Timeout(_)) if !op.idempotent() => {
+                Error::MaybeApplied(MaybeApplied::Timeout(_)) if !op.retry_safe() => {
                     return Err(Error::timeout(self.timeout))
                 }
+                e @ Error::NotApplied(NotApplied::SessionExpired) => {
+                    return Err(if maybe_applied {
+                        Error::MaybeApplied(MaybeApplied::SessionExpired)
+                    } else {
+                        e
+                    });
+                }
+                e @ (Error::MaybeApplied(MaybeApplied::AnswerNotKept)
+                | Error::NotApplied(NotApplied::SupersededInSession)) => return Err(e),
                 // Overload goes back to the caller at once: retrying here would only add load.
                 e @ Error::NotApplied(NotApplied::Busy(_)) => return Err(e),
                 // Did not take effect, or is harmless to repeat (a read): try again.
                 e if matches!(e, Error::NotApplied(_) | Error::NotLeader { .. })
-                    || (op.idempotent() && matches!(e, Error::MaybeApplied(_))) =>
+                    || (op.retry_safe() && matches!(e, Error::MaybeApplied(_))) =>
                 {
+                    maybe_applied |= matches!(e, Error::MaybeApplied(_));
                     attempt_timed_out |= matches!(e, Error::MaybeApplied(MaybeApplied::Timeout(_)));
                     if failed.is_some() {
                         failed_recently = failed;
@@ -371,7 +477,7 @@ impl Mailbox {
 
     /// Runs `op` on the node at `addr`, by `deadline`.
     async fn run_remote(&self, addr: &str, op: &Op, deadline: Instant) -> Result<Vec<u8>> {
-        if let Op::Propose(_) | Op::Read(..) = op {
+        if let Op::Propose(..) | Op::Read(..) = op {
             let forwarded = self.node.forwarder.call(addr, op.clone(), deadline).await;
             return match forwarded {
                 // Timed out, or the call was lost after it may have been sent.

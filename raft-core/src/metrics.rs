@@ -92,6 +92,10 @@ pub(crate) struct NodeMetrics {
     pub(crate) log_writes: AtomicU64,
     pub(crate) snapshots_taken: AtomicU64,
     pub(crate) snapshots_installed: AtomicU64,
+    pub(crate) session_retries_answered: AtomicU64,
+    pub(crate) sessions_evicted: AtomicU64,
+    pub(crate) client_sessions: AtomicU64,
+    pub(crate) client_session_bytes: AtomicU64,
     pub(crate) log_write_seconds: Histogram,
     pub(crate) proposal_seconds: Histogram,
     pub(crate) read_seconds: Histogram,
@@ -156,6 +160,8 @@ impl NodeMetrics {
                 peer_send: get(&self.peer_queue),
                 forward: get(&self.forward_queue),
                 snapshot_receiving_bytes: get(&self.snapshot_receiving_bytes),
+                client_sessions: get(&self.client_sessions),
+                client_session_bytes: get(&self.client_session_bytes),
             },
             proposals: get(&self.proposals),
             applied_entries: get(&self.applied_entries),
@@ -164,6 +170,8 @@ impl NodeMetrics {
             log_writes: get(&self.log_writes),
             snapshots_taken: get(&self.snapshots_taken),
             snapshots_installed: get(&self.snapshots_installed),
+            session_retries_answered: get(&self.session_retries_answered),
+            sessions_evicted: get(&self.sessions_evicted),
             log_write_seconds: self.log_write_seconds.snapshot(),
             proposal_seconds: self.proposal_seconds.snapshot(),
             read_seconds: self.read_seconds.snapshot(),
@@ -190,6 +198,11 @@ pub struct QueueDepths {
     pub forward: u64,
     /// Bytes of a snapshot being received from the leader.
     pub snapshot_receiving_bytes: u64,
+    /// Client sessions the replicated state remembers (bounded: the least recently used
+    /// one is forgotten first).
+    pub client_sessions: u64,
+    /// Bytes of saved answers those sessions keep for retries (bounded likewise).
+    pub client_session_bytes: u64,
 }
 
 /// What a node has done since it started; see [`crate::Mailbox::metrics`].
@@ -217,6 +230,11 @@ pub struct Metrics {
     pub snapshots_taken: u64,
     /// Snapshots installed from a leader.
     pub snapshots_installed: u64,
+    /// Retried commands answered with their session's saved answer instead of applying
+    /// again.
+    pub session_retries_answered: u64,
+    /// Client sessions forgotten to keep the session table within its bounds.
+    pub sessions_evicted: u64,
     /// Time per durable log write (write + fsync).
     pub log_write_seconds: HistogramSnapshot,
     /// Time from `send_proposal` to its answer, through this node's mailbox.
@@ -261,6 +279,16 @@ impl Metrics {
                 "Snapshots installed from a leader.",
                 self.snapshots_installed,
             ),
+            (
+                "session_retries_answered_total",
+                "Retried commands answered from their session instead of applying again.",
+                self.session_retries_answered,
+            ),
+            (
+                "sessions_evicted_total",
+                "Client sessions forgotten to keep the session table bounded.",
+                self.sessions_evicted,
+            ),
         ];
         for (name, help, value) in counters {
             let _ = writeln!(out, "# HELP {prefix}_{name} {help}");
@@ -302,6 +330,8 @@ impl Metrics {
             ("peer_send", q.peer_send),
             ("forward", q.forward),
             ("snapshot_receiving_bytes", q.snapshot_receiving_bytes),
+            ("client_sessions", q.client_sessions),
+            ("client_session_bytes", q.client_session_bytes),
         ] {
             let _ = writeln!(out, "{prefix}_queue_depth{{queue=\"{queue}\"}} {depth}");
         }

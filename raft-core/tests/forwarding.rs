@@ -90,6 +90,7 @@ async fn a_forwarded_batch_is_answered_in_order() {
                 value: value.into(),
             }),
             timeout_ms: 5_000,
+            ..Default::default()
         })
     };
     let get = request::Kind::Query(QueryRequest {

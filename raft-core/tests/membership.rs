@@ -307,6 +307,7 @@ async fn traffic_from_another_cluster_is_refused_naming_both_ids() {
         kind: Some(request::Kind::Propose(ProposeRequest {
             data: Vec::new(),
             timeout_ms: 1000,
+            ..Default::default()
         })),
         cluster_id: theirs,
     };

@@ -10,10 +10,13 @@ use tokio::sync::{mpsc, watch};
 
 use super::membership::{entry_context, open_envelope, seal_envelope_ref, Members};
 use super::messages::{ApplyMsg, CommittedEntry, DriverMsg, ReadOp, Responder};
+use super::sessions::{Admission, SessionTable, StoreAnswer};
 use super::Counters;
 use crate::error::{Error, Result};
 use crate::log_storage::{snapshot_index, snapshot_term, LogStorage};
 use crate::metrics::NodeMetrics;
+use crate::records;
+use crate::session::SessionTag;
 use crate::snapshot_payload::SnapshotPayload;
 use crate::snapshot_stream::{SnapshotSink, SnapshotSource};
 use crate::store::Store;
@@ -53,6 +56,8 @@ pub(crate) struct Applier {
     reads: BTreeMap<u64, Vec<PendingRead>>,
     /// A peer waiting for a snapshot that includes it.
     snapshot_wanted_for: Option<u64>,
+    /// The client sessions: part of the replicated state, kept in every snapshot.
+    sessions: SessionTable,
 }
 
 impl Applier {
@@ -89,6 +94,7 @@ impl Applier {
             waiters: BTreeMap::new(),
             reads: BTreeMap::new(),
             snapshot_wanted_for: None,
+            sessions: SessionTable::default(),
         }
     }
 
@@ -113,6 +119,7 @@ impl Applier {
             Counters::set(&self.counters.cluster_id, envelope.cluster_id);
         }
         self.members = Members::from_list(envelope.members);
+        self.sessions = SessionTable::from_records(envelope.sessions);
         self.applied = snapshot_index(snapshot);
         self.applied_term = snapshot_term(snapshot);
         self.last_snapshot = self.applied;
@@ -153,6 +160,13 @@ impl Applier {
             changed
         });
         Counters::set(&self.counters.pending_proposals, self.waiters.len() as u64);
+        let metrics = &self.counters.metrics;
+        NodeMetrics::set(&metrics.client_sessions, self.sessions.len() as u64);
+        NodeMetrics::set(
+            &metrics.client_session_bytes,
+            self.sessions.answer_bytes() as u64,
+        );
+        NodeMetrics::set(&metrics.sessions_evicted, self.sessions.evicted);
         let reads: usize = self.reads.values().map(Vec::len).sum();
         Counters::set(&self.counters.pending_apply_reads, reads as u64);
     }
@@ -258,12 +272,10 @@ impl Applier {
             return;
         }
         let result: Result<Vec<u8>> = match (entry.get_entry_type(), committed.conf) {
-            (EntryType::EntryNormal, _) if entry.data.is_empty() => Ok(Vec::new()),
-            (EntryType::EntryNormal, _) => self
-                .store
-                .apply(&entry.data)
-                .await
-                .map_err(|e| Error::store(format!("{e:#}"))),
+            (EntryType::EntryNormal, _) => match session_of(&entry.context) {
+                None => self.apply_command(&entry.data).await.map_err(Error::store),
+                Some(tag) => self.apply_in_session(&tag, &entry).await,
+            },
             (_, Some(outcome)) => {
                 self.members = Members::from_list(outcome.members);
                 match outcome.result {
@@ -280,6 +292,30 @@ impl Applier {
         self.applied_term = entry.term;
         NodeMetrics::inc(&self.counters.metrics.applied_entries);
         self.answer_waiters(&entry, result);
+    }
+
+    /// The store's answer to one command; an empty one (a new leader's first entry) is no
+    /// command at all.
+    async fn apply_command(&mut self, data: &[u8]) -> StoreAnswer {
+        if data.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.store.apply(data).await.map_err(|e| format!("{e:#}"))
+    }
+
+    /// Applies a command of a client session once: a retry gets the saved answer.
+    async fn apply_in_session(&mut self, tag: &SessionTag, entry: &Entry) -> Result<Vec<u8>> {
+        match self.sessions.admit(tag, entry.index) {
+            Admission::Answered(answer) => {
+                NodeMetrics::inc(&self.counters.metrics.session_retries_answered);
+                answer
+            }
+            Admission::Apply => {
+                let answer = self.apply_command(&entry.data).await;
+                self.sessions.record(tag, entry.index, &answer);
+                answer.map_err(Error::store)
+            }
+        }
     }
 
     fn wait_for(&mut self, index: u64, waiter: Waiter) {
@@ -382,6 +418,7 @@ impl Applier {
                 Counters::get(&self.counters.cluster_id),
                 self.members.to_list(),
                 payload.reference(),
+                self.sessions.to_records(),
             ),
             metadata: Some(SnapshotMetadata {
                 conf_state: Some(self.conf_state.clone()),
@@ -431,4 +468,14 @@ impl Applier {
         }
         self.reads.retain(|_, v| !v.is_empty());
     }
+}
+
+/// The client session a normal entry's context names, if any.
+fn session_of(context: &[u8]) -> Option<SessionTag> {
+    if context.is_empty() {
+        return None;
+    }
+    use prost::Message as _;
+    let record = records::SessionTag::decode(context).ok()?;
+    SessionTag::from_record(&record)
 }

@@ -22,8 +22,17 @@ pub(crate) fn error_to_wire(e: &Error) -> ErrorReply {
             (ErrorCode::MembershipBusy, 0, String::new())
         }
         Error::NotApplied(NotApplied::Busy(_)) => (ErrorCode::Busy, 0, String::new()),
+        Error::NotApplied(NotApplied::SessionExpired) => {
+            (ErrorCode::SessionExpired, 0, String::new())
+        }
+        Error::NotApplied(NotApplied::SupersededInSession) => {
+            (ErrorCode::SupersededInSession, 0, String::new())
+        }
         Error::NotApplied(_) => (ErrorCode::Dropped, 0, String::new()),
         Error::MaybeApplied(MaybeApplied::Timeout(_)) => (ErrorCode::Timeout, 0, String::new()),
+        Error::MaybeApplied(MaybeApplied::AnswerNotKept) => {
+            (ErrorCode::AnswerNotKept, 0, String::new())
+        }
         Error::MaybeApplied(_) => (ErrorCode::UnknownOutcome, 0, String::new()),
         Error::Store(_) => (ErrorCode::Store, 0, String::new()),
         Error::Invalid(_) => (ErrorCode::Invalid, 0, String::new()),
@@ -57,6 +66,9 @@ pub(crate) fn error_from_wire(e: ErrorReply) -> Error {
         Ok(ErrorCode::Invalid) => Error::Invalid(e.message),
         Ok(ErrorCode::MembershipBusy) => Error::membership_busy(),
         Ok(ErrorCode::Busy) => Error::busy(e.message),
+        Ok(ErrorCode::SessionExpired) => Error::NotApplied(NotApplied::SessionExpired),
+        Ok(ErrorCode::SupersededInSession) => Error::NotApplied(NotApplied::SupersededInSession),
+        Ok(ErrorCode::AnswerNotKept) => Error::applied_answer_not_kept(),
         Ok(ErrorCode::Shutdown) => Error::remote(format!("remote node stopped: {}", e.message)),
         Ok(ErrorCode::Internal) | Err(_) => Error::remote(e.message),
     }
@@ -81,6 +93,9 @@ mod tests {
             Error::membership_busy(),
             Error::busy("full"),
             Error::timeout(Duration::from_secs(1)),
+            Error::NotApplied(NotApplied::SessionExpired),
+            Error::NotApplied(NotApplied::SupersededInSession),
+            Error::applied_answer_not_kept(),
         ];
         for e in cases {
             let back = error_from_wire(error_to_wire(&e));
@@ -91,6 +106,16 @@ mod tests {
                 "{e} -> {back}"
             );
         }
+        assert!(matches!(
+            error_from_wire(error_to_wire(&Error::NotApplied(
+                NotApplied::SessionExpired
+            ))),
+            Error::NotApplied(NotApplied::SessionExpired)
+        ));
+        assert!(matches!(
+            error_from_wire(error_to_wire(&Error::applied_answer_not_kept())),
+            Error::MaybeApplied(MaybeApplied::AnswerNotKept)
+        ));
         match error_from_wire(error_to_wire(&Error::NotLeader {
             leader_id: Some(3),
             leader_addr: Some("node-3".into()),

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use prost::Message as _;
 
 use crate::records::{
-    EntryContext, Member, PayloadRef, SnapshotEnvelope, SnapshotMembers, SnapshotPayloadOnly,
+    ClientSession, EntryContext, Member, PayloadRef, SnapshotEnvelope, SnapshotMembers,
+    SnapshotPayloadOnly,
 };
 
 /// The members this node knows, by id. Each address is also kept shared, so every raft
@@ -89,6 +90,7 @@ pub(crate) fn seal_envelope(cluster_id: u64, members: Vec<Member>, user_data: Ve
         user_data,
         cluster_id,
         payload: None,
+        sessions: Vec::new(),
     }
     .encode_to_vec()
 }
@@ -98,12 +100,14 @@ pub(crate) fn seal_envelope_ref(
     cluster_id: u64,
     members: Vec<Member>,
     payload: PayloadRef,
+    sessions: Vec<ClientSession>,
 ) -> Vec<u8> {
     SnapshotEnvelope {
         members,
         user_data: Vec::new(),
         cluster_id,
         payload: Some(payload),
+        sessions,
     }
     .encode_to_vec()
 }

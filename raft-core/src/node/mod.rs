@@ -17,6 +17,7 @@ pub(crate) mod open;
 pub(crate) mod peers;
 pub(crate) mod progress;
 pub(crate) mod server;
+pub(crate) mod sessions;
 pub(crate) mod snapshot_transfer;
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use super::error_codec::error_from_wire;
 use super::messages::MembershipChange;
 use crate::error::{Error, Result};
+use crate::session::SessionTag;
 use crate::status::ReadConsistency;
 use crate::wire::{
     self, request, response, MembershipAction, MembershipRequest, ProposeRequest, QueryRequest,
@@ -15,7 +16,8 @@ use crate::wire::{
 /// node's over the wire.
 #[derive(Clone, Debug)]
 pub(crate) enum Op {
-    Propose(Vec<u8>),
+    /// A command, and its place in its client session when it has one.
+    Propose(Vec<u8>, Option<SessionTag>),
     Read(Vec<u8>, ReadConsistency),
     Membership(MembershipChange),
     Transfer(u64),
@@ -27,7 +29,7 @@ impl Op {
     pub(crate) fn needs_leader(&self) -> bool {
         match self {
             Op::Read(_, consistency) => *consistency == ReadConsistency::Lease,
-            Op::Propose(_) | Op::Membership(_) | Op::Transfer(_) => true,
+            Op::Propose(..) | Op::Membership(_) | Op::Transfer(_) => true,
         }
     }
 
@@ -37,13 +39,28 @@ impl Op {
         matches!(self, Op::Read(..) | Op::Transfer(_))
     }
 
+    /// Can be sent again after an unknown outcome: idempotent, or a command in a client
+    /// session (the cluster answers its retry from the session instead of applying again).
+    pub(crate) fn retry_safe(&self) -> bool {
+        self.idempotent() || matches!(self, Op::Propose(_, Some(_)))
+    }
+
     /// The request that carries this operation to another node, with what is left of its
     /// deadline when it leaves (clocks differ between nodes: the wire carries a duration).
     pub(crate) fn to_request(&self, deadline: Instant) -> Request {
         let left = deadline.saturating_duration_since(Instant::now());
         let timeout_ms = left.as_millis().max(1) as u64;
         let kind = match self.clone() {
-            Op::Propose(data) => request::Kind::Propose(ProposeRequest { data, timeout_ms }),
+            Op::Propose(data, session) => {
+                let session = session.unwrap_or(SessionTag::new(0, 0));
+                request::Kind::Propose(ProposeRequest {
+                    data,
+                    timeout_ms,
+                    session_id: session.id,
+                    session_seq: session.seq,
+                    session_established: session.established,
+                })
+            }
             Op::Read(query, consistency) => request::Kind::Query(QueryRequest {
                 query,
                 consistency: wire::ReadConsistency::from(consistency) as i32,
@@ -96,7 +113,23 @@ impl Op {
             }
         };
         Some(Ok(match kind {
-            request::Kind::Propose(p) => (Op::Propose(p.data.clone()), timeout(p.timeout_ms)),
+            request::Kind::Propose(p) => {
+                let session = SessionTag {
+                    id: p.session_id,
+                    seq: p.session_seq,
+                    established: p.session_established,
+                };
+                let session = match (p.session_id, session.is_valid()) {
+                    (0, _) => None,
+                    (_, true) => Some(session),
+                    (_, false) => {
+                        return Some(Err(Error::Invalid(
+                            "a proposal in a session numbers its command from 1".into(),
+                        )))
+                    }
+                };
+                (Op::Propose(p.data.clone(), session), timeout(p.timeout_ms))
+            }
             request::Kind::Query(q) => {
                 let consistency = wire::ReadConsistency::try_from(q.consistency)
                     .unwrap_or(wire::ReadConsistency::Linearizable);

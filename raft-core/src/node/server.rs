@@ -31,7 +31,7 @@ pub(crate) struct NodeServer {
 /// The response kind that carries the store's answer to a proposal or a read.
 fn answer_carrier(op: &Op) -> fn(Vec<u8>) -> response::Kind {
     match op {
-        Op::Propose(_) => response::Kind::Propose,
+        Op::Propose(..) => response::Kind::Propose,
         _ => response::Kind::Query,
     }
 }
@@ -301,7 +301,7 @@ impl NodeServer {
     /// expects.
     async fn run(&self, op: Op, deadline: Instant) -> Result<response::Kind, Error> {
         match op {
-            Op::Propose(_) | Op::Read(..) => {
+            Op::Propose(..) | Op::Read(..) => {
                 let carry = answer_carrier(&op);
                 self.node.run(op, deadline).await.map(carry)
             }

@@ -74,6 +74,7 @@ fn propose(data: &[u8]) -> Request {
         kind: Some(request::Kind::Propose(ProposeRequest {
             data: data.to_vec(),
             timeout_ms: 2000,
+            ..Default::default()
         })),
     }
 }

@@ -44,6 +44,7 @@ const DELETE: u32 = 1;
 const CAS: u32 = 2;
 const GET: u32 = 3;
 const PAD: u32 = 4;
+const APPEND: u32 = 5;
 
 /// Encodes a KV operation as a proposal or query.
 pub fn encode_op(op: &KvOp) -> Vec<u8> {
@@ -74,6 +75,19 @@ pub fn encode_op(op: &KvOp) -> Vec<u8> {
         },
     };
     command.encode_to_vec()
+}
+
+/// A command that appends `token` and a space to the value of `key` (an absent key counts
+/// as empty) and answers the value after it: not idempotent, so applying it twice shows.
+/// Read the value back with a [`KvOp::Get`] query.
+pub fn encode_append(key: &str, token: &str) -> Vec<u8> {
+    Command {
+        op: APPEND,
+        key: key.into(),
+        expect: None,
+        value: token.into(),
+    }
+    .encode_to_vec()
 }
 
 /// A command that changes nothing but carries `size` bytes: fills the log in tests.
@@ -148,6 +162,12 @@ impl Store for KvStore {
                 }
             }
             PAD => Vec::new(),
+            APPEND => {
+                let value = self.map.entry(command.key).or_default();
+                value.push_str(&command.value);
+                value.push(' ');
+                value.clone().into_bytes()
+            }
             other => return Err(StoreError::msg(format!("unknown command {other}"))),
         })
     }

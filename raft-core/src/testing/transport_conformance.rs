@@ -227,6 +227,7 @@ pub fn propose(data: Vec<u8>) -> wire::Request {
         kind: Some(request::Kind::Propose(wire::ProposeRequest {
             data,
             timeout_ms: 0,
+            ..Default::default()
         })),
     }
 }

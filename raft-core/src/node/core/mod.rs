@@ -294,8 +294,9 @@ impl NodeCore {
         self.now = now;
         self.flush_proposals();
         self.flush_reads();
-        self.start_snapshot_save();
+        // raft-rs hears of the applied index first: a save compacts no further than that.
         self.sync_applied();
+        self.start_snapshot_save();
         let stalled = self.apply_stalled();
         if stalled != self.stalled {
             // While the store is far behind, each Ready hands over at most one committed
@@ -410,6 +411,9 @@ impl NodeCore {
                 let _ = reply.send(self.status());
             }
             DriverMsg::SnapshotTaken(snapshot) => {
+                // The apply task took it at its applied index, which it may not have
+                // published yet: without this the save would compact only to an older one.
+                self.applied(snapshot_index(&snapshot.0));
                 // Only the newest matters: an older one still waiting is superseded.
                 self.snapshot_to_save = Some(*snapshot);
             }
@@ -428,7 +432,7 @@ impl NodeCore {
 
     fn handle_op(&mut self, op: Op, deadline: Instant, reply: Responder) {
         match op {
-            Op::Propose(data) => self.propose(data, deadline, reply),
+            Op::Propose(data, session) => self.propose(data, session, deadline, reply),
             Op::Read(query, consistency) => {
                 self.read(ReadOp::Query(query), consistency, deadline, reply)
             }
@@ -588,6 +592,11 @@ mod tests {
 
     /// A core for node 1, the only voter of a cluster whose learner 2 has no known address.
     fn lone_leader_with_unreachable_learner() -> NodeCore {
+        lone_leader_configured(Config::default())
+    }
+
+    /// [`lone_leader_with_unreachable_learner`] with `config`.
+    fn lone_leader_configured(config: Config) -> NodeCore {
         let storage = MemLogStorage::new();
         let members = vec![Member {
             id: 1,
@@ -603,7 +612,6 @@ mod tests {
             }),
         };
         storage.install_snapshot(&snapshot).unwrap();
-        let config = Config::default();
         let log: Arc<dyn LogStorage> = Arc::new(storage);
         let raw = RawNode::new(
             &config.to_raft(1, 1),
@@ -698,6 +706,47 @@ mod tests {
             .unwrap();
         assert_eq!(core.writes_in_flight(), 0);
         assert_eq!(core.storage.initial_state().unwrap().hard_state.term, 2);
+    }
+
+    /// The apply task sends a snapshot before the driver hears that it applied that far:
+    /// the save still compacts the log up to the snapshot, not to an older applied index
+    /// (a lagging peer then needs the snapshot, as it should).
+    #[test]
+    fn a_snapshot_save_compacts_to_the_snapshot_before_the_applied_index_is_heard() {
+        let mut core = lone_leader_configured(Config {
+            snapshot_log_tail: 0,
+            ..Config::default()
+        });
+        core.raw.campaign().unwrap();
+        turn(&mut core);
+        for n in 0..5u8 {
+            core.raw.propose(Vec::new(), vec![n]).unwrap();
+        }
+        turn(&mut core);
+        let committed = core.raw.raft.raft_log.committed;
+        assert!(committed >= 6, "the proposals committed: {committed}");
+        let snapshot = Snapshot {
+            data: Vec::new(),
+            metadata: Some(SnapshotMetadata {
+                conf_state: Some(ConfState::from((vec![1], vec![2]))),
+                index: committed,
+                term: core.term(),
+            }),
+        };
+        let payload = SnapshotPayload::inline(Vec::new());
+        core.handle(
+            DriverMsg::SnapshotTaken(Box::new((snapshot, payload))),
+            Instant::now(),
+        )
+        .unwrap();
+        core.turn(Instant::now()).unwrap();
+        let mut compacted_to = None;
+        while let Some(output) = core.poll_output() {
+            if let Output::SaveSnapshot(save) = output {
+                compacted_to = Some(save.compact_to);
+            }
+        }
+        assert_eq!(compacted_to, Some(committed));
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //! and refusing new work while the node is overloaded.
 
 use super::*;
+use crate::session::SessionTag;
 
 /// A proposal waiting for the end of the turn, when all of them go to raft in one message.
 pub(super) struct QueuedProposal {
     pub(super) data: Vec<u8>,
+    pub(super) session: Option<SessionTag>,
     pub(super) deadline: Instant,
     pub(super) reply: Responder,
 }
@@ -34,13 +36,20 @@ impl NodeCore {
         });
     }
 
-    pub(super) fn propose(&mut self, data: Vec<u8>, deadline: Instant, reply: Responder) {
+    pub(super) fn propose(
+        &mut self,
+        data: Vec<u8>,
+        session: Option<SessionTag>,
+        deadline: Instant,
+        reply: Responder,
+    ) {
         if !self.is_leader() {
             let _ = reply.send(Err(self.not_leader()));
             return;
         }
         self.new_proposals.push(QueuedProposal {
             data,
+            session,
             deadline,
             reply,
         });
@@ -93,6 +102,10 @@ impl NodeCore {
         for p in batch {
             entries.push(Entry {
                 data: p.data,
+                context: p
+                    .session
+                    .map(|s| s.to_record().encode_to_vec())
+                    .unwrap_or_default(),
                 ..Default::default()
             });
             waiters.push((p.deadline, p.reply));

@@ -123,7 +123,7 @@ impl World {
                 };
                 Op::Read(bytes, consistency)
             }
-            _ => Op::Propose(bytes),
+            _ => Op::Propose(bytes, None),
         };
         let timeout = sim_config().request_timeout;
         let id = self.history.invoke(c as u64, op.clone());
