@@ -174,6 +174,11 @@ fn safe_call(b: &mut Bytes<'_>, depth: u32) -> Request {
         0 => request::Kind::Propose(ProposeRequest {
             data: b.slice(32),
             timeout_ms: (b.u8() as u64) * 4,
+            // A few sessions and command numbers (0 among them: invalid), so retries,
+            // stale duplicates and forgotten sessions all come up.
+            session_id: (b.u8() % 4) as u64,
+            session_seq: (b.u8() % 4) as u64,
+            session_established: b.u8() % 2 == 1,
         }),
         1 => request::Kind::Query(QueryRequest {
             query: b.slice(32),

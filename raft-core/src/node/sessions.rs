@@ -86,7 +86,7 @@ impl SessionTable {
         let Some(known) = self.sessions.get(&tag.id) else {
             // A session the client already had answers in, forgotten here: a retry of its
             // last command may have been applied before, so it must not apply again.
-            return if tag.seq > 1 && tag.established {
+            return if tag.established {
                 Admission::Answered(Err(Error::NotApplied(NotApplied::SessionExpired)))
             } else {
                 Admission::Apply
