@@ -152,6 +152,11 @@ impl Applier {
             *a = self.applied;
             changed
         });
+        self.counters.live.send_if_modified(|live| {
+            let changed = live.applied_index != self.applied;
+            live.applied_index = self.applied;
+            changed
+        });
         Counters::set(&self.counters.pending_proposals, self.waiters.len() as u64);
         let reads: usize = self.reads.values().map(Vec::len).sum();
         Counters::set(&self.counters.pending_apply_reads, reads as u64);
