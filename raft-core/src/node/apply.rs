@@ -103,7 +103,7 @@ impl Applier {
             }
         };
         self.store
-            .restore_from(&mut source)
+            .restore_from_at(snapshot_index(snapshot), &mut source)
             .await
             .map_err(|e| Error::store(format!("restore failed: {e:#}")))?;
         // A node that joined learns its cluster from its first snapshot. Until then it knows
@@ -266,7 +266,7 @@ impl Applier {
             (EntryType::EntryNormal, _) if entry.data.is_empty() => Ok(Vec::new()),
             (EntryType::EntryNormal, _) => self
                 .store
-                .apply(&entry.data)
+                .apply_at(entry.index, &entry.data)
                 .await
                 .map_err(|e| Error::store(format!("{e:#}"))),
             (_, Some(outcome)) => {
