@@ -85,15 +85,17 @@ impl KvStore {
                 return Err(e);
             }
         };
+        // Changes are copied only when they are recorded.
+        let keep = index.is_some() && self.watches.keeps_changes();
         let (answer, change) = match command {
             Command::Put { key, value } => {
-                let change = index.map(|_| (key.clone(), Some(value.clone())));
+                let change = keep.then(|| (key.clone(), Some(value.clone())));
                 self.map.insert(key, value);
                 (Vec::new(), change)
             }
             Command::Delete { key } => {
                 let existed = self.map.remove(&key).is_some();
-                let change = (existed && index.is_some()).then_some((key, None));
+                let change = (existed && keep).then_some((key, None));
                 (encode(&existed)?, change)
             }
             Command::Cas { key, expect, value } => {
@@ -101,7 +103,7 @@ impl KvStore {
                 let swapped = previous == expect;
                 let mut change = None;
                 if swapped {
-                    change = index.map(|_| (key.clone(), Some(value.clone())));
+                    change = keep.then(|| (key.clone(), Some(value.clone())));
                     self.map.insert(key, value);
                 }
                 (encode(&CasOutcome { swapped, previous })?, change)
@@ -282,6 +284,63 @@ mod tests {
             .restore_from(&mut SnapshotSource::from_bytes(lying))
             .await
             .is_err());
+        Ok(())
+    }
+
+    /// What the store records for watchers: puts, deletes of present keys and swaps, each
+    /// with its index; not failed swaps, deletes of absent keys or bad commands.
+    #[tokio::test]
+    async fn applied_changes_are_recorded_with_their_index() -> StoreResult<()> {
+        let mut store = KvStore::default();
+        let watches = store.watches();
+        let put = |key: &str, value: &str| {
+            encode(&Command::Put {
+                key: key.into(),
+                value: value.as_bytes().to_vec(),
+            })
+        };
+        let cas = |expect: Option<&str>, value: &str| {
+            encode(&Command::Cas {
+                key: "a".into(),
+                expect: expect.map(|e| e.as_bytes().to_vec()),
+                value: value.as_bytes().to_vec(),
+            })
+        };
+        let delete = |key: &str| encode(&Command::Delete { key: key.into() });
+        store.apply_at(2, &put("a", "1")?).await?;
+        store.apply_at(3, &cas(Some("wrong"), "x")?).await?;
+        store.apply_at(4, &cas(Some("1"), "2")?).await?;
+        store.apply_at(6, &delete("absent")?).await?;
+        assert!(store.apply_at(7, b"garbage").await.is_err());
+        store.apply_at(8, &delete("a")?).await?;
+        // Without an index (not how raft-core applies), nothing is recorded.
+        store.apply(&put("b", "1")?).await?;
+        let batch = watches.read(1, "").map_err(StoreError::msg)?;
+        let text = String::from_utf8(batch.lines)?;
+        assert_eq!(
+            text,
+            concat!(
+                r#"{"index":2,"key":"a","value":"1"}"#,
+                "\n",
+                r#"{"index":4,"key":"a","value":"2"}"#,
+                "\n",
+                r#"{"index":8,"key":"a","deleted":true}"#,
+                "\n"
+            )
+        );
+        assert_eq!(batch.next, 9);
+        // A restored snapshot restarts the history at its index.
+        let snapshot = store.snapshot().await?;
+        store
+            .restore_from_at(20, &mut SnapshotSource::from_bytes(snapshot))
+            .await?;
+        assert!(watches.check_from(20).is_err());
+        assert!(watches.check_from(21).is_ok());
+        drop(store);
+        assert!(
+            watches.check_from(21).is_err(),
+            "a dropped store ends its watches"
+        );
         Ok(())
     }
 

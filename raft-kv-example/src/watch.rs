@@ -28,6 +28,9 @@ const CHANGE_OVERHEAD: usize = 64;
 /// A watcher sends at most about this many bytes of lines in one chunk.
 const MAX_CHUNK_BYTES: usize = 64 * 1024;
 
+/// A read of the history examines at most this many changes (the rest waits for the next).
+const MAX_SCAN: usize = 4096;
+
 /// How long a watcher with nothing to send waits before it sends a progress line.
 pub const PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -99,7 +102,7 @@ pub enum WatchError {
 #[derive(Debug, Default)]
 struct History {
     /// Oldest first, indexes increasing.
-    changes: VecDeque<Change>,
+    changes: VecDeque<Arc<Change>>,
     /// What `changes` costs, see [`Change::cost`].
     bytes: usize,
     /// Every change with an index above this is in `changes`.
@@ -176,7 +179,7 @@ impl WatchHub {
         };
         let change = Change { index, key, value };
         h.bytes += change.cost();
-        h.changes.push_back(change);
+        h.changes.push_back(Arc::new(change));
         let mut evicted = 0;
         while h.changes.len() > self.limits.max_changes || h.bytes > self.limits.max_bytes {
             let Some(old) = h.changes.pop_front() else {
@@ -213,6 +216,11 @@ impl WatchHub {
         self.notify.send_modify(|_| {});
     }
 
+    /// False when the bounds keep no change at all: the store need not copy its changes.
+    pub fn keeps_changes(&self) -> bool {
+        self.limits.max_changes > 0 && self.limits.max_bytes > 0
+    }
+
     /// The index a watch without `from` starts at: the next one to be applied.
     pub fn next_index(&self) -> u64 {
         self.lock().last_index + 1
@@ -247,20 +255,32 @@ impl WatchHub {
 
     /// The changes under `prefix` from index `from` on, as JSON lines (about
     /// [`MAX_CHUNK_BYTES`] at most), and the index to read from next.
+    ///
+    /// The lock is held only to find the changes (at most [`MAX_SCAN`] examined): they are
+    /// written out after it is released, so watchers delay the store's applies very little.
     pub fn read(&self, from: u64, prefix: &str) -> Result<Batch, WatchError> {
-        let h = self.lock();
-        self.covers(&h, from)?;
-        let start = h.changes.partition_point(|c| c.index < from);
+        let mut found = Vec::new();
+        let next = {
+            let h = self.lock();
+            self.covers(&h, from)?;
+            let start = h.changes.partition_point(|c| c.index < from);
+            let mut next = from.max(h.last_index + 1);
+            let mut bytes = 0;
+            for (scanned, change) in h.changes.range(start..).enumerate() {
+                if bytes >= MAX_CHUNK_BYTES || scanned >= MAX_SCAN {
+                    next = change.index;
+                    break;
+                }
+                if change.key.starts_with(prefix) {
+                    bytes += change.cost();
+                    found.push(change.clone());
+                }
+            }
+            next
+        };
         let mut lines = Vec::new();
-        let mut next = from.max(h.last_index + 1);
-        for change in h.changes.range(start..) {
-            if lines.len() >= MAX_CHUNK_BYTES {
-                next = change.index;
-                break;
-            }
-            if change.key.starts_with(prefix) {
-                write_change(&mut lines, change);
-            }
+        for change in &found {
+            write_change(&mut lines, change);
         }
         Ok(Batch { lines, next })
     }
