@@ -83,7 +83,9 @@ pub use crate::raft::{Raft, RaftBuilder};
 pub use crate::session::SessionTag;
 pub use crate::snapshot_payload::{PayloadReader, SnapshotPayload, SnapshotPayloadWriter};
 pub use crate::snapshot_stream::{SnapshotSink, SnapshotSource};
-pub use crate::status::{MemberProgress, ReadConsistency, ReplicationState, Role, Status};
+pub use crate::status::{
+    LiveStatus, MemberProgress, ReadConsistency, ReplicationState, Role, Status,
+};
 pub use crate::store::{Store, StoreResult};
 pub use crate::transport::{LocalNetwork, Transport};
 pub use async_trait::async_trait;

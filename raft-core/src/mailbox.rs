@@ -4,6 +4,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use tokio::sync::watch;
+
 use crate::error::{Error, MaybeApplied, NotApplied, Result};
 use crate::forwarder::Forwarded;
 use crate::metrics::Metrics;
@@ -12,7 +14,7 @@ use crate::node::handle::NodeHandle;
 use crate::node::messages::{DriverMsg, MembershipChange};
 use crate::node::op::{answer_from_wire, Op};
 use crate::session::{SessionPool, SessionTag};
-use crate::status::{ReadConsistency, Role, Status};
+use crate::status::{LiveStatus, ReadConsistency, Role, Status};
 use crate::transport::Transport;
 use crate::wire::{request, response, MembershipAction, Request, StatusRequest};
 
@@ -340,19 +342,48 @@ impl Mailbox {
         self.route(op, None).await.map(drop)
     }
 
+    /// Subscribes to this node's events: role and leader changes, new terms, membership
+    /// changes and the applied index, as a [`LiveStatus`] the node updates as they happen.
+    ///
+    /// The receiver holds the latest value; `changed().await` (or `wait_for`) wakes when the
+    /// node publishes a new one. Updates are coalesced: a slow subscriber sees the newest
+    /// state, never a queue of old ones, so a subscription costs the node nothing it must
+    /// buffer. Once the node stops, [`LiveStatus::stopped`] is set and nothing changes any
+    /// more. Do not hold a `borrow()` across an `.await`: the node waits for it to publish.
+    ///
+    /// ```no_run
+    /// # async fn demo(mailbox: raft_core::Mailbox) {
+    /// let mut events = mailbox.watch_status();
+    /// while events.changed().await.is_ok() {
+    ///     let now = events.borrow_and_update().clone();
+    ///     println!("{} in term {}, leader {:?}", now.role, now.term, now.leader_id);
+    ///     if now.stopped {
+    ///         break;
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn watch_status(&self) -> watch::Receiver<LiveStatus> {
+        self.node.counters.live.subscribe()
+    }
+
     /// Moves leadership to `target` and waits until it has it.
     pub async fn transfer_leader(&self, target: u64) -> Result<()> {
         let deadline = Instant::now() + self.timeout;
+        // Subscribed before the request: the change cannot happen unseen in between.
+        let mut events = self.watch_status();
         loop {
             self.route_by(&Op::Transfer(target), None, Instant::now(), deadline)
                 .await?;
             let wait_until =
                 (Instant::now() + self.node.config.min_election_timeout()).min(deadline);
-            while Instant::now() < wait_until {
-                if self.status().await?.leader_id == Some(target) {
-                    return Ok(());
-                }
-                tokio::time::sleep(self.node.config.tick_interval).await;
+            let done = events.wait_for(|s| s.leader_id == Some(target) || s.stopped);
+            match tokio::time::timeout_at(wait_until.into(), done).await {
+                Ok(Ok(live)) if !live.stopped => return Ok(()),
+                Ok(_) => return Err(Error::node_stopped()),
+                // The transfer did not happen in an election timeout (the target lagged, or
+                // the leader changed meanwhile): ask again.
+                Err(_elapsed) => {}
             }
             if Instant::now() >= deadline {
                 return Err(Error::timeout(self.timeout));

@@ -5,9 +5,10 @@ use std::collections::BTreeMap;
 use crate::wire;
 
 /// A node's role in the cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Role {
     /// Follows a leader (or waits for one).
+    #[default]
     Follower,
     /// Campaigning in an election.
     Candidate,
@@ -75,6 +76,34 @@ pub struct Status {
     /// On the leader: how far each member (itself included) has the log. Empty on other
     /// nodes: only the leader tracks replication.
     pub progress: BTreeMap<u64, MemberProgress>,
+}
+
+/// What [`crate::Mailbox::watch_status`] publishes: the part of a node's [`Status`] that
+/// changes with events (its role, the leader it knows, the term, the membership, the applied
+/// index), updated by the node as they happen rather than asked for.
+///
+/// The node publishes a new value only when one of these fields changed, and a subscriber sees
+/// the latest value (not every intermediate one): a `tokio::sync::watch` channel coalesces
+/// updates that arrive faster than it reads them.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LiveStatus {
+    /// This node.
+    pub id: u64,
+    /// Its role.
+    pub role: Role,
+    /// The leader it knows of.
+    pub leader_id: Option<u64>,
+    /// Current term.
+    pub term: u64,
+    /// Voting members, sorted.
+    pub voters: Vec<u64>,
+    /// Non-voting members, sorted.
+    pub learners: Vec<u64>,
+    /// Highest log index applied to the state machine.
+    pub applied_index: u64,
+    /// True once this node stopped (shut down, removed, failed or aborted): nothing changes
+    /// any more.
+    pub stopped: bool,
 }
 
 /// How fresh a [`crate::Mailbox::query_with`] read must be.

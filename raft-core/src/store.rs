@@ -78,4 +78,28 @@ pub trait Store: Send + Sync + 'static {
         let data = source.read_to_end().await?;
         self.restore(&data).await
     }
+
+    /// [`Store::apply`] for a store that wants to know where in the log each command is:
+    /// `index` is the command's log index, the same on every replica, increasing from one
+    /// call to the next (not by one: membership changes and empty entries take indexes too).
+    /// raft-core applies every command this way; the default ignores the index and calls
+    /// [`Store::apply`]. A store that keeps a history of its changes (to let clients watch
+    /// them and resume by index) overrides it.
+    async fn apply_at(&mut self, index: u64, message: &[u8]) -> StoreResult<Vec<u8>> {
+        let _ = index;
+        self.apply(message).await
+    }
+
+    /// [`Store::restore_from`] for a store that wants to know which log index the snapshot
+    /// covers: the state after it is the state after applying every entry up to `index`, and
+    /// the next [`Store::apply_at`] comes with a higher index. raft-core restores every
+    /// snapshot this way; the default ignores the index and calls [`Store::restore_from`].
+    async fn restore_from_at(
+        &mut self,
+        index: u64,
+        source: &mut SnapshotSource,
+    ) -> StoreResult<()> {
+        let _ = index;
+        self.restore_from(source).await
+    }
 }

@@ -85,7 +85,12 @@ impl Endpoint {
 }
 
 fn key_path(key: &str) -> String {
-    let mut out = String::from("/kv/");
+    encoded_path("/kv/", key)
+}
+
+/// `base` followed by `key`, percent-encoded.
+fn encoded_path(base: &str, key: &str) -> String {
+    let mut out = String::from(base);
     for b in key.bytes() {
         if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
             out.push(b as char);
@@ -171,6 +176,24 @@ pub async fn status(ep: &Endpoint) -> Result<()> {
     let (_, body) = ep.call(Method::GET, "/status", None).await?;
     let value: serde_json::Value = serde_json::from_str(&body).context("the status is not JSON")?;
     println!("{}", serde_json::to_string_pretty(&value)?);
+    Ok(())
+}
+
+/// Prints every change to keys under `prefix` as a JSON line (from index `from` on, else from
+/// now on) until the node ends the stream; see `GET /watch/{prefix}` in the README.
+pub async fn watch(ep: &Endpoint, prefix: &str, from: Option<u64>) -> Result<()> {
+    let mut path = if prefix.is_empty() {
+        "/watch".to_string()
+    } else {
+        encoded_path("/watch/", prefix)
+    };
+    if let Some(from) = from {
+        path.push_str(&format!("?from={from}"));
+    }
+    let mut out = tokio::io::stdout();
+    let reply = ep.client()?.download(&path, &mut out).await;
+    tokio::io::AsyncWriteExt::flush(&mut out).await?;
+    check(reply?)?;
     Ok(())
 }
 

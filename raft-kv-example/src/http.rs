@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::http_stats::HttpStats;
 use crate::store::{decode, encode, CasOutcome, Command, Query};
+use crate::watch::{WatchError, WatchHub};
 
 /// Longest key accepted, in bytes.
 const MAX_KEY: usize = 1024;
@@ -29,6 +30,8 @@ pub struct ApiState {
     stats: Arc<HttpStats>,
     /// The HTTP address this node reports in `/status`.
     http_advertise: Arc<str>,
+    /// The store's recent changes, for `/watch`.
+    watches: Arc<WatchHub>,
 }
 
 impl FromRef<ApiState> for Mailbox {
@@ -37,11 +40,21 @@ impl FromRef<ApiState> for Mailbox {
     }
 }
 
-/// The routes of one node; `/metrics` includes `stats`; `/status` reports `http_advertise`.
-pub fn router(mailbox: Mailbox, stats: Arc<HttpStats>, http_advertise: &str) -> Router {
+/// The routes of one node; `/metrics` includes `stats`; `/status` reports `http_advertise`;
+/// `/watch` follows the changes `watches` records (the node's store's, see
+/// [`crate::store::KvStore::watches`]).
+pub fn router(
+    mailbox: Mailbox,
+    stats: Arc<HttpStats>,
+    http_advertise: &str,
+    watches: Arc<WatchHub>,
+) -> Router {
     Router::new()
         .route("/kv/{key}", put(put_key).get(get_key).delete(delete_key))
         .route("/kv/{key}/cas", post(cas_key))
+        .route("/watch", get(watch_all))
+        .route("/watch/", get(watch_all))
+        .route("/watch/{*prefix}", get(watch_prefix))
         .route("/status", get(status))
         .merge(crate::health::routes(mailbox.clone()))
         .route("/metrics", get(metrics))
@@ -56,6 +69,7 @@ pub fn router(mailbox: Mailbox, stats: Arc<HttpStats>, http_advertise: &str) -> 
             mailbox,
             stats,
             http_advertise: http_advertise.into(),
+            watches,
         })
 }
 
@@ -69,6 +83,8 @@ pub struct ApiError {
     /// effect, and the client should come back after a pause rather than at once.
     retry_after: bool,
     outcome: Option<&'static str>,
+    /// For a watch from an index this node no longer keeps: the oldest it does.
+    oldest_index: Option<u64>,
 }
 
 impl ApiError {
@@ -78,6 +94,7 @@ impl ApiError {
             reason: reason.into(),
             retry_after: false,
             outcome: None,
+            oldest_index: None,
         }
     }
 }
@@ -102,10 +119,14 @@ const BUSY_RETRY_AFTER_SECS: &str = "1";
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = match self.outcome {
-            Some(outcome) => Json(serde_json::json!({ "error": self.reason, "outcome": outcome })),
-            None => Json(serde_json::json!({ "error": self.reason })),
-        };
+        let mut body = serde_json::json!({ "error": self.reason });
+        if let Some(outcome) = self.outcome {
+            body["outcome"] = outcome.into();
+        }
+        if let Some(oldest) = self.oldest_index {
+            body["oldest_index"] = oldest.into();
+        }
+        let body = Json(body);
         if self.retry_after {
             (
                 self.status,
@@ -134,6 +155,7 @@ impl From<Error> for ApiError {
             reason: e.to_string(),
             retry_after: matches!(e, Error::NotApplied(NotApplied::Busy(_))),
             outcome: Some(outcome_of(&e)),
+            oldest_index: None,
         }
     }
 }
@@ -275,6 +297,80 @@ async fn cas_key(
         .into_response())
 }
 
+#[derive(Deserialize)]
+struct WatchParams {
+    from: Option<u64>,
+}
+
+/// `GET /watch`: every key's changes (see [`watch_prefix`]).
+async fn watch_all(
+    State(watches): State<Arc<WatchHub>>,
+    UrlQuery(params): UrlQuery<WatchParams>,
+) -> Result<Response, ApiError> {
+    watch(watches, String::new(), params.from)
+}
+
+/// `GET /watch/{prefix}?from=N`: a stream of JSON lines, one per change to a key that starts
+/// with `prefix`, in log index order: every change with index `N` or later that this node's
+/// history still has, then each new one as this node applies it (see
+/// [`crate::watch::WatchLine`] for the lines). Without `from`, only changes from now on. The
+/// `x-watch-from` header tells the index the stream starts at, to resume from if the stream
+/// ends before any line. A `from` older than the history is answered 410 with the oldest index
+/// still kept (`oldest_index`).
+async fn watch_prefix(
+    State(watches): State<Arc<WatchHub>>,
+    Path(prefix): Path<String>,
+    UrlQuery(params): UrlQuery<WatchParams>,
+) -> Result<Response, ApiError> {
+    if prefix.len() > MAX_KEY {
+        return Err(bad_request(format!("a prefix is at most {MAX_KEY} bytes")));
+    }
+    watch(watches, prefix, params.from)
+}
+
+fn watch(watches: Arc<WatchHub>, prefix: String, from: Option<u64>) -> Result<Response, ApiError> {
+    let permit = watches.admit().map_err(watch_error)?;
+    let from = from.unwrap_or_else(|| watches.next_index()).max(1);
+    watches.check_from(from).map_err(watch_error)?;
+    let body = axum::body::Body::from_stream(crate::watch::stream(watches, prefix, from, permit));
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "application/x-ndjson".to_string()),
+            (header::CACHE_CONTROL, "no-cache".to_string()),
+            (
+                header::HeaderName::from_static("x-watch-from"),
+                from.to_string(),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
+
+fn watch_error(e: WatchError) -> ApiError {
+    match e {
+        WatchError::Compacted { oldest_index } => ApiError {
+            status: StatusCode::GONE,
+            reason: e.to_string(),
+            retry_after: false,
+            outcome: None,
+            oldest_index: Some(oldest_index),
+        },
+        WatchError::Busy(_) => ApiError {
+            retry_after: true,
+            ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        },
+        WatchError::Closed => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+impl FromRef<ApiState> for Arc<WatchHub> {
+    fn from_ref(state: &ApiState) -> Arc<WatchHub> {
+        state.watches.clone()
+    }
+}
+
 /// The `/status` document.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct StatusBody {
@@ -382,6 +478,7 @@ async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
     let mailbox = &state.mailbox;
     let mut text = mailbox.metrics().render_prometheus("raftkit");
     state.stats.render_prometheus(&mut text);
+    state.watches.render_prometheus(&mut text);
     let s = mailbox.status().await?;
     for (name, value) in [
         ("term", s.term),

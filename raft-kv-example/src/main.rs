@@ -21,6 +21,7 @@ mod node_addrs;
 mod raft_tunables;
 mod serve;
 mod store;
+mod watch;
 
 /// mimalloc instead of glibc's malloc: under load, glibc's malloc and free (with their chunk
 /// consolidation) were the largest single costs in a node's profile.
@@ -143,6 +144,20 @@ enum Cmd {
         #[arg(long)]
         value: String,
     },
+    /// Follows changes to keys under a prefix: prints one JSON line per change, with its log
+    /// index, until the node ends the stream. To resume elsewhere, watch from the last index
+    /// seen plus one.
+    Watch {
+        #[command(flatten)]
+        endpoint: client::Endpoint,
+        /// The key prefix (omit: every key).
+        #[arg(default_value = "")]
+        prefix: String,
+        /// The first log index to show (every change from there on that the node still keeps);
+        /// omit to show only changes from now on.
+        #[arg(long)]
+        from: Option<u64>,
+    },
     /// Prints a node's status.
     Status {
         #[command(flatten)]
@@ -209,6 +224,11 @@ async fn main() -> std::process::ExitCode {
             expect,
             value,
         } => client::cas(&endpoint, &key, expect, value).await,
+        Cmd::Watch {
+            endpoint,
+            prefix,
+            from,
+        } => client::watch(&endpoint, &prefix, from).await,
         Cmd::Status { endpoint } => client::status(&endpoint).await,
         Cmd::Leave { endpoint } => client::leave(&endpoint).await,
         Cmd::Member { command } => member::run(command).await,

@@ -13,6 +13,7 @@ use crate::http_stats::HttpStats;
 use crate::node_addrs::{self, AddrFlags, NodeAddrs};
 use crate::raft_tunables::RaftTunables;
 
+use crate::watch::WatchLimits;
 use crate::{backends, http, store::KvStore, StorageKind, TlsArgs, TransportKind};
 
 /// Flags of `raft-kv serve`. Each can also come from the environment and from `--config`
@@ -88,6 +89,16 @@ pub struct ServeArgs {
     /// `serve` refuses to start that way (loopback addresses are always allowed).
     #[arg(long)]
     pub insecure_transport: bool,
+    /// Most changes each node keeps for `GET /watch`: a watch from an older index, or a
+    /// watcher that falls that far behind, is answered "compacted" (410).
+    #[arg(long, default_value_t = crate::watch::DEFAULT_HISTORY_CHANGES)]
+    pub watch_history_changes: usize,
+    /// Most bytes of keys and values each node keeps for `GET /watch`.
+    #[arg(long, default_value_t = crate::watch::DEFAULT_HISTORY_BYTES)]
+    pub watch_history_bytes: usize,
+    /// Most `GET /watch` streams a node serves at once (one more is answered 503).
+    #[arg(long, default_value_t = crate::watch::DEFAULT_MAX_WATCHERS)]
+    pub max_watchers: usize,
     /// HTTPS, bearer tokens and limits of the HTTP API.
     #[command(flatten)]
     pub http: HttpArgs,
@@ -150,7 +161,13 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     )?;
     let transport = backends::transport(args.transport, &args.tls)?;
     let storage = backends::storage(args.storage, &args.data_dir)?;
-    let raft = Raft::builder(args.id, KvStore::default())
+    let store = KvStore::with_watch_limits(WatchLimits {
+        max_changes: args.watch_history_changes,
+        max_bytes: args.watch_history_bytes,
+        max_watchers: args.max_watchers,
+    });
+    let watches = store.watches();
+    let raft = Raft::builder(args.id, store)
         .raft_addr(addrs.raft_advertise.clone())
         .listen_addr(addrs.raft_listen.clone())
         .transport(transport)
@@ -179,7 +196,12 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
     let server = HttpServer::bind(
         &addrs.http_listen,
         http_config,
-        http::router(mailbox.clone(), stats.clone(), &addrs.http_advertise),
+        http::router(
+            mailbox.clone(),
+            stats.clone(),
+            &addrs.http_advertise,
+            watches.clone(),
+        ),
         stats,
     )
     .await?;
@@ -201,6 +223,8 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             _ = terminate_signal() => tracing::info!("signal received: finishing in-flight requests"),
             _ = node_done_rx => {}
         }
+        // Watch streams never end by themselves: end them, so in-flight requests can finish.
+        watches.close();
     });
     let mut node_result = None;
     tokio::select! {

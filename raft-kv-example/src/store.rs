@@ -1,9 +1,12 @@
 //! The replicated state machine: a map of keys to byte values, in the seed's style.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use raft_core::{async_trait, SnapshotSink, SnapshotSource, Store, StoreError, StoreResult};
 use serde::{Deserialize, Serialize};
+
+use crate::watch::{WatchHub, WatchLimits};
 
 /// A write, proposed through raft.
 #[derive(Debug, Serialize, Deserialize)]
@@ -49,30 +52,97 @@ pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> StoreResult<T> {
     Ok(bincode::serde::decode_from_slice(bytes, bincode::config::standard())?.0)
 }
 
-/// The key-value map every replica holds.
+/// The key-value map every replica holds, and the history of its recent changes that
+/// watchers read ([`WatchHub`]).
 #[derive(Default)]
 pub struct KvStore {
     map: BTreeMap<String, Vec<u8>>,
+    watches: Arc<WatchHub>,
+}
+
+impl KvStore {
+    /// An empty store whose change history has these bounds.
+    pub fn with_watch_limits(limits: WatchLimits) -> KvStore {
+        KvStore {
+            map: BTreeMap::new(),
+            watches: Arc::new(WatchHub::new(limits)),
+        }
+    }
+
+    /// The history of this store's changes, for the watch route.
+    pub fn watches(&self) -> Arc<WatchHub> {
+        self.watches.clone()
+    }
+
+    /// Applies one command; with its log index, records what it changed for watchers.
+    fn execute(&mut self, index: Option<u64>, message: &[u8]) -> StoreResult<Vec<u8>> {
+        let command = match decode(message) {
+            Ok(command) => command,
+            Err(e) => {
+                if let Some(index) = index {
+                    self.watches.record(index, None);
+                }
+                return Err(e);
+            }
+        };
+        // Changes are copied only when they are recorded.
+        let keep = index.is_some() && self.watches.keeps_changes();
+        let (answer, change) = match command {
+            Command::Put { key, value } => {
+                let change = keep.then(|| (key.clone(), Some(value.clone())));
+                self.map.insert(key, value);
+                (Vec::new(), change)
+            }
+            Command::Delete { key } => {
+                let existed = self.map.remove(&key).is_some();
+                let change = (existed && keep).then_some((key, None));
+                (encode(&existed)?, change)
+            }
+            Command::Cas { key, expect, value } => {
+                let previous = self.map.get(&key).cloned();
+                let swapped = previous == expect;
+                let mut change = None;
+                if swapped {
+                    change = keep.then(|| (key.clone(), Some(value.clone())));
+                    self.map.insert(key, value);
+                }
+                (encode(&CasOutcome { swapped, previous })?, change)
+            }
+        };
+        if let Some(index) = index {
+            self.watches.record(index, change);
+        }
+        Ok(answer)
+    }
+}
+
+/// Watchers of a stopped node's store are ended.
+impl Drop for KvStore {
+    fn drop(&mut self) {
+        self.watches.close();
+    }
 }
 
 #[async_trait]
 impl Store for KvStore {
+    /// Applies a command without recording it for watchers (raft-core calls
+    /// [`Store::apply_at`]).
     async fn apply(&mut self, message: &[u8]) -> StoreResult<Vec<u8>> {
-        match decode(message)? {
-            Command::Put { key, value } => {
-                self.map.insert(key, value);
-                Ok(Vec::new())
-            }
-            Command::Delete { key } => encode(&self.map.remove(&key).is_some()),
-            Command::Cas { key, expect, value } => {
-                let previous = self.map.get(&key).cloned();
-                let swapped = previous == expect;
-                if swapped {
-                    self.map.insert(key, value);
-                }
-                encode(&CasOutcome { swapped, previous })
-            }
-        }
+        self.execute(None, message)
+    }
+
+    async fn apply_at(&mut self, index: u64, message: &[u8]) -> StoreResult<Vec<u8>> {
+        self.execute(Some(index), message)
+    }
+
+    async fn restore_from_at(
+        &mut self,
+        index: u64,
+        source: &mut SnapshotSource,
+    ) -> StoreResult<()> {
+        self.restore_from(source).await?;
+        self.watches.restart_at(index);
+        Ok(())
     }
 
     async fn query(&self, query: &[u8]) -> StoreResult<Vec<u8>> {
@@ -214,6 +284,63 @@ mod tests {
             .restore_from(&mut SnapshotSource::from_bytes(lying))
             .await
             .is_err());
+        Ok(())
+    }
+
+    /// What the store records for watchers: puts, deletes of present keys and swaps, each
+    /// with its index; not failed swaps, deletes of absent keys or bad commands.
+    #[tokio::test]
+    async fn applied_changes_are_recorded_with_their_index() -> StoreResult<()> {
+        let mut store = KvStore::default();
+        let watches = store.watches();
+        let put = |key: &str, value: &str| {
+            encode(&Command::Put {
+                key: key.into(),
+                value: value.as_bytes().to_vec(),
+            })
+        };
+        let cas = |expect: Option<&str>, value: &str| {
+            encode(&Command::Cas {
+                key: "a".into(),
+                expect: expect.map(|e| e.as_bytes().to_vec()),
+                value: value.as_bytes().to_vec(),
+            })
+        };
+        let delete = |key: &str| encode(&Command::Delete { key: key.into() });
+        store.apply_at(2, &put("a", "1")?).await?;
+        store.apply_at(3, &cas(Some("wrong"), "x")?).await?;
+        store.apply_at(4, &cas(Some("1"), "2")?).await?;
+        store.apply_at(6, &delete("absent")?).await?;
+        assert!(store.apply_at(7, b"garbage").await.is_err());
+        store.apply_at(8, &delete("a")?).await?;
+        // Without an index (not how raft-core applies), nothing is recorded.
+        store.apply(&put("b", "1")?).await?;
+        let batch = watches.read(1, "").map_err(StoreError::msg)?;
+        let text = String::from_utf8(batch.lines)?;
+        assert_eq!(
+            text,
+            concat!(
+                r#"{"index":2,"key":"a","value":"1"}"#,
+                "\n",
+                r#"{"index":4,"key":"a","value":"2"}"#,
+                "\n",
+                r#"{"index":8,"key":"a","deleted":true}"#,
+                "\n"
+            )
+        );
+        assert_eq!(batch.next, 9);
+        // A restored snapshot restarts the history at its index.
+        let snapshot = store.snapshot().await?;
+        store
+            .restore_from_at(20, &mut SnapshotSource::from_bytes(snapshot))
+            .await?;
+        assert!(watches.check_from(20).is_err());
+        assert!(watches.check_from(21).is_ok());
+        drop(store);
+        assert!(
+            watches.check_from(21).is_err(),
+            "a dropped store ends its watches"
+        );
         Ok(())
     }
 

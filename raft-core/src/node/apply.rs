@@ -109,7 +109,7 @@ impl Applier {
             }
         };
         self.store
-            .restore_from(&mut source)
+            .restore_from_at(snapshot_index(snapshot), &mut source)
             .await
             .map_err(|e| Error::store(format!("restore failed: {e:#}")))?;
         // A node that joined learns its cluster from its first snapshot. Until then it knows
@@ -157,6 +157,11 @@ impl Applier {
         self.applied_tx.send_if_modified(|a| {
             let changed = *a != self.applied;
             *a = self.applied;
+            changed
+        });
+        self.counters.live.send_if_modified(|live| {
+            let changed = live.applied_index != self.applied;
+            live.applied_index = self.applied;
             changed
         });
         Counters::set(&self.counters.pending_proposals, self.waiters.len() as u64);
@@ -273,7 +278,10 @@ impl Applier {
         }
         let result: Result<Vec<u8>> = match (entry.get_entry_type(), committed.conf) {
             (EntryType::EntryNormal, _) => match session_of(&entry.context) {
-                None => self.apply_command(&entry.data).await.map_err(Error::store),
+                None => self
+                    .apply_command(entry.index, &entry.data)
+                    .await
+                    .map_err(Error::store),
                 Some(tag) => self.apply_in_session(&tag, &entry).await,
             },
             (_, Some(outcome)) => {
@@ -296,11 +304,14 @@ impl Applier {
 
     /// The store's answer to one command; an empty one (a new leader's first entry) is no
     /// command at all.
-    async fn apply_command(&mut self, data: &[u8]) -> StoreAnswer {
+    async fn apply_command(&mut self, index: u64, data: &[u8]) -> StoreAnswer {
         if data.is_empty() {
             return Ok(Vec::new());
         }
-        self.store.apply(data).await.map_err(|e| format!("{e:#}"))
+        self.store
+            .apply_at(index, data)
+            .await
+            .map_err(|e| format!("{e:#}"))
     }
 
     /// Applies a command of a client session once: a retry gets the saved answer.
@@ -311,7 +322,7 @@ impl Applier {
                 answer
             }
             Admission::Apply => {
-                let answer = self.apply_command(&entry.data).await;
+                let answer = self.apply_command(entry.index, &entry.data).await;
                 self.sessions.record(tag, entry.index, &answer);
                 answer.map_err(Error::store)
             }

@@ -184,6 +184,17 @@ impl Driver {
     }
 }
 
+/// However the driver ends (returned, or its task aborted), `Mailbox::watch_status`
+/// subscribers learn the node stopped.
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.parts
+            .counters
+            .live
+            .send_modify(|live| live.stopped = true);
+    }
+}
+
 fn writer_gone() -> StorageError {
     StorageError::Io("the log writer thread stopped".to_string())
 }

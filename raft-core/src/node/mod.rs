@@ -42,6 +42,9 @@ pub(crate) struct Counters {
     /// The leader and its address when known, so the mailbox sends straight to it rather
     /// than asking the driver first.
     pub(crate) leader_route: std::sync::RwLock<Option<(u64, String)>>,
+    /// Role, leader, term, membership and applied index, for `Mailbox::watch_status`: the
+    /// driver and the apply task update it only when something changed.
+    pub(crate) live: tokio::sync::watch::Sender<crate::status::LiveStatus>,
 }
 
 impl Counters {

@@ -114,6 +114,9 @@ pub(crate) async fn open(parts: OpenParts, now: Instant) -> Result<OpenedNode> {
         applier.restore_store(&snapshot).await?;
     }
     Counters::set(&counters.applied, snap_index);
+    counters
+        .live
+        .send_modify(|live| live.applied_index = snap_index);
 
     let snapshot_wanted_for = Arc::new(AtomicU64::new(0));
     let raft_storage = RaftStorage {

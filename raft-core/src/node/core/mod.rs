@@ -187,6 +187,7 @@ pub(crate) struct NodeCore {
 
 impl NodeCore {
     pub(crate) fn new(parts: CoreParts, now: Instant) -> Self {
+        parts.counters.live.send_modify(|live| live.id = parts.id);
         let persisted_hs = parts.raw.raft.hard_state();
         let writes_in_place = parts.storage.writes_in_place();
         let raft_applied = parts.raw.raft.raft_log.applied;
@@ -541,17 +542,52 @@ impl NodeCore {
         self.last_contact.retain(|id| prs.get(id).is_some());
     }
 
+    /// This node's role; a follower that is a learner in the configuration is a learner.
+    fn role(&self) -> Role {
+        let raft = &self.raw.raft;
+        match raft.state {
+            StateRole::Leader => Role::Leader,
+            StateRole::Candidate => Role::Candidate,
+            StateRole::PreCandidate => Role::PreCandidate,
+            StateRole::Follower if raft.prs().conf().learners().contains(&self.id) => Role::Learner,
+            StateRole::Follower => Role::Follower,
+        }
+    }
+
+    /// Updates what `Mailbox::watch_status` subscribers see, if anything changed: compared
+    /// first, so a turn with no change notifies nobody and allocates nothing. The member
+    /// lists are read only when `conf_changed`.
+    fn publish_live(&self, leader_id: Option<u64>, conf_changed: bool) {
+        let role = self.role();
+        let term = self.raw.raft.term;
+        let members = conf_changed.then(|| {
+            let cs = self.raw.raft.prs().conf().to_conf_state();
+            (sorted(cs.voters), sorted(cs.learners))
+        });
+        self.counters.live.send_if_modified(|live| {
+            let mut changed = false;
+            if live.role != role || live.leader_id != leader_id || live.term != term {
+                live.role = role;
+                live.leader_id = leader_id;
+                live.term = term;
+                changed = true;
+            }
+            if let Some((voters, learners)) = members {
+                if live.voters != voters || live.learners != learners {
+                    live.voters = voters;
+                    live.learners = learners;
+                    changed = true;
+                }
+            }
+            changed
+        });
+    }
+
     /// What the node reports about itself.
     pub(crate) fn status(&self) -> Status {
         let raft = &self.raw.raft;
         let cs = raft.prs().conf().to_conf_state();
-        let role = match raft.state {
-            StateRole::Leader => Role::Leader,
-            StateRole::Candidate => Role::Candidate,
-            StateRole::PreCandidate => Role::PreCandidate,
-            StateRole::Follower if cs.learners.contains(&self.id) => Role::Learner,
-            StateRole::Follower => Role::Follower,
-        };
+        let role = self.role();
         let storage = &self.storage;
         Status {
             id: self.id,

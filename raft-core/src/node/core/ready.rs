@@ -566,7 +566,8 @@ impl NodeCore {
                 self.send_to_apply(ApplyMsg::SnapshotFor(wanted));
             }
         }
-        if std::mem::take(&mut self.conf_changed) {
+        let conf_changed = std::mem::take(&mut self.conf_changed);
+        if conf_changed {
             let conf = self.raw.raft.prs().conf();
             self.counters.set_members(
                 conf.voters()
@@ -590,6 +591,7 @@ impl NodeCore {
             NodeMetrics::inc(&self.counters.metrics.leader_changes);
         }
         self.publish_leader_route(leader_id);
+        self.publish_live(leader_id, conf_changed);
         self.last_leader = leader_id;
         Counters::set(&self.counters.leader, leader_id.unwrap_or(0));
         if leader && !self.was_leader {
