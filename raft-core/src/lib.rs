@@ -44,6 +44,7 @@
 //! ```
 
 pub mod backup;
+pub mod broadcast;
 mod config;
 mod error;
 mod forwarder;
