@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use raft_core::broadcast::{self, BroadcastError, BroadcastReceiver, BroadcastSender, Limits};
 use raft_core::testing::cluster::test_config;
-use raft_core::{Config, InitialCluster, LocalNetwork, MemLogStorage};
+use raft_core::{Config, InitialCluster, LocalNetwork, LogStorage, MemLogStorage};
 use support::init_tracing;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 /// What one node's application received, over all its incarnations.
@@ -41,9 +42,19 @@ struct Cluster {
     position_files: BTreeMap<u64, PathBuf>,
     received: BTreeMap<u64, Arc<Mutex<Received>>>,
     running: BTreeMap<u64, Running>,
+    /// Receivers that wait for a signal before they receive anything.
+    gates: BTreeMap<u64, oneshot::Sender<()>>,
 }
 
-async fn receive(mut rx: BroadcastReceiver, into: Arc<Mutex<Received>>) {
+/// Receives into `into` until the node stops; with a `gate`, only once it opens.
+async fn receive(
+    mut rx: BroadcastReceiver,
+    into: Arc<Mutex<Received>>,
+    gate: Option<oneshot::Receiver<()>>,
+) {
+    if let Some(gate) = gate {
+        let _ = gate.await;
+    }
     loop {
         match rx.recv().await {
             Ok(m) => into.lock().unwrap().messages.push((m.seq, m.data)),
@@ -69,10 +80,22 @@ impl Cluster {
             position_files,
             received: ids.iter().map(|&id| (id, Arc::default())).collect(),
             running: BTreeMap::new(),
+            gates: BTreeMap::new(),
         }
     }
 
     fn start(&mut self, id: u64) {
+        self.start_receiving(id, true);
+    }
+
+    /// Starts node `id`; its application receives only once `open_gate(id)` is called unless
+    /// `receiving`.
+    fn start_receiving(&mut self, id: u64, receiving: bool) {
+        let gate = (!receiving).then(|| {
+            let (open, gate) = oneshot::channel();
+            self.gates.insert(id, open);
+            gate
+        });
         let mut builder = broadcast::builder(id, self.members.clone())
             .log_storage(self.storage[&id].clone())
             .transport(self.network.transport())
@@ -92,7 +115,7 @@ impl Cluster {
             Running {
                 sender,
                 node: tokio::spawn(node.run()),
-                receiving: tokio::spawn(receive(receiver, received)),
+                receiving: tokio::spawn(receive(receiver, received, gate)),
             },
         );
     }
@@ -108,6 +131,10 @@ impl Cluster {
             .unwrap();
     }
 
+    fn open_gate(&mut self, id: u64) {
+        let _ = self.gates.remove(&id).unwrap().send(());
+    }
+
     fn sender(&self, id: u64) -> BroadcastSender {
         self.running[&id].sender.clone()
     }
@@ -118,9 +145,15 @@ impl Cluster {
 
     /// Waits until every running node's application received `n` messages.
     async fn wait_received(&self, n: usize, timeout: Duration) {
+        let running: Vec<u64> = self.running.keys().copied().collect();
+        self.wait_received_among(&running, n, timeout).await;
+    }
+
+    /// Waits until the applications of nodes `ids` received `n` messages.
+    async fn wait_received_among(&self, ids: &[u64], n: usize, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
-            let counts: Vec<usize> = self.running.keys().map(|&id| self.count(id)).collect();
+            let counts: Vec<usize> = ids.iter().map(|&id| self.count(id)).collect();
             if counts.iter().all(|&c| c >= n) {
                 return;
             }
@@ -221,6 +254,11 @@ async fn all_receivers_see_one_sequence_across_a_crash_and_restart() {
     cluster.wait_received(60, Duration::from_secs(30)).await;
     cluster.crash(3).await;
     let before_crash = cluster.count(3);
+    let snapshot = cluster.storage[&3].snapshot_metadata().unwrap().index;
+    assert!(
+        snapshot > 1,
+        "node 3 restarts from a snapshot it took (at {snapshot})"
+    );
     let mut acked = Vec::new();
     for sending in senders {
         acked.extend(sending.await.unwrap());
@@ -355,4 +393,87 @@ async fn a_gap_nobody_can_fill_is_reported_not_hidden() {
         .cloned()
         .collect();
     assert_eq!(r.messages, expected);
+}
+
+/// A receiver that does not read holds back its node's apply, not memory: the others go on,
+/// and once it reads it gets every message in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_receiver_holds_back_its_apply_and_then_catches_up() {
+    init_tracing();
+    let limits = Limits {
+        queue_messages: 8,
+        ..Limits::default()
+    };
+    let mut cluster = Cluster::new(test_config(), limits, BTreeMap::new());
+    cluster.start(1);
+    cluster.start(2);
+    cluster.start_receiving(3, false);
+    // The slow node must not lead: a leader answers a send once it applied it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let leader = loop {
+        let status = cluster.sender(1).mailbox().status().await.unwrap();
+        match status.leader_id {
+            Some(3) => cluster
+                .sender(3)
+                .mailbox()
+                .transfer_leader(1)
+                .await
+                .unwrap(),
+            Some(leader) => break leader,
+            None => {}
+        }
+        assert!(Instant::now() < deadline, "no leader other than node 3");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let acked = send_all(cluster.sender(leader), leader, 0..100)
+        .await
+        .unwrap();
+    assert_eq!(acked.len(), 100, "a slow follower does not slow the others");
+    cluster
+        .wait_received_among(&[1, 2], 100, Duration::from_secs(30))
+        .await;
+    let status = cluster.sender(3).mailbox().status().await.unwrap();
+    assert_eq!(cluster.count(3), 0);
+    assert!(
+        // Besides 8 queued messages, only the leaders' empty entries (and the first snapshot).
+        status.applied_index <= 16 && status.applied_index + 30 < status.commit_index,
+        "node 3 applies no further than its queue holds: {status:?}"
+    );
+    cluster.open_gate(3);
+    let n = cluster.sender(1).last_seq().await.unwrap();
+    cluster
+        .wait_received(n as usize, Duration::from_secs(30))
+        .await;
+    cluster.shutdown().await;
+    cluster.check(n, &acked);
+}
+
+/// A stopped node's sender and receiver answer with an error, not a panic or a hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_node_says_so_to_its_sender_and_receiver() {
+    init_tracing();
+    let members: InitialCluster = "1=node-1".parse().unwrap();
+    let (tx, mut rx) = broadcast::builder(1, members)
+        .transport(LocalNetwork::new().transport())
+        .config(test_config())
+        .start()
+        .unwrap();
+    assert_eq!(tx.send(b"one".to_vec()).await.unwrap(), 1);
+    tx.shutdown().await;
+    let received = rx.recv().await.unwrap();
+    assert_eq!((received.seq, received.data), (1, b"one".to_vec()));
+    let end = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await;
+    assert!(
+        matches!(end, Ok(Err(BroadcastError::Stopped(_)))),
+        "{end:?}"
+    );
+    let sent = tx.send(b"two".to_vec()).await;
+    assert!(matches!(sent, Err(BroadcastError::Stopped(_))), "{sent:?}");
+    let unknown = broadcast::builder(4, "1=node-1".parse().unwrap())
+        .transport(LocalNetwork::new().transport())
+        .build();
+    assert!(
+        unknown.is_err(),
+        "a node outside the member list is refused"
+    );
 }
