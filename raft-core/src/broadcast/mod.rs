@@ -39,7 +39,10 @@
 //! answers new proposals "busy" past `Config::max_apply_backlog_bytes` of committed, unapplied
 //! entries (the sender retries them until its deadline), a follower stops taking committed
 //! entries past twice that. Nothing grows without bound behind a slow receiver; the raft log
-//! on disk holds the rest.
+//! on disk holds the rest. A sender is answered once the *leader* applied its message, so a
+//! slow receiver on the leader slows every sender (and sends time out if it never reads),
+//! while a slow receiver on a follower holds back only that follower. As with any pair of
+//! bounded channels, receive on another task than the one that sends.
 //!
 //! **Durability and resuming.** The application's position is the sequence number of the
 //! last message it received. It comes from one of:
@@ -303,6 +306,17 @@ impl BroadcastBuilder {
         self.queue.configure(delivered, self.limits);
         let request_timeout = self.config.request_timeout;
         let raft = self.raft.raft_addr(addr).config(self.config).build()?;
+        if delivered > 0 && !raft.has_state()? {
+            // A lost disk that kept the position file (the cluster re-admits the node and
+            // it resumes), or a new cluster with an old file (its first messages would be
+            // skipped): only the operator can tell.
+            tracing::warn!(
+                node = self.id,
+                position = delivered,
+                "the log storage is empty but the application's position is not: messages up \
+                 to it will not be delivered; remove the position file if this is a new cluster"
+            );
+        }
         let sender = BroadcastSender {
             mailbox: raft.mailbox(),
             queue: self.queue.clone(),
@@ -326,9 +340,11 @@ impl BroadcastBuilder {
     /// runs until [`BroadcastSender::shutdown`], or until it fails; either way the receiver
     /// then says [`BroadcastError::Stopped`].
     pub fn start(self) -> Result<(BroadcastSender, BroadcastReceiver), BroadcastError> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|e| Error::config(format!("broadcast start() needs a tokio runtime: {e}")))?;
         let (sender, receiver, node) = self.build()?;
         let id = node.id();
-        tokio::spawn(async move {
+        runtime.spawn(async move {
             if let Err(e) = node.run().await {
                 tracing::error!(node = id, "broadcast node stopped: {e}");
             }
@@ -422,7 +438,9 @@ impl BroadcastSender {
     }
 
     /// The sequence number of the last message in the order (0 before the first), read
-    /// linearizably: every message whose `send` returned before the call is counted.
+    /// linearizably: every message whose `send` returned before the call is counted. It waits
+    /// for this node to apply that far, so behind a receiver that lags it answers late (or
+    /// times out).
     pub async fn last_seq(&self) -> Result<u64, BroadcastError> {
         match self.mailbox.query(Vec::new()).await {
             Ok(answer) => seq_of(&answer),
