@@ -117,8 +117,8 @@ pub enum BroadcastError {
     /// Messages `first..=last` were compacted on every node that had them before this node
     /// received them. The receiver reports it once and continues with message `last + 1`.
     #[error(
-        "messages {first} to {last} were compacted before this node received them (it was \
-         away longer than the log tail and the history keep)"
+        "messages {first} to {last} were compacted before this node received them (it fell \
+         further behind than the leader's log tail and snapshot history reach)"
     )]
     Missed {
         /// The first message missed.
