@@ -56,7 +56,7 @@ impl Store for BroadcastStore {
 
     /// The sequence number of the last message applied (0 before the first).
     async fn query(&self, _query: &[u8]) -> StoreResult<Vec<u8>> {
-        let (next_seq, _) = self.queue.contents();
+        let next_seq = self.queue.next_seq();
         Ok(next_seq.saturating_sub(1).to_le_bytes().to_vec())
     }
 
