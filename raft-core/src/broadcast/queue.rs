@@ -265,6 +265,9 @@ impl Queue {
         state.items.retain(|(seq, _)| *seq < oldest);
         state.items.extend(items);
         state.next_seq = next_seq;
+        if state.receiver_gone {
+            state.delivered = state.delivered.max(next_seq.saturating_sub(1));
+        }
         state.recount();
         drop(state);
         self.to_receiver.notify_one();
