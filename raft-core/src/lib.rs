@@ -6,6 +6,9 @@
 //! batched ordered peer senders, leader forwarding, ReadIndex reads, snapshots, membership
 //! changes and restarts.
 //!
+//! For raft-lite's API instead of a state machine (send `Vec<u8>` from any node, receive every
+//! message in one total order on every node, durably) see [`broadcast`].
+//!
 //! ```no_run
 //! use raft_core::{async_trait, LocalNetwork, Raft, Store, StoreResult};
 //!
@@ -44,6 +47,7 @@
 //! ```
 
 pub mod backup;
+pub mod broadcast;
 mod config;
 mod error;
 mod forwarder;
