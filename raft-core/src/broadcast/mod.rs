@@ -78,8 +78,10 @@
 //! applied on the leader. Its errors are raft-core's: [`crate::Error::NotApplied`] means the
 //! message is certainly not in the order (busy refusals and dropped proposals are retried
 //! until the deadline, `Config::request_timeout`), [`crate::Error::MaybeApplied`] that it may
-//! be (a timeout, a leader that died). Resending after a `MaybeApplied` error may deliver the
-//! message twice, with two sequence numbers. A stopped node answers
+//! be. A message goes in a client session of the node's [`Mailbox`] ([`crate::SessionTag`]):
+//! when its leader dies or a call times out on the way, it is sent again and still ordered
+//! once, so `MaybeApplied` comes only from the deadline passing. Resending after that may
+//! order the message twice, with two sequence numbers. A stopped node answers
 //! [`BroadcastError::Stopped`].
 //!
 //! Membership is static: the nodes given to [`builder`]. A node whose storage is lost comes
