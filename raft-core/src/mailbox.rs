@@ -419,6 +419,35 @@ impl Mailbox {
         started: Instant,
         deadline: Instant,
     ) -> Result<Vec<u8>> {
+        let mut maybe_applied = false;
+        let result = self
+            .route_attempts(op, hint, started, deadline, &mut maybe_applied)
+            .await;
+        match result {
+            // A write retried after an attempt that may have applied it: whatever stopped
+            // the later attempts, its outcome is unknown.
+            Err(e) if maybe_applied && !matches!(e, Error::MaybeApplied(_) | Error::Store(_)) => {
+                tracing::debug!("a retried write ends unknown after: {e}");
+                Err(if Instant::now() >= deadline {
+                    Error::timeout(self.timeout)
+                } else {
+                    Error::leadership_lost()
+                })
+            }
+            other => other,
+        }
+    }
+
+    /// The attempts of [`Mailbox::route_by`]; sets `maybe_applied` once an attempt of a write
+    /// may have applied it.
+    async fn route_attempts(
+        &self,
+        op: &Op,
+        hint: Option<(u64, String)>,
+        started: Instant,
+        deadline: Instant,
+        maybe_applied: &mut bool,
+    ) -> Result<Vec<u8>> {
         // What only the leader serves goes straight to the leader this node knows of: asking
         // the local driver first would cost a round trip only to learn who leads.
         let mut target = hint.clone().or_else(|| {
@@ -431,9 +460,6 @@ impl Mailbox {
         // passing is a timeout rather than a missing leader.
         let mut leader_seen = false;
         let mut attempt_timed_out = false;
-        // An attempt may have applied the command: a later "session expired" leaves its
-        // outcome unknown.
-        let mut maybe_applied = false;
         // A target that just failed to answer: being pointed back at it waits for the backoff.
         let mut failed_recently: Option<(u64, String)> = None;
         let mut first_attempt_at = Some(started);
@@ -477,7 +503,7 @@ impl Mailbox {
                     return Err(Error::timeout(self.timeout))
                 }
                 e @ Error::NotApplied(NotApplied::SessionExpired) => {
-                    return Err(if maybe_applied {
+                    return Err(if *maybe_applied {
                         Error::MaybeApplied(MaybeApplied::SessionExpired)
                     } else {
                         e
@@ -491,7 +517,7 @@ impl Mailbox {
                 e if matches!(e, Error::NotApplied(_) | Error::NotLeader { .. })
                     || (op.retry_safe() && matches!(e, Error::MaybeApplied(_))) =>
                 {
-                    maybe_applied |= matches!(e, Error::MaybeApplied(_));
+                    *maybe_applied |= !op.idempotent() && matches!(e, Error::MaybeApplied(_));
                     attempt_timed_out |= matches!(e, Error::MaybeApplied(MaybeApplied::Timeout(_)));
                     if failed.is_some() {
                         failed_recently = failed;
