@@ -143,6 +143,15 @@ enum Cmd {
         #[arg(long)]
         value: String,
     },
+    /// Appends to a key's value (an absent key counts as empty); prints the new length.
+    Append {
+        #[command(flatten)]
+        endpoint: client::Endpoint,
+        /// The key.
+        key: String,
+        /// The bytes to append.
+        value: String,
+    },
     /// Prints a node's status.
     Status {
         #[command(flatten)]
@@ -209,6 +218,11 @@ async fn main() -> std::process::ExitCode {
             expect,
             value,
         } => client::cas(&endpoint, &key, expect, value).await,
+        Cmd::Append {
+            endpoint,
+            key,
+            value,
+        } => client::append(&endpoint, &key, value).await,
         Cmd::Status { endpoint } => client::status(&endpoint).await,
         Cmd::Leave { endpoint } => client::leave(&endpoint).await,
         Cmd::Member { command } => member::run(command).await,
