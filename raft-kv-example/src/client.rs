@@ -172,6 +172,19 @@ pub async fn cas(ep: &Endpoint, key: &str, expect: Option<String>, value: String
     Ok(())
 }
 
+/// Appends `value` to the key's value; prints the new length in bytes.
+pub async fn append(ep: &Endpoint, key: &str, value: String) -> Result<()> {
+    let body = Some((Bytes::from(value), "application/octet-stream"));
+    let path = format!("{}/append", key_path(key));
+    let (_, body) = ep.call(Method::POST, &path, body).await?;
+    let length = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["length"].as_u64())
+        .with_context(|| format!("the answer has no length: {body}"))?;
+    println!("OK, {length} bytes");
+    Ok(())
+}
+
 pub async fn status(ep: &Endpoint) -> Result<()> {
     let (_, body) = ep.call(Method::GET, "/status", None).await?;
     let value: serde_json::Value = serde_json::from_str(&body).context("the status is not JSON")?;

@@ -9,11 +9,13 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{FromRef, Path, Query as UrlQuery, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use raft_core::{Error, Fatal, Mailbox, NotApplied, ReadConsistency, StoreError};
+use raft_core::{
+    Error, Fatal, Mailbox, MaybeApplied, NotApplied, ReadConsistency, SessionTag, StoreError,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::http_stats::HttpStats;
@@ -55,6 +57,7 @@ pub fn router(
         .route("/watch", get(watch_all))
         .route("/watch/", get(watch_all))
         .route("/watch/{*prefix}", get(watch_prefix))
+        .route("/kv/{key}/append", post(append_key))
         .route("/status", get(status))
         .merge(crate::health::routes(mailbox.clone()))
         .route("/metrics", get(metrics))
@@ -140,9 +143,20 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// What a client whose session the cluster forgot must do.
+const NEW_SESSION_HINT: &str =
+    "start a new session: another Raft-Session id, with Raft-Session-Seq 1";
+
 impl From<Error> for ApiError {
     fn from(e: Error) -> Self {
+        let mut reason = e.to_string();
         let status = match &e {
+            Error::NotApplied(NotApplied::SessionExpired)
+            | Error::MaybeApplied(MaybeApplied::SessionExpired) => {
+                reason = format!("{reason}: {NEW_SESSION_HINT}");
+                StatusCode::GONE
+            }
+            Error::NotApplied(NotApplied::SupersededInSession) => StatusCode::CONFLICT,
             Error::Invalid(_) | Error::Store(_) => StatusCode::BAD_REQUEST,
             Error::NotApplied(_)
             | Error::MaybeApplied(_)
@@ -152,7 +166,7 @@ impl From<Error> for ApiError {
         };
         ApiError {
             status,
-            reason: e.to_string(),
+            reason,
             retry_after: matches!(e, Error::NotApplied(NotApplied::Busy(_))),
             outcome: Some(outcome_of(&e)),
             oldest_index: None,
@@ -184,18 +198,71 @@ fn check_key(key: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-async fn propose(mailbox: &Mailbox, command: Command) -> Result<Vec<u8>, ApiError> {
-    Ok(mailbox.send_proposal(encode(&command)?).await?)
+/// The header naming a write's client session: a nonzero u64 the client picked at random.
+pub const SESSION_HEADER: &str = "raft-session";
+/// The header numbering a write in its client session: 1, 2, 3, ...; a retry repeats it.
+pub const SESSION_SEQ_HEADER: &str = "raft-session-seq";
+
+/// The client session a write names in its headers: both headers or neither (400 otherwise,
+/// and for a value that is not a nonzero u64).
+fn session_of(headers: &HeaderMap) -> Result<Option<SessionTag>, ApiError> {
+    let number = |name: &str| -> Result<Option<u64>, ApiError> {
+        let Some(value) = headers.get(name) else {
+            return Ok(None);
+        };
+        let parsed = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|&n| n != 0);
+        match parsed {
+            Some(n) => Ok(Some(n)),
+            None => Err(bad_request(format!(
+                "the {name} header must be a whole number from 1 to {}",
+                u64::MAX
+            ))),
+        }
+    };
+    match (number(SESSION_HEADER)?, number(SESSION_SEQ_HEADER)?) {
+        (None, None) => Ok(None),
+        (Some(id), Some(seq)) => Ok(Some(SessionTag {
+            id,
+            seq,
+            // A client sends command n > 1 only after it had an answer in the session (one
+            // request at a time): the cluster must then know the session, or it expired.
+            established: seq > 1,
+        })),
+        _ => Err(bad_request(format!(
+            "the {SESSION_HEADER} and {SESSION_SEQ_HEADER} headers go together"
+        ))),
+    }
+}
+
+/// Proposes `command`: in the client's own session when its headers name one, else in one
+/// of the mailbox's sessions.
+async fn propose(
+    mailbox: &Mailbox,
+    session: Option<SessionTag>,
+    command: Command,
+) -> Result<Vec<u8>, ApiError> {
+    let data = encode(&command)?;
+    Ok(match session {
+        Some(tag) => mailbox.send_proposal_in(tag, data).await?,
+        None => mailbox.send_proposal(data).await?,
+    })
 }
 
 async fn put_key(
     State(mailbox): State<Mailbox>,
     Path(key): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
     check_key(&key)?;
+    let session = session_of(&headers)?;
     propose(
         &mailbox,
+        session,
         Command::Put {
             key,
             value: body.to_vec(),
@@ -242,9 +309,11 @@ async fn get_key(
 async fn delete_key(
     State(mailbox): State<Mailbox>,
     Path(key): Path<String>,
+    headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     check_key(&key)?;
-    let existed: bool = decode(&propose(&mailbox, Command::Delete { key }).await?)?;
+    let session = session_of(&headers)?;
+    let existed: bool = decode(&propose(&mailbox, session, Command::Delete { key }).await?)?;
     Ok(if existed {
         StatusCode::OK
     } else {
@@ -261,9 +330,11 @@ struct CasBody {
 async fn cas_key(
     State(mailbox): State<Mailbox>,
     Path(key): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     check_key(&key)?;
+    let session = session_of(&headers)?;
     let shape = |e: &dyn std::fmt::Display| {
         bad_request(format!(
             "expected {{\"expect\": string|null, \"value\": string}}: {e}"
@@ -281,7 +352,7 @@ async fn cas_key(
         expect: cas.expect.map(String::into_bytes),
         value: cas.value.into_bytes(),
     };
-    let outcome: CasOutcome = decode(&propose(&mailbox, command).await?)?;
+    let outcome: CasOutcome = decode(&propose(&mailbox, session, command).await?)?;
     let current = outcome
         .previous
         .map(|v| String::from_utf8_lossy(&v).into_owned());
@@ -369,6 +440,24 @@ impl FromRef<ApiState> for Arc<WatchHub> {
     fn from_ref(state: &ApiState) -> Arc<WatchHub> {
         state.watches.clone()
     }
+}
+
+/// `POST /kv/{key}/append`: appends the body to the key's value (an absent key counts as
+/// empty) and answers `{"length": <the new length in bytes>}`.
+async fn append_key(
+    State(mailbox): State<Mailbox>,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    check_key(&key)?;
+    let session = session_of(&headers)?;
+    let command = Command::Append {
+        key,
+        value: body.to_vec(),
+    };
+    let length: u64 = decode(&propose(&mailbox, session, command).await?)?;
+    Ok(Json(serde_json::json!({ "length": length })).into_response())
 }
 
 /// The `/status` document.
@@ -687,6 +776,105 @@ mod tests {
             let body = body_json(response).await;
             assert_eq!(body["error"].as_str(), Some(what.as_str()));
             assert!(body["outcome"].is_string(), "{body}");
+        }
+    }
+
+    #[tokio::test]
+    async fn session_errors_are_gone_and_conflict() {
+        for (error, status, outcome) in [
+            (
+                Error::from(NotApplied::SessionExpired),
+                StatusCode::GONE,
+                "not_applied",
+            ),
+            (
+                MaybeApplied::SessionExpired.into(),
+                StatusCode::GONE,
+                "maybe_applied",
+            ),
+            (
+                NotApplied::SupersededInSession.into(),
+                StatusCode::CONFLICT,
+                "not_applied",
+            ),
+            (
+                MaybeApplied::AnswerNotKept.into(),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "maybe_applied",
+            ),
+        ] {
+            let response = ApiError::from(error).into_response();
+            assert_eq!(response.status(), status);
+            let body = body_json(response).await;
+            assert_eq!(body["outcome"].as_str(), Some(outcome), "{body}");
+            if status == StatusCode::GONE {
+                let reason = body["error"].as_str().unwrap_or_default();
+                assert!(reason.ends_with(NEW_SESSION_HINT), "{reason}");
+            }
+        }
+    }
+
+    #[test]
+    fn session_headers_go_together_and_are_nonzero_numbers() {
+        let headers = |pairs: &[(&'static str, &str)]| {
+            let mut map = HeaderMap::new();
+            for (name, value) in pairs {
+                if let Ok(v) = value.parse() {
+                    map.insert(*name, v);
+                }
+            }
+            map
+        };
+        assert!(matches!(session_of(&headers(&[])), Ok(None)));
+        let tag = session_of(&headers(&[
+            (SESSION_HEADER, "77"),
+            (SESSION_SEQ_HEADER, "1"),
+        ]));
+        assert!(
+            matches!(
+                tag,
+                Ok(Some(SessionTag {
+                    id: 77,
+                    seq: 1,
+                    established: false
+                }))
+            ),
+            "{:?}",
+            tag.as_ref().ok()
+        );
+        let tag = session_of(&headers(&[
+            (SESSION_HEADER, "18446744073709551615"),
+            (SESSION_SEQ_HEADER, " 2 "),
+        ]));
+        assert!(
+            matches!(
+                tag,
+                Ok(Some(SessionTag {
+                    id: u64::MAX,
+                    seq: 2,
+                    established: true
+                }))
+            ),
+            "{:?}",
+            tag.as_ref().ok()
+        );
+        for bad in [
+            vec![(SESSION_HEADER, "77")],
+            vec![(SESSION_SEQ_HEADER, "1")],
+            vec![(SESSION_HEADER, "0"), (SESSION_SEQ_HEADER, "1")],
+            vec![(SESSION_HEADER, "77"), (SESSION_SEQ_HEADER, "0")],
+            vec![(SESSION_HEADER, "-1"), (SESSION_SEQ_HEADER, "1")],
+            vec![(SESSION_HEADER, "x"), (SESSION_SEQ_HEADER, "1")],
+            vec![
+                (SESSION_HEADER, "18446744073709551616"),
+                (SESSION_SEQ_HEADER, "1"),
+            ],
+        ] {
+            let result = session_of(&headers(&bad));
+            assert!(
+                matches!(&result, Err(e) if e.status == StatusCode::BAD_REQUEST),
+                "{bad:?} accepted"
+            );
         }
     }
 

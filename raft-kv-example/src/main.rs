@@ -158,6 +158,15 @@ enum Cmd {
         #[arg(long)]
         from: Option<u64>,
     },
+    /// Appends to a key's value (an absent key counts as empty); prints the new length.
+    Append {
+        #[command(flatten)]
+        endpoint: client::Endpoint,
+        /// The key.
+        key: String,
+        /// The bytes to append.
+        value: String,
+    },
     /// Prints a node's status.
     Status {
         #[command(flatten)]
@@ -229,6 +238,11 @@ async fn main() -> std::process::ExitCode {
             prefix,
             from,
         } => client::watch(&endpoint, &prefix, from).await,
+        Cmd::Append {
+            endpoint,
+            key,
+            value,
+        } => client::append(&endpoint, &key, value).await,
         Cmd::Status { endpoint } => client::status(&endpoint).await,
         Cmd::Leave { endpoint } => client::leave(&endpoint).await,
         Cmd::Member { command } => member::run(command).await,

@@ -105,6 +105,12 @@ pub struct ServeArgs {
     /// Raft timing, snapshots and limits.
     #[command(flatten)]
     pub raft: RaftTunables,
+    /// Propose the writes that name no client session (no `Raft-Session` header) without
+    /// one: a write whose outcome became unknown (its leader failed, its call timed out) is
+    /// then answered 503 `maybe_applied` instead of being retried until its deadline. Only to
+    /// measure what sessions buy (the fault suite's `--no-sessions`).
+    #[arg(long)]
+    pub no_client_sessions: bool,
 }
 
 impl ServeArgs {
@@ -175,6 +181,14 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         .config(config)
         .build()?;
     let mailbox = raft.mailbox();
+    let mailbox = if args.no_client_sessions {
+        tracing::warn!(
+            "--no-client-sessions: writes without a Raft-Session header are not retried after an unknown outcome"
+        );
+        mailbox.without_sessions()
+    } else {
+        mailbox
+    };
     let mut node = if let Some(cluster) = args.initial_cluster.clone() {
         tokio::spawn(raft.start_cluster(cluster.with_token(args.initial_cluster_token.clone())))
     } else if raft.has_state()? || args.join.is_empty() {

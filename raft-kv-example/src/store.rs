@@ -21,6 +21,11 @@ pub enum Command {
         expect: Option<Vec<u8>>,
         value: Vec<u8>,
     },
+    /// Append `value` to the value of `key` (an absent key counts as empty); answers the new
+    /// length in bytes (a `u64`). Not idempotent: applied twice, it appends twice, which is
+    /// why retries go in a client session. The last variant, so that every earlier command's
+    /// encoding is unchanged.
+    Append { key: String, value: Vec<u8> },
 }
 
 /// A read.
@@ -107,6 +112,13 @@ impl KvStore {
                     self.map.insert(key, value);
                 }
                 (encode(&CasOutcome { swapped, previous })?, change)
+            }
+            Command::Append { key, value } => {
+                let current = self.map.entry(key.clone()).or_default();
+                current.extend_from_slice(&value);
+                let length = current.len() as u64;
+                let change = keep.then(|| (key, Some(current.clone())));
+                (encode(&length)?, change)
             }
         };
         if let Some(index) = index {
@@ -381,6 +393,67 @@ mod tests {
             store.apply(b"garbage").await.is_err(),
             "bad input is an error, not a panic"
         );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn append_extends_the_value_and_answers_its_length() -> StoreResult<()> {
+        let mut store = KvStore::default();
+        let append = |value: &str| {
+            encode(&Command::Append {
+                key: "log".into(),
+                value: value.as_bytes().to_vec(),
+            })
+        };
+        // An absent key counts as empty.
+        let len: u64 = decode(&store.apply(&append("ab")?).await?)?;
+        assert_eq!(len, 2);
+        let len: u64 = decode(&store.apply(&append("cde")?).await?)?;
+        assert_eq!(len, 5);
+        // Not idempotent: the same command twice appends twice.
+        let len: u64 = decode(&store.apply(&append("cde")?).await?)?;
+        assert_eq!(len, 8);
+        assert_eq!(
+            store.map.get("log").map(Vec::as_slice),
+            Some(&b"abcdecde"[..])
+        );
+        // Appending to a value set by a put.
+        store
+            .apply(&encode(&Command::Put {
+                key: "log".into(),
+                value: b"x".to_vec(),
+            })?)
+            .await?;
+        let len: u64 = decode(&store.apply(&append("y")?).await?)?;
+        assert_eq!(
+            (len, store.map.get("log").cloned()),
+            (2, Some(b"xy".to_vec()))
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn older_commands_keep_their_encoding() -> StoreResult<()> {
+        // bincode numbers enum variants in order: Append came last, so Put, Delete and Cas
+        // written before it still decode as themselves.
+        let put = encode(&Command::Put {
+            key: "k".into(),
+            value: b"v".to_vec(),
+        })?;
+        assert_eq!(put, [0, 1, b'k', 1, b'v']);
+        let delete = encode(&Command::Delete { key: "k".into() })?;
+        assert_eq!(delete, [1, 1, b'k']);
+        let cas = encode(&Command::Cas {
+            key: "k".into(),
+            expect: None,
+            value: b"v".to_vec(),
+        })?;
+        assert_eq!(cas, [2, 1, b'k', 0, 1, b'v']);
+        let append = encode(&Command::Append {
+            key: "k".into(),
+            value: b"v".to_vec(),
+        })?;
+        assert_eq!(append[0], 3);
         Ok(())
     }
 }

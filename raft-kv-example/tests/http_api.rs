@@ -1,5 +1,6 @@
 //! The HTTP API's edges, against real processes: `/metrics`, 400 on bad input, 503 when no
-//! leader answers, and a clean exit 0 on SIGTERM with every acknowledged write kept.
+//! leader answers, a clean exit 0 on SIGTERM with every acknowledged write kept, and client
+//! sessions (`Raft-Session`, `Raft-Session-Seq`) applying a retried append once.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::Value;
-use support::{sample, KvCluster, Transport};
+use support::{raft_kv, sample, KvCluster, Transport};
 
 /// The value of an unlabelled Prometheus sample `name` in `text`.
 async fn expect_error(response: reqwest::Response, status: StatusCode, what: &str) -> String {
@@ -221,4 +222,151 @@ async fn sigterm_finishes_requests_and_exits_zero() {
         Duration::from_secs(20),
     )
     .await;
+}
+
+/// An append of `value` to `key` through node `id`, in session `(session, seq)` when given:
+/// the status and the JSON body.
+async fn append(
+    c: &KvCluster,
+    id: u64,
+    key: &str,
+    value: &str,
+    session: Option<(&str, &str)>,
+) -> (StatusCode, Value) {
+    let mut request = c
+        .http
+        .post(c.url(id, &format!("/kv/{key}/append")))
+        .body(value.to_string());
+    if let Some((session, seq)) = session {
+        request = request
+            .header("Raft-Session", session)
+            .header("Raft-Session-Seq", seq);
+    }
+    let response = request.send().await.expect("an answer");
+    let status = response.status();
+    (status, response.json().await.expect("a JSON body"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_applies_a_retried_append_once() {
+    let c = KvCluster::start(3, Transport::Grpc).await;
+    let leader = c.leader(Duration::from_secs(10)).await;
+    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    let session = "6148914691236517205";
+
+    // Command 1, then its retry through another node: applied once, the first answer again.
+    let (status, body) = append(&c, follower, "log", "a;", Some((session, "1"))).await;
+    assert_eq!(
+        (status, body["length"].as_u64()),
+        (StatusCode::OK, Some(2)),
+        "{body}"
+    );
+    let (status, body) = append(&c, leader, "log", "a;", Some((session, "1"))).await;
+    assert_eq!(
+        (status, body["length"].as_u64()),
+        (StatusCode::OK, Some(2)),
+        "{body}"
+    );
+    let got = c.get(leader, "log", "linearizable").await.expect("read");
+    assert_eq!(got.as_deref(), Some("a;"), "the retry did not apply again");
+
+    // Command 2 applies; a late copy of command 1 is refused (409, not applied).
+    let (status, body) = append(&c, leader, "log", "b;", Some((session, "2"))).await;
+    assert_eq!(
+        (status, body["length"].as_u64()),
+        (StatusCode::OK, Some(4)),
+        "{body}"
+    );
+    let (status, body) = append(&c, follower, "log", "a;", Some((session, "1"))).await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "a stale command number: {body}"
+    );
+    assert_eq!(body["outcome"].as_str(), Some("not_applied"), "{body}");
+
+    // Command 5 of a session the cluster never saw: 410, start a new session.
+    let (status, body) = append(&c, follower, "log", "x;", Some(("12345", "5"))).await;
+    assert_eq!(status, StatusCode::GONE, "{body}");
+    assert_eq!(body["outcome"].as_str(), Some("not_applied"), "{body}");
+    let reason = body["error"].as_str().unwrap_or_default();
+    assert!(reason.contains("new session"), "{reason}");
+
+    // Without a session the append works too (the node keeps the session itself).
+    let (status, body) = append(&c, follower, "log", "c;", None).await;
+    assert_eq!(
+        (status, body["length"].as_u64()),
+        (StatusCode::OK, Some(6)),
+        "{body}"
+    );
+
+    // Malformed session headers: 400 on every write, and nothing applied.
+    for (headers, what) in [
+        (vec![("Raft-Session", "7")], "a session without a number"),
+        (
+            vec![("Raft-Session-Seq", "1")],
+            "a number without a session",
+        ),
+        (
+            vec![("Raft-Session", "0"), ("Raft-Session-Seq", "1")],
+            "session 0",
+        ),
+        (
+            vec![("Raft-Session", "7"), ("Raft-Session-Seq", "0")],
+            "number 0",
+        ),
+        (
+            vec![("Raft-Session", "seven"), ("Raft-Session-Seq", "1")],
+            "not a number",
+        ),
+        (
+            vec![("Raft-Session", "7"), ("Raft-Session-Seq", "-2")],
+            "a negative number",
+        ),
+    ] {
+        let requests = [
+            c.http.post(c.url(follower, "/kv/log/append")).body("z;"),
+            c.http.put(c.url(follower, "/kv/log")).body("z;"),
+            c.http.delete(c.url(follower, "/kv/log")),
+            c.http
+                .post(c.url(follower, "/kv/log/cas"))
+                .body(r#"{"expect": null, "value": "z;"}"#),
+        ];
+        for request in requests {
+            let mut request = request;
+            for (name, value) in &headers {
+                request = request.header(*name, *value);
+            }
+            let r = request.send().await.unwrap();
+            expect_error(r, StatusCode::BAD_REQUEST, what).await;
+        }
+    }
+    let got = c.get(leader, "log", "linearizable").await.expect("read");
+    assert_eq!(got.as_deref(), Some("a;b;c;"));
+
+    // Put, CAS and delete take a session too.
+    let put = |seq: &'static str| {
+        c.http
+            .put(c.url(follower, "/kv/other"))
+            .header("Raft-Session", session)
+            .header("Raft-Session-Seq", seq)
+            .body("v")
+    };
+    assert_eq!(put("3").send().await.unwrap().status(), StatusCode::OK);
+    assert_eq!(put("3").send().await.unwrap().status(), StatusCode::OK);
+    let r = put("2").send().await.unwrap();
+    expect_error(r, StatusCode::CONFLICT, "a put with a stale number").await;
+
+    // The CLI's append subcommand.
+    let endpoint = c.url(follower, "");
+    let (ok, stdout, stderr) = raft_kv(&[
+        "append",
+        "--endpoint",
+        endpoint.trim_end_matches('/'),
+        "log",
+        "d;",
+    ])
+    .await;
+    assert!(ok, "raft-kv append failed: {stderr}");
+    assert_eq!(stdout.trim(), "OK, 8 bytes");
 }

@@ -7,6 +7,10 @@
 //! node or of the leader, SIGSTOP pauses, full-cluster SIGKILL, partitions, membership
 //! churn, a lost disk). Then it checks:
 //!
+//! * **appends**: clients also append unique tokens to a few keys, in their own client
+//!   sessions, retrying an unknown outcome with the same session number; from the final
+//!   values, every acknowledged append appears exactly once (where its answer says), no
+//!   token twice, no refused one at all ([`appends`]);
 //! * **linearizability** of the whole history (every operation with its outcome: ok, failed
 //!   or unknown) with `raft_core::testing`'s checker, key by key. Linearizable reads of every
 //!   key after each full-cluster restart and at the end are part of the history, so a lost
@@ -26,6 +30,7 @@
 //! certificates (`raft-kv certs`) naming each node's id and cluster address, and random
 //! bearer tokens on the HTTP API (token files 0600 in the run directory's `secrets/`).
 
+mod appends;
 mod nemesis;
 mod net;
 mod nodes;
@@ -49,7 +54,7 @@ use rand::SeedableRng;
 
 use nemesis::{Fault, Nemesis, Timing};
 use nodes::Nodes;
-use workload::{run_op, stale_read, Recorder, Workload};
+use workload::{run_op, stale_read, ClientSettings, Recorder, Workload};
 
 /// How nodes talk to each other.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -106,9 +111,18 @@ struct Args {
     /// linearizable: a run with them should fail, which checks the checker).
     #[arg(long, default_value = "linearizable", value_parser = ["linearizable", "lease", "stale"])]
     reads: String,
-    /// A client gives up on a request after this long (outcome unknown for writes).
+    /// A client gives up on an operation after this long (outcome unknown for writes); with
+    /// sessions, a write whose outcome is unknown is retried until then.
     #[arg(long, default_value = "8s")]
     op_timeout: String,
+    /// Keys clients append unique tokens to (a fifth of their operations); 0: no appends.
+    #[arg(long, default_value_t = 2)]
+    append_keys: usize,
+    /// Clients write without client sessions (no Raft-Session headers, no retries of unknown
+    /// outcomes) and the nodes run with --no-client-sessions: the suite as it was before
+    /// sessions, to measure what they buy.
+    #[arg(long)]
+    no_sessions: bool,
     /// Where run directories are created (default: $TMPDIR/raft-kv-jepsen-reports).
     #[arg(long)]
     report_dir: Option<PathBuf>,
@@ -238,9 +252,10 @@ async fn run(args: Args) -> Result<bool> {
     }
     let fault_names: Vec<&str> = faults.iter().map(|f| f.name()).collect();
     println!("RAFTKIT_SEED={seed}");
-    let replay = format!(
+    let replay =
+        format!(
         "raft-kv-jepsen --seed {seed} --profile {:?} --duration {}s --transport {:?} --nodes {} \
-         --faults {} --clients {} --keys {} --reads {}",
+         --faults {} --clients {} --keys {} --reads {} --append-keys {}{}",
         args.profile,
         duration.as_secs_f64(),
         args.transport,
@@ -252,9 +267,11 @@ async fn run(args: Args) -> Result<bool> {
         },
         args.clients,
         args.keys,
-        args.reads
+        args.reads,
+        args.append_keys,
+        if args.no_sessions { " --no-sessions" } else { "" }
     )
-    .to_lowercase();
+        .to_lowercase();
     println!("replay: {replay}");
 
     let exe = match &args.raft_kv {
@@ -290,7 +307,10 @@ async fn run(args: Args) -> Result<bool> {
     let net = net::Network::create(&ids)?;
     println!("network: run {} (namespaces rkj{}n*)", net.run, net.run);
     let started = Instant::now();
-    let nodes = Nodes::new(exe, args.transport, &net, &ids, &dir, started)?;
+    let mut nodes = Nodes::new(exe, args.transport, &net, &ids, &dir, started)?;
+    if args.no_sessions {
+        nodes.serve_flags.push("--no-client-sessions".into());
+    }
     let nodes = Arc::new(Mutex::new(nodes));
     let recorder = Recorder::new(started);
     let targets: Vec<(u64, String)> = {
@@ -301,10 +321,14 @@ async fn run(args: Args) -> Result<bool> {
     let workload = Workload::new(
         recorder.clone(),
         targets,
-        args.keys,
-        epoch,
-        args.reads.clone(),
-        client_token,
+        ClientSettings {
+            keys: args.keys,
+            epoch,
+            reads: args.reads.clone(),
+            token: client_token,
+            append_keys: args.append_keys,
+            sessions: !args.no_sessions,
+        },
         started,
     );
     let mut nemesis = Nemesis::new(
@@ -388,6 +412,10 @@ async fn run(args: Args) -> Result<bool> {
         started.elapsed().as_secs_f64()
     );
     checks.push(converge(&mut nemesis).await);
+    let appends = workload.appends();
+    if args.append_keys > 0 {
+        checks.push(check_appends(&nemesis, &appends).await);
+    }
     monitor.abort();
     let crashes = {
         let mut n = lock(&nodes);
@@ -427,6 +455,7 @@ async fn run(args: Args) -> Result<bool> {
     checks.push(lin);
 
     let passed = checks.iter().all(|c| c.passed);
+    let unknowns = unknown_outcomes(&records, &appends);
     let report = render_report(&ReportInput {
         seed,
         replay: &replay,
@@ -434,12 +463,15 @@ async fn run(args: Args) -> Result<bool> {
         duration,
         elapsed: started.elapsed(),
         records: &records,
+        appends: &appends,
+        unknowns: &unknowns,
         events: &nemesis.events,
         checks: &checks,
     });
     std::fs::write(dir.join("report.txt"), &report)?;
-    write_history(&dir.join("history.txt"), &records)?;
+    write_history(&dir.join("history.txt"), &records, &appends)?;
     println!("{}", security(args.transport));
+    print!("{unknowns}");
     print!("{}", summary(&checks));
     println!("report: {}", dir.join("report.txt").display());
     println!("RAFTKIT_SEED={seed}");
@@ -534,6 +566,112 @@ async fn converge(nemesis: &mut Nemesis) -> Check {
         } else {
             problems.join("\n")
         },
+    }
+}
+
+/// The append check: reads every append key's final value linearizably (through any node
+/// that answers; not part of the register history) and checks the appends against them.
+async fn check_appends(nemesis: &Nemesis, appends: &[appends::AppendRecord]) -> Check {
+    let name = "appends exactly once";
+    let urls: Vec<String> = nemesis
+        .nodes()
+        .nodes
+        .iter()
+        .map(|n| n.url.clone())
+        .collect();
+    let mut finals = BTreeMap::new();
+    let mut unread = Vec::new();
+    for key in workload::append_keys(nemesis.workload.append_keys) {
+        let mut value = None;
+        'tries: for _ in 0..10 {
+            for url in &urls {
+                match workload::read(&nemesis.http, url, &key, "linearizable").await {
+                    Ok(v) => {
+                        value = Some(v);
+                        break 'tries;
+                    }
+                    Err(e) => unread.push(format!("{key} through {url}: {e}")),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        if let Some(v) = value {
+            finals.insert(key, v);
+        }
+    }
+    match appends::check(appends, &finals) {
+        Ok(summary) => Check {
+            name,
+            passed: true,
+            detail: summary,
+        },
+        Err(problems) => Check {
+            name,
+            passed: false,
+            detail: format!(
+                "{}
+(failed reads: {})
+final values: {finals:?}",
+                problems.join(
+                    "
+"
+                ),
+                unread.join("; ")
+            ),
+        },
+    }
+}
+
+/// Unknown outcomes among all operations, the writes and the appends, as counts and per
+/// 10 000 operations.
+struct Unknowns {
+    /// (label, unknown, total)
+    rows: Vec<(&'static str, usize, usize)>,
+}
+
+fn unknown_outcomes(records: &[workload::Record], appends: &[appends::AppendRecord]) -> Unknowns {
+    let unknown_append = appends
+        .iter()
+        .filter(|a| a.outcome == appends::AppendOutcome::Unknown)
+        .count();
+    let is_unknown = |r: &workload::Record| matches!(r.op.outcome, Outcome::Unknown);
+    let writes: Vec<&workload::Record> = records
+        .iter()
+        .filter(|r| !matches!(r.op.op, KvOp::Get { .. }))
+        .collect();
+    let unknown_kv = records.iter().filter(|r| is_unknown(r)).count();
+    Unknowns {
+        rows: vec![
+            (
+                "all operations",
+                unknown_kv + unknown_append,
+                records.len() + appends.len(),
+            ),
+            (
+                "writes",
+                writes.iter().filter(|r| is_unknown(r)).count() + unknown_append,
+                writes.len() + appends.len(),
+            ),
+            ("appends", unknown_append, appends.len()),
+        ],
+    }
+}
+
+impl std::fmt::Display for Unknowns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "unknown outcomes:")?;
+        for (label, unknown, total) in &self.rows {
+            let rate = if *total == 0 {
+                0.0
+            } else {
+                *unknown as f64 * 10_000.0 / *total as f64
+            };
+            writeln!(
+                f,
+                "  {label:<15} {unknown:>6} of {total:>7} ({rate:.1} per 10 000)"
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -655,6 +793,8 @@ struct ReportInput<'a> {
     duration: Duration,
     elapsed: Duration,
     records: &'a [workload::Record],
+    appends: &'a [appends::AppendRecord],
+    unknowns: &'a Unknowns,
     events: &'a [nemesis::Event],
     checks: &'a [Check],
 }
@@ -694,8 +834,26 @@ fn render_report(r: &ReportInput<'_>) -> String {
         *counts.entry((op_kind(&rec.op.op), outcome)).or_default() += 1;
         *counts.entry(("all", outcome)).or_default() += 1;
     }
-    let _ = writeln!(out, "\noperations: {}", r.records.len());
-    for kind in ["all", "get", "put", "cas", "delete"] {
+    for a in r.appends {
+        let outcome = match a.outcome {
+            appends::AppendOutcome::Ok(_) => "ok",
+            appends::AppendOutcome::Failed => "failed",
+            appends::AppendOutcome::Unknown => "unknown",
+        };
+        *counts.entry(("append", outcome)).or_default() += 1;
+        *counts.entry(("all", outcome)).or_default() += 1;
+    }
+    let _ = writeln!(
+        out,
+        "\noperations: {} ({})",
+        r.records.len() + r.appends.len(),
+        if r.args.no_sessions {
+            "without client sessions"
+        } else {
+            "writes in client sessions, unknown outcomes retried until --op-timeout"
+        }
+    );
+    for kind in ["all", "get", "put", "cas", "delete", "append"] {
         let get = |o: &str| counts.get(&(kind, o)).copied().unwrap_or(0);
         let _ = writeln!(
             out,
@@ -705,6 +863,7 @@ fn render_report(r: &ReportInput<'_>) -> String {
             get("unknown")
         );
     }
+    let _ = write!(out, "\n{}", r.unknowns);
     let _ = writeln!(out, "\nfaults: {}", r.events.len());
     for e in r.events {
         let _ = writeln!(
@@ -772,7 +931,11 @@ fn summary(checks: &[Check]) -> String {
     out
 }
 
-fn write_history(path: &Path, records: &[workload::Record]) -> Result<()> {
+fn write_history(
+    path: &Path,
+    records: &[workload::Record],
+    appends: &[appends::AppendRecord],
+) -> Result<()> {
     let mut out = String::from("# t_invoke t_complete node client op => outcome [error]\n");
     for r in records {
         let complete = r
@@ -788,6 +951,27 @@ fn write_history(path: &Path, records: &[workload::Record]) -> Result<()> {
             r.op.op,
             r.op.outcome,
             r.error
+                .as_ref()
+                .map_or_else(String::new, |e| format!(" [{}]", e.replace('\n', " ")))
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n# appends: t_invoke t_complete node client key token attempts => outcome [error]"
+    );
+    for a in appends {
+        let _ = writeln!(
+            out,
+            "{:.3} {:.3} n{} c{} {} {} x{} => {:?}{}",
+            a.t_invoke,
+            a.t_complete,
+            a.node,
+            a.client,
+            a.key,
+            a.token,
+            a.attempts,
+            a.outcome,
+            a.error
                 .as_ref()
                 .map_or_else(String::new, |e| format!(" [{}]", e.replace('\n', " ")))
         );

@@ -137,6 +137,8 @@ pub struct Nodes {
     pub nodes: Vec<Node>,
     /// Exits nobody asked for.
     pub crashes: Vec<Crash>,
+    /// More flags for every `raft-kv serve` (e.g. `--no-client-sessions`).
+    pub serve_flags: Vec<String>,
     started: Instant,
 }
 
@@ -204,6 +206,7 @@ impl Nodes {
             tokens,
             nodes,
             crashes: Vec::new(),
+            serve_flags: Vec::new(),
             started,
         })
     }
@@ -240,6 +243,7 @@ impl Nodes {
         let transport = self.transport;
         let node_certs = self.certs.join(format!("node-{id}"));
         let tokens = self.tokens.clone();
+        let serve_flags = self.serve_flags.clone();
         let node = self.node_mut(id)?;
         if node.child.is_some() {
             bail!("node {id} is already running");
@@ -277,7 +281,8 @@ impl Nodes {
             .arg("--auth-token-file")
             .arg(&tokens.client_file)
             .arg("--admin-token-file")
-            .arg(&tokens.admin_file);
+            .arg(&tokens.admin_file)
+            .args(&serve_flags);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
