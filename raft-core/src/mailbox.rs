@@ -94,18 +94,7 @@ impl Mailbox {
     /// The error says what became of the command: [`Error::NotApplied`] certainly was not
     /// applied, [`Error::MaybeApplied`] may have been (the deadline passed first).
     pub async fn send_proposal(&self, data: Vec<u8>) -> Result<Vec<u8>> {
-        self.check_proposal_size(&data)?;
-        let started = Instant::now();
-        let result = match &self.sessions {
-            None => self.route_from(started, Op::Propose(data, None)).await,
-            Some(pool) => self.propose_in_pool(pool, started, data).await,
-        };
-        self.node
-            .counters
-            .metrics
-            .proposal_seconds
-            .observe(started.elapsed());
-        result
+        self.propose(data, None).await
     }
 
     /// Replicates `data` as command `session.seq` of the caller's own client session, and
@@ -116,25 +105,17 @@ impl Mailbox {
     /// and a session the cluster no longer remembers is refused when `session.established`
     /// ([`NotApplied::SessionExpired`]).
     pub async fn send_proposal_in(&self, session: SessionTag, data: Vec<u8>) -> Result<Vec<u8>> {
-        self.check_proposal_size(&data)?;
         if !session.is_valid() {
             return Err(Error::Invalid(
                 "a session id and a command number are never 0".into(),
             ));
         }
-        let started = Instant::now();
-        let result = self
-            .route_from(started, Op::Propose(data, Some(session)))
-            .await;
-        self.node
-            .counters
-            .metrics
-            .proposal_seconds
-            .observe(started.elapsed());
-        result
+        self.propose(data, Some(session)).await
     }
 
-    fn check_proposal_size(&self, data: &[u8]) -> Result<()> {
+    /// Replicates `data` in the caller's `session`, else in one of this mailbox's own (when
+    /// it has them), and records the time it took.
+    async fn propose(&self, data: Vec<u8>, session: Option<SessionTag>) -> Result<Vec<u8>> {
         let limit = self.node.config.max_proposal_bytes;
         if data.len() > limit {
             return Err(Error::Invalid(format!(
@@ -142,7 +123,17 @@ impl Mailbox {
                 data.len()
             )));
         }
-        Ok(())
+        let started = Instant::now();
+        let result = match (session, &self.sessions) {
+            (None, Some(pool)) => self.propose_in_pool(pool, started, data).await,
+            (session, _) => self.route_from(started, Op::Propose(data, session)).await,
+        };
+        self.node
+            .counters
+            .metrics
+            .proposal_seconds
+            .observe(started.elapsed());
+        result
     }
 
     /// Proposes `data` in a session of `pool`: a new session if the cluster forgot the one
