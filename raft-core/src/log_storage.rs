@@ -280,7 +280,131 @@ impl<T: LogStorage + ?Sized> LogStorage for Arc<T> {
     fn compact(&self, index: u64) -> Result<(), StorageError> {
         (**self).compact(index)
     }
+    // Every defaulted method is forwarded too: a default here would silently replace the
+    // backend's own (a file-backed payload would become one held in memory).
+    fn snapshot_payload_writer(&self) -> Result<Box<dyn SnapshotPayloadWriter>, StorageError> {
+        (**self).snapshot_payload_writer()
+    }
+    fn save_snapshot_with(
+        &self,
+        snapshot: &Snapshot,
+        payload: SnapshotPayload,
+    ) -> Result<(), StorageError> {
+        (**self).save_snapshot_with(snapshot, payload)
+    }
+    fn install_snapshot_with(
+        &self,
+        snapshot: &Snapshot,
+        payload: SnapshotPayload,
+    ) -> Result<(), StorageError> {
+        (**self).install_snapshot_with(snapshot, payload)
+    }
+    fn snapshot_payload(&self, meta: &SnapshotMetadata) -> Result<PayloadReader, StorageError> {
+        (**self).snapshot_payload(meta)
+    }
+    fn snapshot_payloads_in_place(&self) -> bool {
+        (**self).snapshot_payloads_in_place()
+    }
     fn writes_in_place(&self) -> bool {
         (**self).writes_in_place()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::MemLogStorage;
+
+    /// A log in memory whose payload methods all answer in their own recognizable way.
+    struct PayloadProbe(MemLogStorage);
+
+    fn probe(what: &str) -> StorageError {
+        StorageError::Invalid(format!("probe {what}"))
+    }
+
+    impl LogStorage for PayloadProbe {
+        fn initial_state(&self) -> raft::Result<RaftState> {
+            self.0.initial_state()
+        }
+        fn entries(&self, low: u64, high: u64, max: Option<u64>) -> raft::Result<Vec<Entry>> {
+            self.0.entries(low, high, max)
+        }
+        fn term(&self, index: u64) -> raft::Result<u64> {
+            self.0.term(index)
+        }
+        fn first_index(&self) -> raft::Result<u64> {
+            self.0.first_index()
+        }
+        fn last_index(&self) -> raft::Result<u64> {
+            self.0.last_index()
+        }
+        fn snapshot(&self) -> raft::Result<Snapshot> {
+            self.0.snapshot()
+        }
+        fn append(&self, entries: &[Entry], hs: Option<&HardState>) -> Result<(), StorageError> {
+            self.0.append(entries, hs)
+        }
+        fn install_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
+            self.0.install_snapshot(snapshot)
+        }
+        fn save_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
+            self.0.save_snapshot(snapshot)
+        }
+        fn compact(&self, index: u64) -> Result<(), StorageError> {
+            self.0.compact(index)
+        }
+        fn snapshot_payload_writer(&self) -> Result<Box<dyn SnapshotPayloadWriter>, StorageError> {
+            Err(probe("writer"))
+        }
+        fn save_snapshot_with(&self, _: &Snapshot, _: SnapshotPayload) -> Result<(), StorageError> {
+            Err(probe("save"))
+        }
+        fn install_snapshot_with(
+            &self,
+            _: &Snapshot,
+            _: SnapshotPayload,
+        ) -> Result<(), StorageError> {
+            Err(probe("install"))
+        }
+        fn snapshot_payload(&self, _: &SnapshotMetadata) -> Result<PayloadReader, StorageError> {
+            Err(probe("read"))
+        }
+        fn snapshot_payloads_in_place(&self) -> bool {
+            false
+        }
+        fn writes_in_place(&self) -> bool {
+            true
+        }
+    }
+
+    fn error_of<T>(result: Result<T, StorageError>) -> String {
+        match result {
+            Ok(_) => "no error".into(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    /// A backend handed over behind an `Arc` (as `Arc<dyn LogStorage>`, which raft-kv does)
+    /// keeps its own payload methods: none falls back to the in-memory default.
+    #[test]
+    fn an_arc_forwards_every_method_the_backend_overrides() {
+        let shared: Arc<dyn LogStorage> = Arc::new(PayloadProbe(MemLogStorage::new()));
+        let wrapped: Arc<Arc<dyn LogStorage>> = Arc::new(shared);
+        let payload = || SnapshotPayload::inline(vec![1, 2, 3]);
+        assert!(error_of(wrapped.snapshot_payload_writer()).contains("probe writer"));
+        assert!(
+            error_of(wrapped.save_snapshot_with(&Snapshot::default(), payload()))
+                .contains("probe save")
+        );
+        assert!(
+            error_of(wrapped.install_snapshot_with(&Snapshot::default(), payload()))
+                .contains("probe install")
+        );
+        assert!(
+            error_of(wrapped.snapshot_payload(&SnapshotMetadata::default())).contains("probe read")
+        );
+        assert!(!wrapped.snapshot_payloads_in_place());
+        assert!(wrapped.writes_in_place());
     }
 }

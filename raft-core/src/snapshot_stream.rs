@@ -21,6 +21,38 @@ const CHUNK: usize = 1 << 20;
 /// Chunks queued between the store and the blocking thread that writes or reads them: with
 /// [`CHUNK`], what a stream holds in memory at most, besides the chunk in the caller's hands.
 const CHUNKS_QUEUED: usize = 2;
+/// Emptied chunk buffers handed back for reuse. A stream allocates a handful of buffers
+/// rather than one per chunk: a buffer freed on another thread than the one that allocated
+/// it is not promptly reusable under every allocator (mimalloc defers such frees), and a
+/// fresh buffer per chunk grew a snapshot's memory with the state's size.
+const SPARE_CHUNKS: usize = CHUNKS_QUEUED + 1;
+
+/// Buffers passed back from the side that consumed them to the side that fills them.
+struct SpareChunks {
+    tx: mpsc::Sender<Vec<u8>>,
+    rx: mpsc::Receiver<Vec<u8>>,
+}
+
+impl SpareChunks {
+    fn new() -> Self {
+        let (tx, rx) = mpsc::channel(SPARE_CHUNKS);
+        SpareChunks { tx, rx }
+    }
+
+    /// An empty buffer of [`CHUNK`] bytes' capacity: a returned one if there is one.
+    fn take(rx: &mut mpsc::Receiver<Vec<u8>>) -> Vec<u8> {
+        rx.try_recv().unwrap_or_else(|_| Vec::with_capacity(CHUNK))
+    }
+
+    /// Hands `buf` back for reuse; dropped when enough are waiting already or it is not a
+    /// chunk buffer.
+    fn give(tx: &mpsc::Sender<Vec<u8>>, mut buf: Vec<u8>) {
+        if buf.capacity() == CHUNK {
+            buf.clear();
+            let _ = tx.try_send(buf);
+        }
+    }
+}
 
 enum ToWriter {
     Bytes(Vec<u8>),
@@ -36,6 +68,8 @@ enum SinkOut {
     Thread {
         tx: mpsc::Sender<ToWriter>,
         done: JoinHandle<Result<SnapshotPayload, StorageError>>,
+        /// Buffers the thread wrote and handed back.
+        spare: mpsc::Receiver<Vec<u8>>,
     },
 }
 
@@ -114,20 +148,27 @@ impl SnapshotSink {
         open: impl FnOnce() -> Result<Box<dyn SnapshotPayloadWriter>, StorageError> + Send + 'static,
     ) -> Self {
         let (tx, mut rx) = mpsc::channel::<ToWriter>(CHUNKS_QUEUED);
+        let SpareChunks {
+            tx: spare_tx,
+            rx: spare,
+        } = SpareChunks::new();
         let done = tokio::task::spawn_blocking(move || {
             let mut writer = open()?;
             while let Some(item) = rx.blocking_recv() {
                 match item {
-                    ToWriter::Bytes(bytes) => writer
-                        .write_all(&bytes)
-                        .map_err(|e| StorageError::Io(format!("writing a snapshot: {e}")))?,
+                    ToWriter::Bytes(bytes) => {
+                        writer
+                            .write_all(&bytes)
+                            .map_err(|e| StorageError::Io(format!("writing a snapshot: {e}")))?;
+                        SpareChunks::give(&spare_tx, bytes);
+                    }
                     ToWriter::End => return writer.finish(),
                 }
             }
             Err(StorageError::Invalid("the snapshot was abandoned".into()))
         });
         SnapshotSink {
-            out: SinkOut::Thread { tx, done },
+            out: SinkOut::Thread { tx, done, spare },
             buf: Vec::with_capacity(CHUNK),
             len: 0,
             crc: crc32fast::Hasher::new(),
@@ -148,9 +189,15 @@ impl SnapshotSink {
                 .write_all(bytes)
                 .map_err(|e| StoreError::msg(format!("writing a snapshot: {e}"))),
             SinkOut::Thread { .. } => {
-                self.buf.extend_from_slice(bytes);
-                if self.buf.len() >= CHUNK {
-                    self.send_buffered().await?;
+                // Chunks are filled to exactly CHUNK, so a buffer never outgrows its capacity.
+                let mut rest = bytes;
+                while !rest.is_empty() {
+                    let take = rest.len().min(CHUNK - self.buf.len());
+                    self.buf.extend_from_slice(&rest[..take]);
+                    rest = &rest[take..];
+                    if self.buf.len() == CHUNK {
+                        self.send_buffered().await?;
+                    }
                 }
                 Ok(())
             }
@@ -158,10 +205,10 @@ impl SnapshotSink {
     }
 
     async fn send_buffered(&mut self) -> Result<(), StorageError> {
-        let SinkOut::Thread { tx, done } = &mut self.out else {
+        let SinkOut::Thread { tx, done, spare } = &mut self.out else {
             return Ok(());
         };
-        let bytes = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        let bytes = std::mem::replace(&mut self.buf, SpareChunks::take(spare));
         if tx.send(ToWriter::Bytes(bytes)).await.is_err() {
             // The thread stopped early: its result says why.
             return Err(match done.await {
@@ -181,7 +228,7 @@ impl SnapshotSink {
         }
         let mut payload = match self.out {
             SinkOut::Direct(writer) => writer.finish()?,
-            SinkOut::Thread { tx, done } => {
+            SinkOut::Thread { tx, done, .. } => {
                 let _ = tx.send(ToWriter::End).await;
                 drop(tx);
                 done.await
@@ -198,8 +245,11 @@ enum SourceIn {
     Done,
     /// Read in place, on the caller's task.
     Direct(std::io::Take<PayloadReader>),
-    /// Chunks read by a blocking thread.
-    Thread(mpsc::Receiver<Result<Vec<u8>, String>>),
+    /// Chunks read by a blocking thread, and the way their buffers go back to it.
+    Thread {
+        rx: mpsc::Receiver<Result<Vec<u8>, String>>,
+        spare: mpsc::Sender<Vec<u8>>,
+    },
 }
 
 /// What [`crate::Store::restore_from`] reads the state from: the bytes
@@ -294,6 +344,10 @@ impl SnapshotSource {
         open: impl FnOnce() -> Result<PayloadReader, StorageError> + Send + 'static,
     ) -> Self {
         let (tx, rx) = mpsc::channel(CHUNKS_QUEUED);
+        let SpareChunks {
+            tx: spare,
+            rx: mut spare_rx,
+        } = SpareChunks::new();
         tokio::task::spawn_blocking(move || {
             let mut reader = match open() {
                 Ok(r) => r.take(len),
@@ -303,7 +357,7 @@ impl SnapshotSource {
                 }
             };
             loop {
-                let mut chunk = Vec::with_capacity(CHUNK);
+                let mut chunk = SpareChunks::take(&mut spare_rx);
                 match (&mut reader).take(CHUNK as u64).read_to_end(&mut chunk) {
                     Ok(0) => return,
                     Ok(_) => {
@@ -318,7 +372,7 @@ impl SnapshotSource {
                 }
             }
         });
-        Self::reading(len, crc32, SourceIn::Thread(rx))
+        Self::reading(len, crc32, SourceIn::Thread { rx, spare })
     }
 
     /// The snapshot's length in bytes.
@@ -347,7 +401,10 @@ impl SnapshotSource {
         }
         let received = match &mut self.input {
             SourceIn::Done => return Ok(false),
-            SourceIn::Thread(rx) => rx.recv().await,
+            SourceIn::Thread { rx, spare } => {
+                SpareChunks::give(spare, std::mem::take(&mut self.buf));
+                rx.recv().await
+            }
             SourceIn::Direct(reader) => {
                 let mut chunk = Vec::with_capacity(CHUNK);
                 match reader.take(CHUNK as u64).read_to_end(&mut chunk) {
@@ -425,13 +482,14 @@ impl SnapshotSource {
 
     /// Reads the rest of the snapshot into one buffer.
     pub async fn read_to_end(&mut self) -> StoreResult<Vec<u8>> {
+        if self.fetched == self.len {
+            // All of it is in the buffer already: hand it over without a copy.
+            return Ok(self.chunk().await?.unwrap_or_default());
+        }
         let mut out = Vec::with_capacity(usize::try_from(self.remaining()).unwrap_or(0));
-        while let Some(chunk) = self.chunk().await? {
-            if out.is_empty() {
-                out = chunk;
-            } else {
-                out.extend_from_slice(&chunk);
-            }
+        while self.fill().await? {
+            out.extend_from_slice(&self.buf[self.pos..]);
+            self.pos = self.buf.len();
         }
         Ok(out)
     }

@@ -14,7 +14,10 @@ use raft_core::testing::breakable::BreakableLog;
 use raft_core::testing::cluster::{seed, test_config, StorageFactory, TestCluster};
 use raft_core::testing::kv::{encode_op, KvClient, KvStore};
 use raft_core::testing::linearizability::{assert_linearizable, History, KvOp, KvOutput};
-use raft_core::{Error, Fatal, LocalNetwork, LogStorage, Raft, StorageError};
+use raft_core::{
+    Error, Fatal, LocalNetwork, LogStorage, PayloadReader, Raft, SnapshotPayload,
+    SnapshotPayloadWriter, StorageError,
+};
 use raft_storage::RocksLogStorage;
 
 fn init_tracing() {
@@ -49,6 +52,58 @@ fn put(key: &str, value: &str) -> Vec<u8> {
 
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Handed to a node as `Arc<dyn LogStorage>` (as raft-kv does), the backend still keeps a
+/// snapshot's state in its own payload file: the snapshot data it stores names the payload and
+/// holds none of the state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_payload_goes_to_the_backends_file_not_into_the_snapshot_data() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let rocks = Arc::new(RocksLogStorage::open(dir.path()).unwrap());
+    let shared: Arc<dyn LogStorage> = rocks.clone();
+    let config = raft_core::Config {
+        snapshot_threshold: 20,
+        snapshot_log_tail: 5,
+        ..test_config()
+    };
+    let raft = Raft::builder(1, KvStore::new())
+        .raft_addr("node-1")
+        .transport(LocalNetwork::new().transport())
+        .log_storage(shared)
+        .config(config)
+        .build()
+        .unwrap();
+    let mailbox = raft.mailbox().with_timeout(Duration::from_secs(5));
+    let node = tokio::spawn(raft.lead());
+    let marker = "this-value-lives-in-the-payload-file";
+    for i in 0..40 {
+        mailbox
+            .send_proposal(put(&format!("k{i}"), marker))
+            .await
+            .expect("put");
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let snapshot = loop {
+        let snapshot = rocks.snapshot().unwrap();
+        if snapshot.metadata.as_ref().is_some_and(|m| m.index > 0) {
+            break snapshot;
+        }
+        assert!(Instant::now() < deadline, "no snapshot was taken");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        !contains(&snapshot.data, marker.as_bytes()),
+        "the state went into the snapshot data ({} bytes) instead of a payload file",
+        snapshot.data.len()
+    );
+    let meta = snapshot.metadata.clone().unwrap();
+    let mut payload = Vec::new();
+    std::io::Read::read_to_end(&mut rocks.snapshot_payload(&meta).unwrap(), &mut payload).unwrap();
+    assert!(contains(&payload, marker.as_bytes()));
+    drop(mailbox);
+    node.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -197,6 +252,29 @@ impl LogStorage for Reopenable {
     }
     fn compact(&self, index: u64) -> Result<(), StorageError> {
         self.get()?.compact(index)
+    }
+    fn snapshot_payload_writer(&self) -> Result<Box<dyn SnapshotPayloadWriter>, StorageError> {
+        self.get()?.snapshot_payload_writer()
+    }
+    fn save_snapshot_with(
+        &self,
+        snapshot: &Snapshot,
+        payload: SnapshotPayload,
+    ) -> Result<(), StorageError> {
+        self.get()?.save_snapshot_with(snapshot, payload)
+    }
+    fn install_snapshot_with(
+        &self,
+        snapshot: &Snapshot,
+        payload: SnapshotPayload,
+    ) -> Result<(), StorageError> {
+        self.get()?.install_snapshot_with(snapshot, payload)
+    }
+    fn snapshot_payload(&self, meta: &SnapshotMetadata) -> Result<PayloadReader, StorageError> {
+        self.get()?.snapshot_payload(meta)
+    }
+    fn snapshot_payloads_in_place(&self) -> bool {
+        false
     }
 }
 

@@ -73,42 +73,20 @@ pub(crate) async fn send_snapshot(
     };
     let (envelope, mut source) = split_payload(snapshot, storage).map_err(&failed)?;
     snapshot.data = envelope;
-    let header = wire::encode_raft_message(&msg);
+    let mut header = wire::encode_raft_message(&msg);
     let total = source.len();
-    let chunk_size = chunk_size.max(1);
-    // What the source gave and is not sent yet: `pending[sent..]`.
-    let mut pending: Vec<u8> = Vec::new();
-    let mut sent = 0usize;
+    let chunk_size = chunk_size.max(1) as u64;
     let mut offset = 0u64;
     loop {
-        while pending.len() - sent < chunk_size {
-            let more = source
-                .chunk()
-                .await
-                .map_err(|e| failed(format!("reading the snapshot: {e}")))?;
-            match more {
-                Some(more) if sent == pending.len() => {
-                    pending = more;
-                    sent = 0;
-                }
-                Some(more) => {
-                    pending.drain(..sent);
-                    sent = 0;
-                    pending.extend_from_slice(&more);
-                }
-                None => break,
-            }
-        }
-        let take = (pending.len() - sent).min(chunk_size);
-        let data = pending[sent..sent + take].to_vec();
-        sent += take;
-        let end = offset + data.len() as u64;
+        let take = usize::try_from((total - offset).min(chunk_size))
+            .map_err(|_| failed("a snapshot chunk larger than memory".into()))?;
+        let mut data = vec![0u8; take];
+        source
+            .read_exact(&mut data)
+            .await
+            .map_err(|e| failed(format!("reading the snapshot: {e}")))?;
+        let end = offset + take as u64;
         let last = end == total;
-        if !last && data.is_empty() {
-            return Err(failed(format!(
-                "the snapshot ended after {offset} of its {total} bytes"
-            )));
-        }
         let chunk = SnapshotChunk {
             from: msg.from,
             to: msg.to,
@@ -117,7 +95,11 @@ pub(crate) async fn send_snapshot(
             total_len: total,
             data,
             last,
-            message: if last { header.clone() } else { Vec::new() },
+            message: if last {
+                std::mem::take(&mut header)
+            } else {
+                Vec::new()
+            },
         };
         let request = Request {
             kind: Some(request::Kind::SnapshotChunk(chunk)),

@@ -3,11 +3,12 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use raft::prelude::{Entry, HardState, Snapshot};
+use raft::prelude::{Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::RaftState;
 
 use crate::error::StorageError;
 use crate::log_storage::LogStorage;
+use crate::snapshot_payload::{PayloadReader, SnapshotPayload, SnapshotPayloadWriter};
 
 /// Delegates to another storage until [`BreakableLog::break_writes`]; from then on every
 /// write (append, snapshot, compaction) fails with [`StorageError::Io`] and reads still work.
@@ -89,6 +90,32 @@ impl LogStorage for BreakableLog {
     fn compact(&self, index: u64) -> Result<(), StorageError> {
         self.check()?;
         self.inner.compact(index)
+    }
+    fn snapshot_payload_writer(&self) -> Result<Box<dyn SnapshotPayloadWriter>, StorageError> {
+        self.check()?;
+        self.inner.snapshot_payload_writer()
+    }
+    fn save_snapshot_with(
+        &self,
+        snapshot: &Snapshot,
+        payload: SnapshotPayload,
+    ) -> Result<(), StorageError> {
+        self.check()?;
+        self.inner.save_snapshot_with(snapshot, payload)
+    }
+    fn install_snapshot_with(
+        &self,
+        snapshot: &Snapshot,
+        payload: SnapshotPayload,
+    ) -> Result<(), StorageError> {
+        self.check()?;
+        self.inner.install_snapshot_with(snapshot, payload)
+    }
+    fn snapshot_payload(&self, meta: &SnapshotMetadata) -> Result<PayloadReader, StorageError> {
+        self.inner.snapshot_payload(meta)
+    }
+    fn snapshot_payloads_in_place(&self) -> bool {
+        self.inner.snapshot_payloads_in_place()
     }
     fn writes_in_place(&self) -> bool {
         self.inner.writes_in_place()
