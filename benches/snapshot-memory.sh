@@ -13,6 +13,8 @@
 #   BIN_DIR=/path/to/an/older/build STATE_MIB=200 benches/snapshot-memory.sh   # "before"
 #
 # VALUE_KIB (default 64) sets the size of each value: STATE_MIB * 1024 / VALUE_KIB keys.
+# SERVE_ARGS adds flags to both nodes' `raft-kv serve` (say, `--watch-history-bytes 0`).
+# RSS_TRACE=FILE also writes both nodes' RSS every 0.2 s (seconds, leader MiB, new node MiB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -46,7 +48,7 @@ serve() {
     shift
     "$bin/raft-kv" serve --id "$id" --transport grpc --storage rocksdb \
         --raft-addr "127.0.0.1:$((base_port + id))" --http-addr "127.0.0.1:$((base_port + 100 + id))" \
-        --data-dir "$work/node-$id" --snapshot-threshold $((keys / 2)) "$@" \
+        --data-dir "$work/node-$id" --snapshot-threshold $((keys / 2)) ${SERVE_ARGS:-} "$@" \
         >"$work/node-$id.out" 2>&1 &
     last_pid=$!
     pids+="$last_pid "
@@ -82,6 +84,19 @@ caught_up() {
 serve 1
 leader_pid="$last_pid"
 wait_for 60 "node 1 to lead" leads
+
+rss_mib() { awk '/^VmRSS:/ {printf "%.0f", $2 / 1024}' "/proc/$1/status" 2>/dev/null || echo 0; }
+if [ -n "${RSS_TRACE:-}" ]; then
+    (
+        start=$(date +%s.%N)
+        while kill -0 "$leader_pid" 2>/dev/null; do
+            joiner="$(pgrep -f -- "--id 2 .*--data-dir $work/" | head -1 || true)"
+            echo "$(awk -v s="$start" -v n="$(date +%s.%N)" 'BEGIN {printf "%.1f", n - s}') $(rss_mib "$leader_pid") $([ -n "$joiner" ] && rss_mib "$joiner" || echo 0)"
+            sleep 0.2
+        done
+    ) >"$RSS_TRACE" &
+    pids+="$! "
+fi
 
 head -c $((value_kib * 1024)) /dev/urandom >"$work/value"
 echo "loading $keys values of $value_kib KiB ($state_mib MiB) into node 1..."

@@ -24,7 +24,9 @@ mod store;
 mod watch;
 
 /// mimalloc instead of glibc's malloc: under load, glibc's malloc and free (with their chunk
-/// consolidation) were the largest single costs in a node's profile.
+/// consolidation) were the largest single costs in a node's profile. The `system-allocator`
+/// feature keeps glibc's, for heap profilers that hook malloc.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
