@@ -108,10 +108,18 @@ impl Applier {
                 SnapshotSource::for_storage(&self.storage, meta, payload.len, payload.crc32)?
             }
         };
+        let started = Instant::now();
         self.store
             .restore_from_at(snapshot_index(snapshot), &mut source)
             .await
             .map_err(|e| Error::store(format!("restore failed: {e:#}")))?;
+        tracing::info!(
+            node = self.node_id,
+            index = snapshot_index(snapshot),
+            bytes = source.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "restored the state from a snapshot"
+        );
         // A node that joined learns its cluster from its first snapshot. Until then it knows
         // no cluster id and cannot refuse by it: what keeps another cluster's snapshot out is
         // that a joining node takes one only after its join was accepted, from the leader.
