@@ -71,7 +71,9 @@ pub trait LogStorage: Send + Sync + 'static {
     /// The default keeps the payload in memory and stores it inside the snapshot data (with
     /// [`LogStorage::save_snapshot`] and [`LogStorage::install_snapshot`]), as a log in
     /// memory does anyway. A backend that keeps snapshot data in files overrides the five
-    /// payload methods together, so that a large state is streamed to and from its file.
+    /// payload methods together, so that a large state is streamed to and from its file;
+    /// a wrapper around another log storage forwards all five, or the defaults silently
+    /// hold every snapshot of the wrapped backend in memory.
     fn snapshot_payload_writer(&self) -> Result<Box<dyn SnapshotPayloadWriter>, StorageError> {
         Ok(Box::new(InlinePayloadWriter::default()))
     }
