@@ -284,9 +284,14 @@ fn an_install_during_a_save_keeps_the_newer_snapshot() {
             log.append(&entries(31..=60, 2), None).unwrap();
             let caught = !save.done();
             let saved_result = save.join();
-            if !caught {
-                // The save committed before the append, against a log that ended at 30: it
-                // may rightly have refused ("past the last log index"). Try a larger save.
+            // The save committed before the append, against a log that ended at 30, and
+            // rightly refused: not caught, try a larger save. The refusal is the proof, as
+            // the done flag is raised only after the save returns.
+            let committed_first = matches!(
+                &saved_result,
+                Err(e) if e.to_string().contains("past the last log index")
+            );
+            if !caught || committed_first {
                 return false;
             }
             saved_result.unwrap();
