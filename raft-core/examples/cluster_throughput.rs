@@ -20,7 +20,12 @@ async fn main() {
     }
     let cluster = TestCluster::start(3, test_config(), 1).await;
     let leader = cluster.wait_for_leader(Duration::from_secs(5)).await;
-    let mailbox = cluster.mailbox(leader);
+    // NO_SESSIONS=1 proposes outside client sessions, to measure what sessions cost.
+    let mailbox = if std::env::var_os("NO_SESSIONS").is_some() {
+        cluster.mailbox(leader).without_sessions()
+    } else {
+        cluster.mailbox(leader)
+    };
     println!("clients  writes/s");
     for clients in client_counts {
         let done = Arc::new(AtomicU64::new(0));
