@@ -84,6 +84,11 @@ pub enum NotApplied {
     /// and never will be (a late duplicate, or a session used by two callers at once).
     #[error("a later command of the client session was applied; this one was not")]
     SupersededInSession,
+    /// The node reached belongs to another cluster and refused the request (this node's idea
+    /// of who is at that address is out of date, or the node there was started with another
+    /// cluster's data). The message names both clusters.
+    #[error("{0}; the request did not take effect")]
+    OtherCluster(String),
 }
 
 /// Why a write's outcome is unknown: it may have been applied.

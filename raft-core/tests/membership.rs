@@ -317,6 +317,15 @@ async fn traffic_from_another_cluster_is_refused_naming_both_ids() {
         .await
         .unwrap();
     let text = format!("{answer:?}");
+    // Retryable for the caller: it most likely has a stale idea of who is at this address.
+    match &answer.kind {
+        Some(raft_core::wire::response::Kind::Error(e)) => assert_eq!(
+            e.code,
+            raft_core::wire::ErrorCode::OtherCluster as i32,
+            "{text}"
+        ),
+        other => panic!("not refused: {other:?}"),
+    }
     let hex = |id: u64| format!("{id:016x}");
     assert!(
         text.contains("cluster id mismatch")

@@ -757,6 +757,10 @@ mod tests {
             ),
             (NotApplied::Dropped.into(), StatusCode::SERVICE_UNAVAILABLE),
             (
+                NotApplied::OtherCluster("cluster id mismatch".into()).into(),
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
+            (
                 MaybeApplied::LeadershipLost.into(),
                 StatusCode::SERVICE_UNAVAILABLE,
             ),

@@ -117,12 +117,28 @@ async fn five_founders_started_together_form_one_cluster_every_time() {
 
 /// Node 3's disk replaced by the state of another cluster (started at node 3's own address):
 /// the cluster's traffic to it is refused, naming both cluster ids, and the cluster goes on.
+/// Node 3 led before, so node 1 may still forward a write there: the refusal is retried
+/// until a new leader is known, not returned to the client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_with_another_clusters_state_is_refused_naming_both_ids() {
     let mut cluster = KvCluster::empty(Transport::Grpc);
     cluster.start_founders(3, "ours");
     let statuses = wait_one_cluster(&cluster, 3, Duration::from_secs(60)).await;
     let ours = statuses[0]["cluster_id"].as_str().unwrap().to_string();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let three = cluster.status(3).await;
+        let one = cluster.status(1).await;
+        if three.is_some_and(|s| s["role"] == "leader")
+            && one.is_some_and(|s| s["leader_id"] == serde_json::json!(3))
+        {
+            break;
+        }
+        // Refused while an election or another transfer runs: asked again next round.
+        let _ = cluster.post(1, "/cluster/transfer-leader/3").await;
+        assert!(Instant::now() < deadline, "node 3 never took the lead");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     cluster.terminate(3);
 
     // Another cluster's node 3, on this cluster's address for node 3.
@@ -139,6 +155,9 @@ async fn a_node_with_another_clusters_state_is_refused_naming_both_ids() {
             "theirs".to_string(),
         ],
     );
+    // Sent before nodes 1 and 2 elect a new leader: node 1 forwards it to node 3's address,
+    // first unreachable, then the other cluster's node, until the election is over.
+    cluster.put(1, "during", "the-election").await.unwrap();
     let theirs = cluster
         .wait_status(3, Duration::from_secs(30), |s| s["role"] == "leader")
         .await["cluster_id"]

@@ -28,6 +28,9 @@ pub(crate) fn error_to_wire(e: &Error) -> ErrorReply {
         Error::NotApplied(NotApplied::SupersededInSession) => {
             (ErrorCode::SupersededInSession, 0, String::new())
         }
+        Error::NotApplied(NotApplied::OtherCluster(_)) => {
+            (ErrorCode::OtherCluster, 0, String::new())
+        }
         Error::NotApplied(_) => (ErrorCode::Dropped, 0, String::new()),
         Error::MaybeApplied(MaybeApplied::Timeout(_)) => (ErrorCode::Timeout, 0, String::new()),
         Error::MaybeApplied(MaybeApplied::AnswerNotKept) => {
@@ -41,7 +44,8 @@ pub(crate) fn error_to_wire(e: &Error) -> ErrorReply {
     };
     let message = match e {
         Error::Store(m) => m.message().to_string(),
-        Error::Invalid(m) | Error::NotApplied(NotApplied::Busy(m)) => m.clone(),
+        Error::Invalid(m)
+        | Error::NotApplied(NotApplied::Busy(m) | NotApplied::OtherCluster(m)) => m.clone(),
         other => other.to_string(),
     };
     ErrorReply {
@@ -68,6 +72,7 @@ pub(crate) fn error_from_wire(e: ErrorReply) -> Error {
         Ok(ErrorCode::Busy) => Error::busy(e.message),
         Ok(ErrorCode::SessionExpired) => Error::NotApplied(NotApplied::SessionExpired),
         Ok(ErrorCode::SupersededInSession) => Error::NotApplied(NotApplied::SupersededInSession),
+        Ok(ErrorCode::OtherCluster) => Error::NotApplied(NotApplied::OtherCluster(e.message)),
         Ok(ErrorCode::AnswerNotKept) => Error::applied_answer_not_kept(),
         Ok(ErrorCode::Shutdown) => Error::remote(format!("remote node stopped: {}", e.message)),
         Ok(ErrorCode::Internal) | Err(_) => Error::remote(e.message),
@@ -92,6 +97,7 @@ mod tests {
             Error::Invalid("no".into()),
             Error::membership_busy(),
             Error::busy("full"),
+            Error::NotApplied(NotApplied::OtherCluster("cluster id mismatch".into())),
             Error::timeout(Duration::from_secs(1)),
             Error::NotApplied(NotApplied::SessionExpired),
             Error::NotApplied(NotApplied::SupersededInSession),
@@ -116,6 +122,14 @@ mod tests {
             error_from_wire(error_to_wire(&Error::applied_answer_not_kept())),
             Error::MaybeApplied(MaybeApplied::AnswerNotKept)
         ));
+        match error_from_wire(error_to_wire(&Error::NotApplied(NotApplied::OtherCluster(
+            "cluster id mismatch: node 3".into(),
+        )))) {
+            Error::NotApplied(NotApplied::OtherCluster(m)) => {
+                assert_eq!(m, "cluster id mismatch: node 3")
+            }
+            other => panic!("{other}"),
+        }
         match error_from_wire(error_to_wire(&Error::NotLeader {
             leader_id: Some(3),
             leader_addr: Some("node-3".into()),

@@ -13,7 +13,7 @@ use super::messages::DriverMsg;
 use super::op::Op;
 use super::snapshot_transfer::SnapshotAssembler;
 use super::Counters;
-use crate::error::{Error, TransportError};
+use crate::error::{Error, NotApplied, TransportError};
 use crate::transport::{InboundHandler, PeerIdentity};
 use crate::wire::{
     self, request, response, BatchRequest, BatchResponse, LeaderInfoResponse, MembershipAction,
@@ -118,7 +118,13 @@ impl InboundHandler for NodeServer {
                     .counters
                     .metrics
                     .refuse(self.node.id, reason, &why);
-                return reply(response::Kind::Error(error_to_wire(&Error::Invalid(why))));
+                // A caller from another cluster most likely has a stale idea of who is at this
+                // address (a leader that was replaced): it retries elsewhere, not gives up.
+                let error = match reason {
+                    Refusal::Cluster => Error::NotApplied(NotApplied::OtherCluster(why)),
+                    _ => Error::Invalid(why),
+                };
+                return reply(response::Kind::Error(error_to_wire(&error)));
             }
         }
         match request.kind {
