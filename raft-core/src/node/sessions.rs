@@ -12,7 +12,7 @@
 //! [`MAX_SESSIONS`] sessions or [`MAX_ANSWER_BYTES`] of saved answers, the least recently
 //! used session is forgotten.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{HashMap, VecDeque};
 
 use crate::error::{Error, NotApplied};
 use crate::records::ClientSession;
@@ -62,8 +62,11 @@ impl Remembered {
 #[derive(Debug, Default)]
 pub(crate) struct SessionTable {
     sessions: HashMap<u64, Remembered>,
-    /// (last index, id): the least recently used session first.
-    by_use: BTreeSet<(u64, u64)>,
+    /// (index, id) each time a session is used, oldest first: the first pair that is still
+    /// its session's last use names the least recently used session. Pairs a later use made
+    /// stale are skipped, and dropped once they outnumber the sessions (a queue rather than
+    /// an ordered set: commands apply in index order, so uses only ever join at the back).
+    by_use: VecDeque<(u64, u64)>,
     answer_bytes: usize,
     /// Sessions forgotten to stay within the bounds, since this table was made.
     pub(crate) evicted: u64,
@@ -104,8 +107,7 @@ impl SessionTable {
             Some(Err(message)) => Err(Error::store(message)),
             None => Err(Error::applied_answer_not_kept()),
         };
-        let last_index = known.last_index;
-        self.touch(tag.id, last_index, index);
+        self.touch(tag.id, index);
         Admission::Answered(answer)
     }
 
@@ -124,9 +126,8 @@ impl SessionTable {
         self.answer_bytes += entry.answer_bytes();
         if let Some(old) = self.sessions.insert(tag.id, entry) {
             self.answer_bytes -= old.answer_bytes();
-            self.by_use.remove(&(old.last_index, tag.id));
         }
-        self.by_use.insert((index, tag.id));
+        self.note_use(index, tag.id);
         while self.sessions.len() > MAX_SESSIONS || self.answer_bytes > MAX_ANSWER_BYTES {
             // The one just recorded is the most recently used: it goes last, never now
             // (its own answer is at most MAX_KEPT_ANSWER, below the byte bound).
@@ -137,34 +138,52 @@ impl SessionTable {
         }
     }
 
-    fn touch(&mut self, id: u64, from: u64, to: u64) {
+    fn touch(&mut self, id: u64, to: u64) {
         if let Some(session) = self.sessions.get_mut(&id) {
             session.last_index = to;
-            self.by_use.remove(&(from, id));
-            self.by_use.insert((to, id));
+            self.note_use(to, id);
         }
+    }
+
+    /// Session `id` was used at `index`, after every use noted so far.
+    fn note_use(&mut self, index: u64, id: u64) {
+        self.by_use.push_back((index, id));
+        if self.by_use.len() > 2 * self.sessions.len() + 64 {
+            let sessions = &self.sessions;
+            self.by_use.retain(|&pair| is_last_use(sessions, pair));
+        }
+    }
+
+    /// The least recently used session's (last index, id), dropping stale pairs before it.
+    fn least_recent(&mut self) -> Option<(u64, u64)> {
+        while let Some(&pair) = self.by_use.front() {
+            if is_last_use(&self.sessions, pair) {
+                return Some(pair);
+            }
+            self.by_use.pop_front();
+        }
+        None
     }
 
     /// Forgets sessions idle for more than [`IDLE_ENTRIES`] entries before `index`.
     fn expire(&mut self, index: u64) {
-        while let Some(&(last, id)) = self.by_use.first() {
+        while let Some((last, _)) = self.least_recent() {
             if last.saturating_add(IDLE_ENTRIES) >= index {
                 break;
             }
-            debug_assert!(self.sessions.contains_key(&id));
             self.forget_least_recent(None);
         }
     }
 
     /// Forgets the least recently used session unless it is `keep`; false when none was.
     fn forget_least_recent(&mut self, keep: Option<u64>) -> bool {
-        let Some(&(last, id)) = self.by_use.first() else {
+        let Some((_, id)) = self.least_recent() else {
             return false;
         };
         if Some(id) == keep {
             return false;
         }
-        self.by_use.remove(&(last, id));
+        self.by_use.pop_front();
         if let Some(old) = self.sessions.remove(&id) {
             self.answer_bytes -= old.answer_bytes();
         }
@@ -175,6 +194,7 @@ impl SessionTable {
     pub(crate) fn to_records(&self) -> Vec<ClientSession> {
         self.by_use
             .iter()
+            .filter(|&&pair| is_last_use(&self.sessions, pair))
             .filter_map(|&(_, id)| {
                 let s = self.sessions.get(&id)?;
                 let (answer, failed, kept) = match &s.answer {
@@ -195,8 +215,11 @@ impl SessionTable {
     }
 
     /// The table a snapshot's records describe.
-    pub(crate) fn from_records(records: Vec<ClientSession>) -> Self {
+    pub(crate) fn from_records(mut records: Vec<ClientSession>) -> Self {
         let mut table = SessionTable::default();
+        // In order of use, as `note_use` requires; equal indexes (only in a crafted
+        // snapshot) by id, so every replica orders them alike.
+        records.sort_by_key(|r| (r.last_index, r.id));
         for r in records {
             let answer = match (r.answer_kept, r.failed) {
                 (false, _) => None,
@@ -211,12 +234,19 @@ impl SessionTable {
             table.answer_bytes += entry.answer_bytes();
             if let Some(old) = table.sessions.insert(r.id, entry) {
                 table.answer_bytes -= old.answer_bytes();
-                table.by_use.remove(&(old.last_index, r.id));
+                if old.last_index == r.last_index {
+                    continue;
+                }
             }
-            table.by_use.insert((r.last_index, r.id));
+            table.note_use(r.last_index, r.id);
         }
         table
     }
+}
+
+/// True when `(index, id)` is session `id`'s last use (not one a later use made stale).
+fn is_last_use(sessions: &HashMap<u64, Remembered>, (index, id): (u64, u64)) -> bool {
+    sessions.get(&id).is_some_and(|s| s.last_index == index)
 }
 
 #[cfg(test)]
@@ -304,6 +334,155 @@ mod tests {
             answered(t.admit(&tag(99, 1, true), 100)),
             Err(Error::MaybeApplied(_))
         ));
+    }
+
+    /// The table as an ordered set of (last index, id): slower, obviously right.
+    #[derive(Default)]
+    struct Oracle {
+        sessions: HashMap<u64, (u64, u64, Option<StoreAnswer>)>,
+        by_use: std::collections::BTreeSet<(u64, u64)>,
+        bytes: usize,
+    }
+
+    impl Oracle {
+        fn forget_first(&mut self, keep: Option<u64>) -> bool {
+            let Some(&(last, id)) = self.by_use.first() else {
+                return false;
+            };
+            if Some(id) == keep {
+                return false;
+            }
+            self.by_use.remove(&(last, id));
+            let (_, _, answer) = self.sessions.remove(&id).unwrap();
+            self.bytes -= size(&answer);
+            true
+        }
+
+        /// `Some(seq)`: apply; `None`: answered (with whatever the table said).
+        fn admit(&mut self, tag: &SessionTag, index: u64) -> &'static str {
+            while let Some(&(last, _)) = self.by_use.first() {
+                if last + IDLE_ENTRIES >= index {
+                    break;
+                }
+                self.forget_first(None);
+            }
+            let Some(&(last, seq, _)) = self.sessions.get(&tag.id) else {
+                return if tag.established { "expired" } else { "apply" };
+            };
+            if tag.seq > seq {
+                return "apply";
+            }
+            if tag.seq < seq {
+                return "superseded";
+            }
+            self.by_use.remove(&(last, tag.id));
+            self.by_use.insert((index, tag.id));
+            self.sessions.get_mut(&tag.id).unwrap().0 = index;
+            "answered"
+        }
+
+        fn record(&mut self, tag: &SessionTag, index: u64, answer: &StoreAnswer) {
+            let kept = match answer {
+                Ok(v) if v.len() > MAX_KEPT_ANSWER => None,
+                other => Some(other.clone()),
+            };
+            self.bytes += size(&kept);
+            if let Some((last, _, old)) = self.sessions.insert(tag.id, (index, tag.seq, kept)) {
+                self.bytes -= size(&old);
+                self.by_use.remove(&(last, tag.id));
+            }
+            self.by_use.insert((index, tag.id));
+            while self.sessions.len() > MAX_SESSIONS || self.bytes > MAX_ANSWER_BYTES {
+                if !self.forget_first(Some(tag.id)) {
+                    break;
+                }
+            }
+        }
+
+        fn order(&self) -> Vec<(u64, u64)> {
+            self.by_use.iter().copied().collect()
+        }
+    }
+
+    fn size(answer: &Option<StoreAnswer>) -> usize {
+        match answer {
+            Some(Ok(v)) => v.len(),
+            Some(Err(e)) => e.len(),
+            None => 0,
+        }
+    }
+
+    fn kind(admission: &Admission) -> &'static str {
+        match admission {
+            Admission::Apply => "apply",
+            Admission::Answered(Err(Error::NotApplied(NotApplied::SessionExpired))) => "expired",
+            Admission::Answered(Err(Error::NotApplied(NotApplied::SupersededInSession))) => {
+                "superseded"
+            }
+            Admission::Answered(_) => "answered",
+        }
+    }
+
+    /// Random commands, retries, duplicates, idle gaps and enough sessions to hit the count
+    /// bound: every decision, the eviction order and the records match the oracle's.
+    /// Replay a failure with `SESSIONS_SEED=<seed>`.
+    #[test]
+    fn the_table_decides_and_evicts_exactly_as_an_ordered_set_would() {
+        use rand::{Rng, SeedableRng};
+        let seed = std::env::var("SESSIONS_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(rand::random::<u64>);
+        println!("SESSIONS_SEED={seed}");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let (mut table, mut oracle) = (SessionTable::default(), Oracle::default());
+        let mut next_seq: HashMap<u64, u64> = HashMap::new();
+        let mut index = 1u64;
+        for step in 0..40_000u64 {
+            index += if rng.gen_ratio(1, 5_000) { IDLE_ENTRIES } else { rng.gen_range(1..3) };
+            // A few busy sessions, and a stream of new ones that fills the table.
+            let id = if rng.gen_bool(0.5) {
+                rng.gen_range(1..=40)
+            } else {
+                100 + step
+            };
+            let next = next_seq.entry(id).or_insert(1);
+            let seq = match rng.gen_range(0..10) {
+                0 => next.saturating_sub(1).max(1),
+                1 => next.saturating_sub(2).max(1),
+                _ => *next,
+            };
+            let t = tag(id, seq, seq > 1 || rng.gen_bool(0.1));
+            let got = table.admit(&t, index);
+            assert_eq!(kind(&got), oracle.admit(&t, index), "seed {seed}, step {step}");
+            if matches!(got, Admission::Apply) {
+                let answer: StoreAnswer = match rng.gen_range(0..20) {
+                    0 => Err("refused".into()),
+                    1 => Ok(vec![1; MAX_KEPT_ANSWER + 1]),
+                    2 => Ok(vec![2; 600_000]),
+                    _ => Ok(vec![3; rng.gen_range(0..64)]),
+                };
+                table.record(&t, index, &answer);
+                oracle.record(&t, index, &answer);
+                next_seq.insert(id, seq + 1);
+            }
+            assert_eq!(table.len(), oracle.sessions.len(), "seed {seed}, step {step}");
+            assert_eq!(table.answer_bytes(), oracle.bytes, "seed {seed}, step {step}");
+            if step % 2_000 == 0 {
+                let order: Vec<(u64, u64)> =
+                    table.to_records().iter().map(|r| (r.last_index, r.id)).collect();
+                assert_eq!(order, oracle.order(), "seed {seed}, step {step}");
+                let back = SessionTable::from_records(table.to_records());
+                assert_eq!(back.to_records(), table.to_records(), "seed {seed}");
+            }
+        }
+        assert!(table.evicted > 0, "the count bound was never reached (seed {seed})");
+        assert!(
+            table.by_use.len() <= 2 * table.len() + 65,
+            "stale uses pile up: {} for {} sessions",
+            table.by_use.len(),
+            table.len()
+        );
     }
 
     #[test]
