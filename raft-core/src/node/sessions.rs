@@ -147,6 +147,10 @@ impl SessionTable {
 
     /// Session `id` was used at `index`, after every use noted so far.
     fn note_use(&mut self, index: u64, id: u64) {
+        debug_assert!(
+            self.by_use.back().is_none_or(|&(last, _)| last <= index),
+            "uses must arrive in index order"
+        );
         self.by_use.push_back((index, id));
         if self.by_use.len() > 2 * self.sessions.len() + 64 {
             let sessions = &self.sessions;
@@ -342,6 +346,10 @@ mod tests {
         sessions: HashMap<u64, (u64, u64, Option<StoreAnswer>)>,
         by_use: std::collections::BTreeSet<(u64, u64)>,
         bytes: usize,
+        /// Sessions forgotten for idling, for the count bound, for the byte bound.
+        idle: u64,
+        over_count: u64,
+        over_bytes: u64,
     }
 
     impl Oracle {
@@ -365,6 +373,7 @@ mod tests {
                     break;
                 }
                 self.forget_first(None);
+                self.idle += 1;
             }
             let Some(&(last, seq, _)) = self.sessions.get(&tag.id) else {
                 return if tag.established { "expired" } else { "apply" };
@@ -393,8 +402,14 @@ mod tests {
             }
             self.by_use.insert((index, tag.id));
             while self.sessions.len() > MAX_SESSIONS || self.bytes > MAX_ANSWER_BYTES {
+                let over_count = self.sessions.len() > MAX_SESSIONS;
                 if !self.forget_first(Some(tag.id)) {
                     break;
+                }
+                if over_count {
+                    self.over_count += 1;
+                } else {
+                    self.over_bytes += 1;
                 }
             }
         }
@@ -423,11 +438,14 @@ mod tests {
         }
     }
 
-    /// Random commands, retries, duplicates, idle gaps and enough sessions to hit the count
-    /// bound: every decision, the eviction order and the records match the oracle's.
+    /// Random commands, retries and duplicates in three phases (small answers and a stream of
+    /// new sessions past the count bound; large answers past the byte bound; idle gaps):
+    /// every decision, the eviction order and the records match the oracle's, and a table
+    /// restored from its records (in any order) goes on deciding alike.
     /// Replay a failure with `SESSIONS_SEED=<seed>`.
     #[test]
     fn the_table_decides_and_evicts_exactly_as_an_ordered_set_would() {
+        use rand::seq::SliceRandom;
         use rand::{Rng, SeedableRng};
         let seed = std::env::var("SESSIONS_SEED")
             .ok()
@@ -438,8 +456,18 @@ mod tests {
         let (mut table, mut oracle) = (SessionTable::default(), Oracle::default());
         let mut next_seq: HashMap<u64, u64> = HashMap::new();
         let mut index = 1u64;
-        for step in 0..40_000u64 {
-            index += if rng.gen_ratio(1, 5_000) { IDLE_ENTRIES } else { rng.gen_range(1..3) };
+        let steps = 2 * MAX_SESSIONS as u64 + 24_000;
+        for step in 0..steps {
+            let (large_answers, idle_gaps) = match step {
+                s if s < 2 * MAX_SESSIONS as u64 + 4_000 => (false, false),
+                s if s < 2 * MAX_SESSIONS as u64 + 14_000 => (true, false),
+                _ => (false, true),
+            };
+            index += if idle_gaps && rng.gen_ratio(1, 2_000) {
+                IDLE_ENTRIES
+            } else {
+                rng.gen_range(1..3)
+            };
             // A few busy sessions, and a stream of new ones that fills the table.
             let id = if rng.gen_bool(0.5) {
                 rng.gen_range(1..=40)
@@ -454,29 +482,50 @@ mod tests {
             };
             let t = tag(id, seq, seq > 1 || rng.gen_bool(0.1));
             let got = table.admit(&t, index);
-            assert_eq!(kind(&got), oracle.admit(&t, index), "seed {seed}, step {step}");
+            assert_eq!(
+                kind(&got),
+                oracle.admit(&t, index),
+                "seed {seed}, step {step}"
+            );
             if matches!(got, Admission::Apply) {
                 let answer: StoreAnswer = match rng.gen_range(0..20) {
                     0 => Err("refused".into()),
                     1 => Ok(vec![1; MAX_KEPT_ANSWER + 1]),
-                    2 => Ok(vec![2; 600_000]),
+                    2 if large_answers => Ok(vec![2; 600_000]),
                     _ => Ok(vec![3; rng.gen_range(0..64)]),
                 };
                 table.record(&t, index, &answer);
                 oracle.record(&t, index, &answer);
                 next_seq.insert(id, seq + 1);
             }
-            assert_eq!(table.len(), oracle.sessions.len(), "seed {seed}, step {step}");
-            assert_eq!(table.answer_bytes(), oracle.bytes, "seed {seed}, step {step}");
-            if step % 2_000 == 0 {
-                let order: Vec<(u64, u64)> =
-                    table.to_records().iter().map(|r| (r.last_index, r.id)).collect();
+            assert_eq!(
+                table.len(),
+                oracle.sessions.len(),
+                "seed {seed}, step {step}"
+            );
+            assert_eq!(
+                table.answer_bytes(),
+                oracle.bytes,
+                "seed {seed}, step {step}"
+            );
+            if step % 5_000 == 0 {
+                let mut records = table.to_records();
+                let order: Vec<(u64, u64)> = records.iter().map(|r| (r.last_index, r.id)).collect();
                 assert_eq!(order, oracle.order(), "seed {seed}, step {step}");
-                let back = SessionTable::from_records(table.to_records());
-                assert_eq!(back.to_records(), table.to_records(), "seed {seed}");
+                records.shuffle(&mut rng);
+                let restored = SessionTable::from_records(records);
+                assert_eq!(restored.to_records(), table.to_records(), "seed {seed}");
+                assert_eq!(restored.answer_bytes(), table.answer_bytes(), "seed {seed}");
+                table = restored;
             }
         }
-        assert!(table.evicted > 0, "the count bound was never reached (seed {seed})");
+        assert!(
+            oracle.over_count > 0 && oracle.over_bytes > 0 && oracle.idle > 0,
+            "a bound was never reached (seed {seed}): {} for the count, {} for bytes, {} idle",
+            oracle.over_count,
+            oracle.over_bytes,
+            oracle.idle
+        );
         assert!(
             table.by_use.len() <= 2 * table.len() + 65,
             "stale uses pile up: {} for {} sessions",
