@@ -453,10 +453,17 @@ impl Mailbox {
         let mut attempt_timed_out = false;
         // A target that just failed to answer: being pointed back at it waits for the backoff.
         let mut failed_recently: Option<(u64, String)> = None;
+        // A refusal for coming from another cluster is retried (during an election a node
+        // may still point at a replaced leader's address), but when it is still the answer at
+        // the deadline it is a misconfiguration the caller must see, not a timeout.
+        let mut refused_by_other_cluster: Option<Error> = None;
         let mut first_attempt_at = Some(started);
         loop {
             let now = first_attempt_at.take().unwrap_or_else(Instant::now);
             if now >= deadline {
+                if let Some(refusal) = refused_by_other_cluster.filter(|_| !*maybe_applied) {
+                    return Err(refusal);
+                }
                 return Err(if leader_seen || attempt_timed_out {
                     Error::timeout(self.timeout)
                 } else {
@@ -473,6 +480,7 @@ impl Mailbox {
             };
             // Where the failed attempt went: redirecting there again waits for the backoff.
             let failed = target.clone();
+            refused_by_other_cluster = None;
             match error {
                 Error::NotLeader {
                     leader_id: Some(leader),
@@ -508,6 +516,9 @@ impl Mailbox {
                 e if matches!(e, Error::NotApplied(_) | Error::NotLeader { .. })
                     || (op.retry_safe() && matches!(e, Error::MaybeApplied(_))) =>
                 {
+                    if let Error::NotApplied(NotApplied::OtherCluster(_)) = &e {
+                        refused_by_other_cluster = Some(e.clone());
+                    }
                     *maybe_applied |= !op.idempotent() && matches!(e, Error::MaybeApplied(_));
                     attempt_timed_out |= matches!(e, Error::MaybeApplied(MaybeApplied::Timeout(_)));
                     if failed.is_some() {

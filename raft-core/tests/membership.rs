@@ -345,3 +345,64 @@ async fn traffic_from_another_cluster_is_refused_naming_both_ids() {
     mailbox.shutdown().await;
     node.await.unwrap().unwrap();
 }
+
+/// A write a follower forwards to its leader's address, now served by another cluster's
+/// node, is refused as coming from another cluster: not applied, retried while the deadline
+/// allows (an election would find the real leader), and at the deadline the caller is told
+/// why, rather than that the write timed out and may have applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_forwarded_to_another_clusters_node_is_refused_not_timed_out() {
+    use raft_core::testing::kv::KvStore;
+    use raft_core::{Error, InitialCluster, LocalNetwork, NotApplied, Raft};
+    init_tracing();
+    let network = LocalNetwork::new();
+    let start = |id: u64, addr: &str, cluster: InitialCluster, election_tick: usize| {
+        let raft = Raft::builder(id, KvStore::new())
+            .raft_addr(addr)
+            .transport(network.transport())
+            .config(raft_core::Config {
+                election_tick,
+                ..test_config()
+            })
+            .build()
+            .unwrap();
+        let mailbox = raft.mailbox();
+        (mailbox, tokio::spawn(raft.start_cluster(cluster)))
+    };
+    let ours = InitialCluster::new([(1, "a1".to_string()), (2, "a2".to_string())])
+        .unwrap()
+        .with_token("a");
+    // Node 2 would wait 10-20 s before campaigning: node 1 leads, and node 2 keeps pointing
+    // at its address for the whole test.
+    let (leader, leader_node) = start(1, "a1", ours.clone(), 10);
+    let (follower, follower_node) = start(2, "a2", ours, 500);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while follower.status().await.unwrap().leader_id != Some(1) {
+        assert!(tokio::time::Instant::now() < deadline, "no leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    leader.shutdown().await;
+    leader_node.await.unwrap().unwrap();
+    let theirs = InitialCluster::new([(7, "a1".to_string())])
+        .unwrap()
+        .with_token("b");
+    let (impostor, impostor_node) = start(7, "a1", theirs, 10);
+    while impostor.status().await.unwrap().role != Role::Leader {
+        assert!(tokio::time::Instant::now() < deadline, "no impostor leader");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let answer = follower
+        .with_timeout(Duration::from_millis(500))
+        .send_proposal(Vec::new())
+        .await;
+    match answer {
+        Err(Error::NotApplied(NotApplied::OtherCluster(why))) => {
+            assert!(why.contains("cluster id mismatch"), "{why}")
+        }
+        other => panic!("not refused as another cluster's: {other:?}"),
+    }
+    for (mailbox, node) in [(follower, follower_node), (impostor, impostor_node)] {
+        mailbox.shutdown().await;
+        node.await.unwrap().unwrap();
+    }
+}
