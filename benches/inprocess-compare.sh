@@ -11,6 +11,10 @@
 # openraft's bench is not part of this workspace: fetch github.com/databendlabs/openraft and
 # run `cargo build --release --bin bench` in benchmarks/minimal. Without OPENRAFT_BENCH only
 # raftkit runs. OUT: also write writes/s as CSV (series,x,y) for benches/plot.py.
+# NO_SESSIONS=1: raftkit proposes outside client sessions, as openraft (which has none) does.
+#
+# raftkit's side is built as openraft's bench is (thin LTO, one codegen unit), in a target
+# directory of its own so the workspace's release build is left as it is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,8 +24,10 @@ secs="${SECONDS_PER_RUN:-3}"
 openraft="${OPENRAFT_BENCH:-}"
 target="${CARGO_TARGET_DIR:-target}"
 
-cargo build --release -p raft-core --features testing --example cluster_throughput
-ours="$target/release/examples/cluster_throughput"
+lto_target="$target/inprocess-lto"
+CARGO_TARGET_DIR="$lto_target" CARGO_PROFILE_RELEASE_LTO=thin CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 \
+    cargo build --release -p raft-core --features testing --example cluster_throughput
+ours="$lto_target/release/examples/cluster_throughput"
 if [ -z "$openraft" ]; then
     echo "OPENRAFT_BENCH is not set: running raftkit alone (see the comment at the top)"
 elif [ ! -x "$openraft" ]; then

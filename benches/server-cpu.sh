@@ -9,6 +9,8 @@
 # BIN_DIR holds `raft-kv` and `raft-bench` (default: the release target directory; build it
 # with `cargo build --release --workspace --all-targets`). Prints one line:
 #   clients=256 ratio=0 ops/s=28251 server_cpu_us_per_op=42
+# LEADER_ONLY=1 sends every client to the leader instead of spreading them over the three
+# nodes: the difference is what forwarding from followers costs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -34,6 +36,15 @@ ticks() {
     echo "$total"
 }
 hz="$(getconf CLK_TCK)"
+if [ -n "${LEADER_ONLY:-}" ]; then
+    for url in ${endpoints//,/ }; do
+        if curl -fsS --max-time 2 "$url/status" | grep -q '"role":"leader"'; then
+            endpoints="$url"
+            break
+        fi
+    done
+    [[ $endpoints != *,* ]] || { echo "no node says it leads" >&2; exit 1; }
+fi
 # Warm up (connections, caches, the leader's first log segments) outside the measurement.
 "$bin/raft-bench" --endpoints "$endpoints" --clients "$clients" --duration 2 --warmup 0 \
     --read-ratio "$ratio" >/dev/null
@@ -42,4 +53,4 @@ before="$(ticks)"
     --read-ratio "$ratio" >"$data/bench"
 after="$(ticks)"
 ops="$(tail -n 1 "$data/bench" | python3 -c 'import json, sys; j = json.load(sys.stdin); print(j["put"]["ops"] + j["get"]["ops"])')"
-echo "clients=$clients ratio=$ratio ops/s=$((ops / secs)) server_cpu_us_per_op=$(((after - before) * 1000000 / hz / ops))"
+echo "clients=$clients ratio=$ratio${LEADER_ONLY:+ leader_only=1} ops/s=$((ops / secs)) server_cpu_us_per_op=$(((after - before) * 1000000 / hz / ops))"
