@@ -175,7 +175,11 @@ async fn a_backup_under_writes_restores_into_a_new_cluster() {
     let before: BTreeSet<u64> = acked.lock().unwrap().clone();
     let backup = cluster.mailbox(follower).backup().await.expect("backup");
     let invoked_after = invoked.load(Ordering::SeqCst);
-    wait_acked(before.len() + 20).await;
+    // Counted from now, not from `before`: a slow backup may already have seen 20 writes
+    // acknowledged, and every write acknowledged from here on started no earlier than the
+    // one in flight now, so all but that one started after the backup.
+    let acked_at_backup = acked.lock().unwrap().len();
+    wait_acked(acked_at_backup + 20).await;
     stop.store(true, Ordering::SeqCst);
     writer.await.expect("writer");
     let written_later: Vec<u64> = acked
