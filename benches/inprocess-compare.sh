@@ -12,6 +12,9 @@
 # run `cargo build --release --bin bench` in benchmarks/minimal. Without OPENRAFT_BENCH only
 # raftkit runs. OUT: also write writes/s as CSV (series,x,y) for benches/plot.py.
 # NO_SESSIONS=1: raftkit proposes outside client sessions, as openraft (which has none) does.
+# ALLOCATOR=mimalloc or jemalloc: both binaries run on that allocator (LD_PRELOAD of the OS
+# package's library: apt-get install libmimalloc2.0 or libjemalloc2) instead of glibc's
+# malloc, which both use by default; raft-kv itself ships on mimalloc.
 #
 # raftkit's side is built as openraft's bench is (thin LTO, one codegen unit), in a target
 # directory of its own so the workspace's release build is left as it is.
@@ -34,6 +37,18 @@ elif [ ! -x "$openraft" ]; then
     echo "$openraft is not an executable" >&2
     exit 1
 fi
+
+case "${ALLOCATOR:-glibc}" in
+    glibc) preload="" ;;
+    mimalloc) preload=/usr/lib/x86_64-linux-gnu/libmimalloc.so.2 ;;
+    jemalloc) preload=/usr/lib/x86_64-linux-gnu/libjemalloc.so.2 ;;
+    *) echo "ALLOCATOR is glibc, mimalloc or jemalloc" >&2; exit 1 ;;
+esac
+if [ -n "$preload" ] && [ ! -e "$preload" ]; then
+    echo "$preload is missing: install the OS package (see the comment at the top)" >&2
+    exit 1
+fi
+export LD_PRELOAD="$preload"
 
 results="$(mktemp)"
 trap 'rm -f "$results"' EXIT
