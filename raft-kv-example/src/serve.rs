@@ -240,13 +240,17 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
         // Watch streams never end by themselves: end them, so in-flight requests can finish.
         watches.close();
     });
+    tokio::pin!(server);
     let mut node_result = None;
     tokio::select! {
-        served = server => served.context("HTTP server")?,
+        served = &mut server => served.context("HTTP server")?,
         result = &mut node => {
-            // The node stopped by itself (removed from the cluster, or failed): stop serving.
+            // The node stopped by itself (removed from the cluster, or failed): stop serving,
+            // but let the requests in flight finish first. The request that made this node
+            // leave is one of them, and its client is owed the answer.
             let _ = node_done_tx.send(());
             node_result = Some(result);
+            (&mut server).await.context("HTTP server")?;
         }
     }
     // In-flight requests are done; stop raft. Every acknowledged write was already durable.
