@@ -48,18 +48,17 @@ if [ -n "$preload" ] && [ ! -e "$preload" ]; then
     echo "$preload is missing: install the OS package (see the comment at the top)" >&2
     exit 1
 fi
-export LD_PRELOAD="$preload"
 
 results="$(mktemp)"
 trap 'rm -f "$results"' EXIT
 for n in $clients; do
     for _ in $(seq 1 "$rounds"); do
-        rate="$("$ours" "$secs" "$n" | awk 'NR > 1 { print $2 }')"
+        rate="$(LD_PRELOAD="$preload" "$ours" "$secs" "$n" | awk 'NR > 1 { print $2 }')"
         echo "raftkit $n $rate" | tee -a "$results"
         if [ -n "$openraft" ]; then
             # Enough operations for about SECONDS_PER_RUN s at the last measured rate.
             ops=$(( ${rate%.*} * secs + 1000 ))
-            per_ms="$("$openraft" --client-workers 1 --server-workers 2 -c "$n" -n "$ops" -m 3 2>&1 |
+            per_ms="$(LD_PRELOAD="$preload" "$openraft" --client-workers 1 --server-workers 2 -c "$n" -n "$ops" -m 3 2>&1 |
                 sed -n 's/.*op\/ms: \([0-9]*\).*/\1/p' | tail -n 1)"
             echo "openraft $n $((per_ms * 1000))" | tee -a "$results"
         fi

@@ -250,7 +250,10 @@ pub async fn serve(args: ServeArgs) -> Result<()> {
             // leave is one of them, and its client is owed the answer.
             let _ = node_done_tx.send(());
             node_result = Some(result);
-            (&mut server).await.context("HTTP server")?;
+            // The node's own outcome is what this process reports.
+            if let Err(e) = (&mut server).await {
+                tracing::warn!("HTTP server, finishing the requests in flight: {e:#}");
+            }
         }
     }
     // In-flight requests are done; stop raft. Every acknowledged write was already durable.

@@ -456,11 +456,12 @@ mod tests {
         let (mut table, mut oracle) = (SessionTable::default(), Oracle::default());
         let mut next_seq: HashMap<u64, u64> = HashMap::new();
         let mut index = 1u64;
-        let steps = 2 * MAX_SESSIONS as u64 + 24_000;
-        for step in 0..steps {
+        // Half the commands open a new session: this many fill the table past its count.
+        let fill = 2 * MAX_SESSIONS as u64 + 4_000;
+        for step in 0..fill + 20_000 {
             let (large_answers, idle_gaps) = match step {
-                s if s < 2 * MAX_SESSIONS as u64 + 4_000 => (false, false),
-                s if s < 2 * MAX_SESSIONS as u64 + 14_000 => (true, false),
+                s if s < fill => (false, false),
+                s if s < fill + 10_000 => (true, false),
                 _ => (false, true),
             };
             index += if idle_gaps && rng.gen_ratio(1, 2_000) {
