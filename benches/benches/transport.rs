@@ -181,7 +181,7 @@ fn batch() -> RaftBatch {
         cluster_id: 0,
         from: 1,
         to: 2,
-        messages: (0..BATCH).map(|i| vec![i as u8; MESSAGE]).collect(),
+        messages: (0..BATCH).map(|i| vec![i as u8; MESSAGE].into()).collect(),
         from_addr: "127.0.0.1:1".into(),
     }
 }

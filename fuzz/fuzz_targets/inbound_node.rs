@@ -198,11 +198,15 @@ fn safe_call(b: &mut Bytes<'_>, depth: u32) -> Request {
         }
         _ => request::Kind::Status(StatusRequest {}),
     };
-    Request { kind: Some(kind) }
+    Request {
+        cluster_id: 0,
+        kind: Some(kind),
+    }
 }
 
 fn chunk_call(chunk: SnapshotChunk) -> Request {
     Request {
+        cluster_id: 0,
         kind: Some(request::Kind::SnapshotChunk(chunk)),
     }
 }
@@ -231,14 +235,14 @@ fuzz_target!(|data: &[u8]| {
             0..=2 => {
                 let n = 1 + b.u8() % 4;
                 let messages = (0..n)
-                    .map(|_| build_message(&mut b, from, target, term, last).encode_to_vec())
+                    .map(|_| build_message(&mut b, from, target, term, last).encode_to_vec().into())
                     .collect();
-                batches.push(RaftBatch { from, to: target, messages, from_addr });
+                batches.push(RaftBatch { cluster_id: 0, from, to: target, messages, from_addr });
             }
             3 => {
                 let n = 1 + b.u8() % 3;
-                let messages = (0..n).map(|_| b.slice(128)).collect();
-                batches.push(RaftBatch { from, to: target, messages, from_addr });
+                let messages = (0..n).map(|_| b.slice(128).into()).collect();
+                batches.push(RaftBatch { cluster_id: 0, from, to: target, messages, from_addr });
             }
             4 => {
                 let msg = if b.bool() {
@@ -274,8 +278,8 @@ fuzz_target!(|data: &[u8]| {
                         peer.mutate(m);
                     }
                 }
-                let messages = chosen.iter().map(|m| m.encode_to_vec()).collect();
-                batches.push(RaftBatch { from, to: target, messages, from_addr });
+                let messages = chosen.iter().map(|m| m.encode_to_vec().into()).collect();
+                batches.push(RaftBatch { cluster_id: 0, from, to: target, messages, from_addr });
             }
             _ => {
                 let mut peer = HostilePeer::new(b.u64_full());
@@ -297,7 +301,7 @@ fuzz_target!(|data: &[u8]| {
                 let _ = tokio::time::timeout(Duration::from_secs(2), tr.send(&addr, batch)).await;
             }
             for call in calls {
-                let _ = tokio::time::timeout(Duration::from_secs(2), tr.call(&addr, call)).await;
+                let _ = tr.call(&addr, call, Duration::from_secs(2)).await;
             }
         });
     }

@@ -55,6 +55,16 @@ pub trait LogStorage: Send + Sync + 'static {
     /// `hard_state` if given, atomically and durably (one batch, one sync).
     fn append(&self, entries: &[Entry], hard_state: Option<&HardState>)
         -> Result<(), StorageError>;
+    /// [`LogStorage::append`] for entries the caller gives up; raft-core writes every `Ready`
+    /// this way. A backend that keeps entries in memory overrides it to keep them without a
+    /// copy; the default appends them by reference.
+    fn append_owned(
+        &self,
+        entries: Vec<Entry>,
+        hard_state: Option<&HardState>,
+    ) -> Result<(), StorageError> {
+        self.append(&entries, hard_state)
+    }
     /// Installs a snapshot received from the leader: the whole log is replaced by it and the
     /// hard state's commit index is raised to the snapshot's index.
     fn install_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError>;
@@ -272,6 +282,13 @@ impl<T: LogStorage + ?Sized> LogStorage for Arc<T> {
         hard_state: Option<&HardState>,
     ) -> Result<(), StorageError> {
         (**self).append(entries, hard_state)
+    }
+    fn append_owned(
+        &self,
+        entries: Vec<Entry>,
+        hard_state: Option<&HardState>,
+    ) -> Result<(), StorageError> {
+        (**self).append_owned(entries, hard_state)
     }
     fn install_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
         (**self).install_snapshot(snapshot)

@@ -41,6 +41,37 @@ impl MemLog {
     fn last_index(&self) -> u64 {
         self.truncated_index + self.entries.len() as u64
     }
+
+    /// Checks that `entries` may be appended and drops the entries they replace.
+    fn make_room_for(&mut self, entries: &[Entry]) -> Result<(), StorageError> {
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        check_contiguous(entries)?;
+        if first.index < self.first_index() {
+            return Err(StorageError::Invalid(format!(
+                "append at index {} is before the first index {}",
+                first.index,
+                self.first_index()
+            )));
+        }
+        if first.index > self.last_index() + 1 {
+            return Err(StorageError::Invalid(format!(
+                "append at index {} leaves a gap after the last index {}",
+                first.index,
+                self.last_index()
+            )));
+        }
+        let keep = (first.index - self.first_index()) as usize;
+        self.entries.truncate(keep);
+        Ok(())
+    }
+
+    fn keep_hard_state(&mut self, hard_state: Option<&HardState>) {
+        if let Some(hs) = hard_state {
+            self.hard_state = hs.clone();
+        }
+    }
 }
 
 impl MemLogStorage {
@@ -133,29 +164,21 @@ impl LogStorage for MemLogStorage {
         hard_state: Option<&HardState>,
     ) -> Result<(), StorageError> {
         let mut log = self.write();
-        if let Some(first) = entries.first() {
-            check_contiguous(entries)?;
-            if first.index < log.first_index() {
-                return Err(StorageError::Invalid(format!(
-                    "append at index {} is before the first index {}",
-                    first.index,
-                    log.first_index()
-                )));
-            }
-            if first.index > log.last_index() + 1 {
-                return Err(StorageError::Invalid(format!(
-                    "append at index {} leaves a gap after the last index {}",
-                    first.index,
-                    log.last_index()
-                )));
-            }
-            let keep = (first.index - log.first_index()) as usize;
-            log.entries.truncate(keep);
-            log.entries.extend_from_slice(entries);
-        }
-        if let Some(hs) = hard_state {
-            log.hard_state = hs.clone();
-        }
+        log.make_room_for(entries)?;
+        log.entries.extend_from_slice(entries);
+        log.keep_hard_state(hard_state);
+        Ok(())
+    }
+
+    fn append_owned(
+        &self,
+        entries: Vec<Entry>,
+        hard_state: Option<&HardState>,
+    ) -> Result<(), StorageError> {
+        let mut log = self.write();
+        log.make_room_for(&entries)?;
+        log.entries.extend(entries);
+        log.keep_hard_state(hard_state);
         Ok(())
     }
 

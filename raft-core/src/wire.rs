@@ -22,7 +22,9 @@ pub(crate) fn encode_raft_message(msg: &raft::prelude::Message) -> Vec<u8> {
 }
 
 /// Decodes a raft-rs message; malformed bytes are an error, never a panic.
-pub(crate) fn decode_raft_message(bytes: &[u8]) -> Result<raft::prelude::Message, TransportError> {
+pub(crate) fn decode_raft_message(
+    bytes: impl bytes::Buf,
+) -> Result<raft::prelude::Message, TransportError> {
     raft::prelude::Message::decode(bytes)
         .map_err(|e| TransportError::Malformed(format!("raft message: {e}")))
 }

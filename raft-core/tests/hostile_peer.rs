@@ -82,10 +82,10 @@ async fn a_hostile_peer_cannot_stop_or_corrupt_the_cluster() {
             let Some(status) = statuses.get(&target) else {
                 continue;
             };
-            let messages: Vec<Vec<u8>> = hostile
+            let messages: Vec<_> = hostile
                 .fatal_messages(leader, target, status.term, status.last_log_index)
                 .iter()
-                .map(|m| m.encode_to_vec())
+                .map(|m| m.encode_to_vec().into())
                 .collect();
             sent += messages.len();
             let batch = RaftBatch {

@@ -375,7 +375,7 @@ async fn bad_raft_input_is_refused_and_the_cluster_keeps_running() {
             cluster_id: 0,
             from: 2,
             to: 1,
-            messages: vec![vec![0xff; 64], b"garbage".to_vec()],
+            messages: vec![vec![0xff; 64].into(), b"garbage".to_vec().into()],
             from_addr: cluster.addr(2),
         },
     ];

@@ -144,7 +144,7 @@ mod tests {
             cluster_id: 0,
             from: 1,
             to: 2,
-            messages: vec![vec![7; 10]],
+            messages: vec![vec![7; 10].into()],
             from_addr: "a".into(),
         };
         let frame = encode(&batch, 1024).unwrap();

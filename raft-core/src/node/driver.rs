@@ -138,7 +138,7 @@ impl Driver {
                         self.parts.core.send_failed(to, snapshot);
                     }
                 }
-                Output::Write(mut write) => {
+                Output::Write(write) => {
                     if self.parts.storage.writes_in_place() {
                         let started = Instant::now();
                         let result = write.run(self.parts.storage.as_ref());
@@ -245,7 +245,7 @@ impl LogWriter {
                     let result = merged.run(storage.as_ref());
                     observe_write(&counters, started);
                     results.resize(count - usize::from(unmerged.is_some()), result);
-                    if let Some(mut next) = unmerged {
+                    if let Some(next) = unmerged {
                         let started = Instant::now();
                         results.push(next.run(storage.as_ref()));
                         observe_write(&counters, started);

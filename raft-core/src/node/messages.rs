@@ -41,8 +41,8 @@ impl MembershipChange {
 /// Everything the driver task reacts to, besides its tick.
 pub(crate) enum DriverMsg {
     /// A raft message from a peer that passed the wire checks, and where the peer says it
-    /// listens.
-    Raft(Box<Message>, Option<String>),
+    /// listens (shared by every message of its batch).
+    Raft(Box<Message>, Option<std::sync::Arc<str>>),
     /// A client's operation, answered on `reply` by `deadline` at the latest.
     Op {
         op: Op,

@@ -125,7 +125,7 @@ impl SenderTask {
                 if msg.msg_type() == MessageType::MsgSnapshot {
                     self.spawn_snapshot(msg);
                 } else {
-                    encoded.push(wire::encode_raft_message(&msg));
+                    encoded.push(wire::encode_raft_message(&msg).into());
                 }
             }
             if encoded.is_empty() {

@@ -42,7 +42,11 @@ fn reply(kind: response::Kind) -> Response {
 
 #[async_trait]
 impl InboundHandler for NodeServer {
-    async fn raft_batch(&self, peer: PeerIdentity, batch: RaftBatch) -> Result<(), TransportError> {
+    async fn raft_batch(
+        &self,
+        peer: PeerIdentity,
+        mut batch: RaftBatch,
+    ) -> Result<(), TransportError> {
         let id = self.node.id;
         let metrics = &self.node.counters.metrics;
         let count = batch.messages.len().max(1) as u64;
@@ -71,7 +75,9 @@ impl InboundHandler for NodeServer {
         if batch.from_addr.len() > MAX_ADDR {
             return whole(Refusal::Field, "an oversized sender address".into());
         }
-        for bytes in &batch.messages {
+        let from_addr: Option<std::sync::Arc<str>> =
+            (!batch.from_addr.is_empty()).then(|| batch.from_addr.as_str().into());
+        for bytes in std::mem::take(&mut batch.messages) {
             let msg = match wire::decode_raft_message(bytes) {
                 Ok(m) => m,
                 Err(e) => {
@@ -94,10 +100,9 @@ impl InboundHandler for NodeServer {
                 );
                 continue;
             }
-            let from_addr = (!batch.from_addr.is_empty()).then(|| batch.from_addr.clone());
             self.node
                 .driver_tx
-                .send(DriverMsg::Raft(Box::new(msg), from_addr))
+                .send(DriverMsg::Raft(Box::new(msg), from_addr.clone()))
                 .await
                 .map_err(|_| TransportError::Unreachable {
                     addr: self.node.addr.clone(),

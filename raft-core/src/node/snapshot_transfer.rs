@@ -324,7 +324,7 @@ impl SnapshotAssembler {
         if assembly.received != assembly.total_len {
             return refuse("snapshot ended before its announced length");
         }
-        let msg = wire::decode_raft_message(&chunk.message)
+        let msg = wire::decode_raft_message(&chunk.message[..])
             .map_err(|e| (Refusal::Undecodable, e.to_string()))?;
         if msg.from != chunk.from {
             return Err((

@@ -79,6 +79,14 @@ impl LogStorage for BreakableLog {
         self.check()?;
         self.inner.append(entries, hs)
     }
+    fn append_owned(
+        &self,
+        entries: Vec<Entry>,
+        hs: Option<&HardState>,
+    ) -> Result<(), StorageError> {
+        self.check()?;
+        self.inner.append_owned(entries, hs)
+    }
     fn install_snapshot(&self, snapshot: &Snapshot) -> Result<(), StorageError> {
         self.check()?;
         self.inner.install_snapshot(snapshot)

@@ -164,11 +164,11 @@ impl HostilePeer {
     pub fn batch(&mut self, captured: &[RaftBatch], from: u64, to: u64) -> RaftBatch {
         let real: Vec<Vec<u8>> = captured
             .iter()
-            .flat_map(|b| b.messages.iter().cloned())
+            .flat_map(|b| b.messages.iter().map(|m| m.to_vec()))
             .collect();
         let n = self.rng.gen_range(1..=32);
         let messages = (0..n)
-            .map(|_| self.message_bytes(&real, from, to))
+            .map(|_| self.message_bytes(&real, from, to).into())
             .collect();
         let mut from_addr = format!("node-{from}");
         if self.rng.gen_bool(0.05) {

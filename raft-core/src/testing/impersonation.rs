@@ -50,7 +50,7 @@ fn forged_batch(from: u64, to: u64, term: u64) -> RaftBatch {
         cluster_id: 0,
         from,
         to,
-        messages: vec![vote_bytes(from, to, term)],
+        messages: vec![vote_bytes(from, to, term).into()],
         from_addr: format!("forged-{from}"),
     }
 }

@@ -202,7 +202,7 @@ pub fn batch(from: u64, to: u64, seq: u64) -> RaftBatch {
         cluster_id: 0,
         from,
         to,
-        messages: vec![seq.to_be_bytes().to_vec()],
+        messages: vec![seq.to_be_bytes().to_vec().into()],
         from_addr: String::new(),
     }
 }
@@ -504,7 +504,7 @@ pub async fn oversized_messages_are_split_or_refused(limited: &TransportFactory,
     let (addr, recorder, _guard) = serve(limited, 1).await;
     let client = limited.transport(2);
     let big = RaftBatch {
-        messages: (0..10u8).map(|i| vec![i; max * 5 / 16]).collect(),
+        messages: (0..10u8).map(|i| vec![i; max * 5 / 16].into()).collect(),
         ..batch(2, 1, 0)
     };
     client.send(&addr, big.clone()).await.unwrap();
@@ -520,15 +520,15 @@ pub async fn oversized_messages_are_split_or_refused(limited: &TransportFactory,
     .await;
     assert!(frames.len() > 1, "the big batch was not split");
     for frame in &frames {
-        let size: usize = frame.messages.iter().map(Vec::len).sum();
+        let size: usize = frame.messages.iter().map(bytes::Bytes::len).sum();
         assert!(size <= max, "a frame of {size} bytes");
         assert_eq!((frame.from, frame.to), (2, 1));
     }
-    let joined: Vec<Vec<u8>> = frames.into_iter().flat_map(|b| b.messages).collect();
+    let joined: Vec<bytes::Bytes> = frames.into_iter().flat_map(|b| b.messages).collect();
     assert_eq!(joined, big.messages, "the big batch arrived changed");
 
     let huge = RaftBatch {
-        messages: vec![vec![0; max + 1]],
+        messages: vec![vec![0; max + 1].into()],
         ..batch(2, 1, 0)
     };
     let err = client.send(&addr, huge).await;
@@ -562,7 +562,7 @@ pub async fn oversized_inbound_is_refused(
         Err(e) => e,
     };
     let oversized = RaftBatch {
-        messages: vec![vec![0; max * 2]],
+        messages: vec![vec![0; max * 2].into()],
         ..batch(3, 1, 0)
     };
     let _ = loose.send(&addr, oversized).await;

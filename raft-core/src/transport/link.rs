@@ -401,7 +401,7 @@ mod tests {
             cluster_id: 0,
             from: 1,
             to: 2,
-            messages,
+            messages: messages.into_iter().map(Into::into).collect(),
             from_addr: "127.0.0.1:1".into(),
         }
     }
@@ -414,7 +414,7 @@ mod tests {
         assert!(parts.len() > 1);
         assert!(parts.iter().all(|f| f.encoded_len() <= max));
         assert!(parts.iter().all(|f| f.from == 1 && f.to == 2));
-        let joined: Vec<Vec<u8>> = parts.into_iter().flat_map(|f| f.messages).collect();
+        let joined: Vec<bytes::Bytes> = parts.into_iter().flat_map(|f| f.messages).collect();
         assert_eq!(joined, whole.messages);
     }
 

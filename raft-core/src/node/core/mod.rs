@@ -445,7 +445,7 @@ impl NodeCore {
     }
 
     /// Steps a peer's message if it is consistent with this node's state.
-    fn step_remote(&mut self, msg: Message, from_addr: Option<String>) {
+    fn step_remote(&mut self, msg: Message, from_addr: Option<std::sync::Arc<str>>) {
         let raft = &self.raw.raft;
         let conf = raft.prs().conf();
         let is_member = |id: u64| conf.voters().contains(id) || conf.learners().contains(&id);
@@ -479,7 +479,7 @@ impl NodeCore {
             // Before it has a configuration, a node answers whoever runs the cluster.
             if let Some(addr) = from_addr {
                 if !self.learned_addrs.contains_key(&msg.from) {
-                    self.learn_addr(msg.from, addr);
+                    self.learn_addr(msg.from, addr.to_string());
                 }
             }
         }
@@ -683,7 +683,7 @@ mod tests {
         let mut sent = Vec::new();
         while let Some(output) = core.poll_output() {
             match output {
-                Output::Write(mut write) => {
+                Output::Write(write) => {
                     let result = write.run(core.storage.as_ref());
                     core.write_done(result, now).unwrap();
                 }
@@ -735,7 +735,7 @@ mod tests {
                 write = Some(w);
             }
         }
-        let mut write = write.expect("becoming leader writes the new term");
+        let write = write.expect("becoming leader writes the new term");
         assert_eq!(core.writes_in_flight(), 1);
         assert!(core.poll_output().is_none());
         core.write_done(write.run(core.storage.as_ref()), now)

@@ -54,15 +54,15 @@ pub(crate) struct LogWrite {
 
 impl LogWrite {
     /// Carries the write out; on a storage thread in production, in place in simulation.
-    pub(crate) fn run(&mut self, storage: &dyn LogStorage) -> Result<(), StorageError> {
+    pub(crate) fn run(self, storage: &dyn LogStorage) -> Result<(), StorageError> {
         if let Some(snapshot) = &self.snapshot {
-            match self.payload.take() {
+            match self.payload {
                 Some(payload) => storage.install_snapshot_with(snapshot, payload)?,
                 None => storage.install_snapshot(snapshot)?,
             }
         }
         if !self.entries.is_empty() || self.hard_state.is_some() {
-            storage.append(&self.entries, self.hard_state.as_ref())?;
+            storage.append_owned(self.entries, self.hard_state.as_ref())?;
         }
         Ok(())
     }

@@ -137,7 +137,7 @@ impl SimNode {
         let Some(mut running) = self.running.take() else {
             return;
         };
-        for write in running.writes.iter_mut().take(keep_writes) {
+        for write in running.writes.drain(..).take(keep_writes) {
             let _ = write.run(self.disk.as_ref());
         }
         if keep_writes > 0 {

@@ -527,7 +527,7 @@ impl World {
         let Some(running) = self.node(id).running.as_mut() else {
             return;
         };
-        let Some(mut write) = running.writes.pop_front() else {
+        let Some(write) = running.writes.pop_front() else {
             return;
         };
         let result = if faulty {

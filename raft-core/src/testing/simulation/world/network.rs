@@ -84,7 +84,7 @@ impl World {
         }
         self.push_input(
             to,
-            NodeInput::Msg(DriverMsg::Raft(Box::new(msg), Some(addr(from)))),
+            NodeInput::Msg(DriverMsg::Raft(Box::new(msg), Some(addr(from).into()))),
         );
         if snapshot {
             self.report.snapshots_delivered += 1;
