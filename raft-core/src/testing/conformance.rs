@@ -46,6 +46,7 @@ pub fn run_all<F: StorageFactory>(factory: &mut F) {
     entries_out_of_range(factory);
     append_overwrites_conflicting_suffix(factory);
     append_rejects_gaps_and_disorder(factory);
+    append_owned_matches_append(factory);
     hard_state_round_trip(factory);
     save_snapshot_keeps_log(factory);
     compact_drops_prefix(factory);
@@ -217,6 +218,38 @@ pub fn append_rejects_gaps_and_disorder<F: StorageFactory>(f: &mut F) {
         "before the first index"
     );
     assert_eq!(s.term(5).unwrap(), 1);
+}
+
+/// `append_owned`, the call raft-core makes for every write, keeps what `append` keeps:
+/// overwrites a conflicting suffix, refuses gaps and disorder unchanged, stores the hard
+/// state.
+pub fn append_owned_matches_append<F: StorageFactory>(f: &mut F) {
+    let s = f.create();
+    s.append_owned(entries(1..=10, 1), None).unwrap();
+    s.append_owned(entries(6..=7, 2), None).unwrap();
+    assert_eq!(s.last_index().unwrap(), 7, "the old suffix is gone");
+    assert_eq!(s.entries(5, 8, None).unwrap(), {
+        let mut v = entries(5..=5, 1);
+        v.extend(entries(6..=7, 2));
+        v
+    });
+    assert!(
+        s.append_owned(entries(9..=10, 2), None).is_err(),
+        "a gap is refused"
+    );
+    assert!(
+        s.append_owned(vec![entry(8, 2), entry(10, 2)], None)
+            .is_err(),
+        "non-contiguous batch refused"
+    );
+    assert_eq!(s.last_index().unwrap(), 7, "refused writes change nothing");
+    let hs = HardState {
+        term: 2,
+        vote: 1,
+        commit: 7,
+    };
+    s.append_owned(Vec::new(), Some(&hs)).unwrap();
+    assert_eq!(s.initial_state().unwrap().hard_state, hs);
 }
 
 /// The hard state is stored with (or without) entries and returned by `initial_state`.
