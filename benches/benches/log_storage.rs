@@ -76,8 +76,8 @@ fn entries(first: u64, n: usize, payload: usize) -> Vec<Entry> {
         .map(|index| Entry {
             index,
             term: 1,
-            data: vec![(index % 251) as u8; payload],
-            context: index.to_be_bytes().to_vec(),
+            data: vec![(index % 251) as u8; payload].into(),
+            context: index.to_be_bytes().to_vec().into(),
             ..Default::default()
         })
         .collect()
@@ -85,12 +85,15 @@ fn entries(first: u64, n: usize, payload: usize) -> Vec<Entry> {
 
 fn snapshot_at(index: u64) -> Snapshot {
     Snapshot {
-        data: b"bench".to_vec(),
+        data: b"bench".to_vec().into(),
         metadata: Some(SnapshotMetadata {
-            conf_state: Some(ConfState::from((vec![1], vec![]))),
+            conf_state: Some(ConfState::from((vec![1], vec![]))).into(),
             index,
             term: 1,
-        }),
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
     }
 }
 

@@ -16,7 +16,7 @@ use raft_core::wire::{
     SnapshotChunk, StatusRequest, TransferLeaderRequest,
 };
 use raft_core::Transport;
-use raft_prost::Message as _;
+use raft_core::RaftCodec as _;
 
 struct World {
     rt: tokio::runtime::Runtime,
@@ -157,10 +157,13 @@ fn build_message(b: &mut Bytes<'_>, from: u64, to: u64, term: u64, last: u64) ->
                     voters_outgoing: b.ids(),
                     learners_next: b.ids(),
                     auto_leave: b.bool(),
+                    ..Default::default()
                 }),
                 index: b.num(last),
                 term: b.num(term),
-            }),
+                ..Default::default()
+            }).into(),
+            ..Default::default()
         });
     }
     if flags & 0x20 != 0 {

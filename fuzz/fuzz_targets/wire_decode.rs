@@ -11,12 +11,12 @@ fuzz_target!(|data: &[u8]| {
     let _ = RaftBatch::decode(data);
     if let Ok(chunk) = SnapshotChunk::decode(data) {
         // The last chunk carries an eraftpb message: decode it as the receiver would.
-        let _ = <raft::prelude::Message as raft_prost::Message>::decode(&chunk.message[..]);
+        let _ = <raft::prelude::Message as raft_core::RaftCodec>::decode_from(&chunk.message[..]);
     }
-    let _ = <raft::prelude::Message as raft_prost::Message>::decode(data);
+    let _ = <raft::prelude::Message as raft_core::RaftCodec>::decode_from(data);
     if let Ok(batch) = RaftBatch::decode(data) {
         for m in &batch.messages {
-            let _ = <raft::prelude::Message as raft_prost::Message>::decode(&m[..]);
+            let _ = <raft::prelude::Message as raft_core::RaftCodec>::decode_from(&m[..]);
         }
     }
 });

@@ -397,12 +397,15 @@ pub fn restore_backup(
         promote: false,
     }];
     let snapshot = Snapshot {
-        data: seal_envelope(cluster_id::random(), members, backup.data.clone()),
+        data: seal_envelope(cluster_id::random(), members, backup.data.clone()).into(),
         metadata: Some(SnapshotMetadata {
-            conf_state: Some(ConfState::from((vec![id], vec![]))),
+            conf_state: Some(ConfState::from((vec![id], vec![]))).into(),
             index: backup.index,
             term: backup.term,
-        }),
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
     };
     storage.install_snapshot(&snapshot)?;
     // Installing raises the commit index (and, in the bundled backends, the term); the term
@@ -414,6 +417,7 @@ pub fn restore_backup(
             term: hard_state.term.max(backup.term),
             vote: 0,
             commit: hard_state.commit.max(backup.index),
+            ..Default::default()
         };
         storage.append(&[], Some(&hs))?;
     }

@@ -109,7 +109,7 @@ impl LogStorage for MemLogStorage {
             .snapshot
             .metadata
             .as_ref()
-            .and_then(|m| m.conf_state.clone())
+            .and_then(|m| m.conf_state.clone().into_option())
             .unwrap_or_default();
         Ok(RaftState::new(log.hard_state.clone(), conf_state))
     }

@@ -133,13 +133,14 @@ impl SnapshotPayload {
                     .into(),
             ));
         };
-        let mut envelope = SnapshotEnvelope::decode(snapshot.data.as_slice())
+        let mut envelope = SnapshotEnvelope::decode(&snapshot.data[..])
             .map_err(|e| StorageError::Invalid(format!("snapshot envelope: {e}")))?;
         envelope.user_data = bytes;
         envelope.payload = None;
         Ok(Snapshot {
-            data: envelope.encode_to_vec(),
+            data: envelope.encode_to_vec().into(),
             metadata: snapshot.metadata.clone(),
+            ..Default::default()
         })
     }
 }
@@ -179,7 +180,7 @@ impl SnapshotPayloadWriter for InlinePayloadWriter {
 
 /// The payload a snapshot's data holds inline.
 pub(crate) fn inline_payload(snapshot: &Snapshot) -> Result<Vec<u8>, StorageError> {
-    let envelope = SnapshotEnvelope::decode(snapshot.data.as_slice())
+    let envelope = SnapshotEnvelope::decode(&snapshot.data[..])
         .map_err(|e| StorageError::Corrupt(format!("snapshot envelope: {e}")))?;
     if envelope.payload.is_some() {
         return Err(StorageError::Corrupt(format!(
@@ -216,13 +217,14 @@ mod tests {
             ..Default::default()
         };
         let snapshot = Snapshot {
-            data: envelope.encode_to_vec(),
-            metadata: None,
+            data: envelope.encode_to_vec().into(),
+            metadata: None.into(),
+            ..Default::default()
         };
         let full = SnapshotPayload::inline(b"abc".to_vec())
             .inline_into(&snapshot)
             .unwrap();
-        let opened = SnapshotEnvelope::decode(full.data.as_slice()).unwrap();
+        let opened = SnapshotEnvelope::decode(&full.data[..]).unwrap();
         assert_eq!(opened.user_data, b"abc");
         assert_eq!(opened.cluster_id, 9);
         assert!(opened.payload.is_none());

@@ -12,24 +12,23 @@
 
 include!(concat!(env!("OUT_DIR"), "/raftkit.v1.rs"));
 
-use raft_prost::Message as _;
-
 use crate::error::TransportError;
+use crate::raft_codec::RaftCodec;
 
-/// Encodes a raft-rs message (raft's own prost version) to bytes.
+/// Encodes a raft-rs message to bytes.
 pub(crate) fn encode_raft_message(msg: &raft::prelude::Message) -> Vec<u8> {
     msg.encode_to_vec()
 }
 
-/// Decodes a raft-rs message; malformed bytes are an error, never a panic.
+/// Decodes a raft-rs message; malformed bytes are an error, never a panic. From [`bytes::Bytes`]
+/// the entries' payloads share its buffer.
 pub(crate) fn decode_raft_message(
     bytes: impl bytes::Buf,
 ) -> Result<raft::prelude::Message, TransportError> {
-    raft::prelude::Message::decode(bytes)
-        .map_err(|e| TransportError::Malformed(format!("raft message: {e}")))
+    raft::prelude::Message::decode_from(bytes).map_err(|e| TransportError::Malformed(e.to_string()))
 }
 
 /// Decodes any raft-rs protobuf value.
-pub(crate) fn decode_raft<M: raft_prost::Message + Default>(bytes: &[u8]) -> Result<M, String> {
-    M::decode(bytes).map_err(|e| e.to_string())
+pub(crate) fn decode_raft<M: RaftCodec>(bytes: &[u8]) -> Result<M, String> {
+    M::decode_from(bytes).map_err(|e| e.to_string())
 }

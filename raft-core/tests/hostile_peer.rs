@@ -17,8 +17,8 @@ use raft_core::testing::cluster::{seed, test_config, TestCluster};
 use raft_core::testing::hostile::HostilePeer;
 use raft_core::testing::linearizability::{assert_linearizable, History};
 use raft_core::wire::{request, LeaderInfoRequest, RaftBatch, Request, StatusRequest};
+use raft_core::RaftCodec as _;
 use raft_core::Transport;
-use raft_prost::Message as _;
 use rand::Rng;
 use support::init_tracing;
 

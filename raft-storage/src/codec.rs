@@ -1,18 +1,20 @@
-//! Byte formats shared by the backends: protobuf (prost 0.11, raft-rs's codec) for raft's own
-//! messages, and small fixed layouts for our records.
+//! Byte formats shared by the backends: protobuf for raft's own messages (encoded by raft-rs,
+//! decoded by [`RaftCodec`], which never lets protobuf 2 parse what a disk holds), and small
+//! fixed layouts for our records.
 
 use raft_core::backend::eraftpb::{Entry, HardState, SnapshotMetadata};
+use raft_core::RaftCodec;
 use raft_core::StorageError;
-use raft_prost::Message;
 
 /// Encodes a raft protobuf message.
-pub(crate) fn encode<M: Message>(message: &M) -> Vec<u8> {
+pub(crate) fn encode<M: RaftCodec>(message: &M) -> Vec<u8> {
     message.encode_to_vec()
 }
 
 /// Decodes a raft protobuf message; `what` names it in the error.
-pub(crate) fn decode<M: Message + Default>(bytes: &[u8], what: &str) -> Result<M, StorageError> {
-    M::decode(bytes).map_err(|e| StorageError::Corrupt(format!("cannot decode the {what}: {e}")))
+pub(crate) fn decode<M: RaftCodec>(bytes: &[u8], what: &str) -> Result<M, StorageError> {
+    M::decode_from(bytes)
+        .map_err(|e| StorageError::Corrupt(format!("cannot decode the {what}: {e}")))
 }
 
 pub(crate) fn decode_entry(bytes: &[u8], index: u64) -> Result<Entry, StorageError> {
@@ -147,9 +149,10 @@ mod tests {
             len: 3,
             crc: 0xdead_beef,
             meta: SnapshotMetadata {
-                conf_state: Some(ConfState::from((vec![1, 2], vec![3]))),
+                conf_state: Some(ConfState::from((vec![1, 2], vec![3]))).into(),
                 index: 10,
                 term: 2,
+                ..Default::default()
             },
             envelope: None,
         };

@@ -25,12 +25,13 @@ const HARD_STATE_KEY: &[u8] = b"hard_state";
 const TRUNCATED_KEY: &[u8] = b"truncated";
 const SNAPSHOT_KEY: &[u8] = b"snapshot";
 
-/// One entry as raft-engine stores it: its index, then its prost encoding, length-prefixed
+/// One entry as raft-engine stores it: its index, then its protobuf encoding, length-prefixed
 /// (raft-engine checks the index of every entry it reads back).
 ///
-/// raft-engine encodes entries through protobuf 2's `Message`; raft-rs's prost types carry a
-/// partial `protobuf::Message` impl whose streaming methods are `unimplemented!()`, so the
-/// engine gets this small message instead.
+/// raft-engine decodes entries through protobuf 2's `Message`, whose parser recurses without
+/// a bound into nested groups (RUSTSEC-2024-0437): handed raft-rs's `Entry`, it would parse
+/// whatever the disk holds with it. The engine gets this small message instead, the entry's
+/// bytes opaque to it, and [`RaftCodec`](raft_core::RaftCodec) decodes them.
 #[derive(Debug, Clone, Default, PartialEq)]
 struct EngineEntry {
     index: u64,
@@ -521,15 +522,17 @@ impl LogStorage for RaftEngineLogStorage {
             if let Some(envelope) = &record.envelope {
                 // The file holds the payload alone, read as a stream when it is wanted.
                 return Ok(Snapshot {
-                    data: envelope.clone(),
-                    metadata: Some(record.meta.clone()),
+                    data: envelope.clone().into(),
+                    metadata: Some(record.meta.clone()).into(),
+                    ..Default::default()
                 });
             }
             (self.snapshots.open_file(record)?, record.meta.clone())
         };
         Ok(Snapshot {
-            data: file.read()?,
-            metadata: Some(meta),
+            data: file.read()?.into(),
+            metadata: Some(meta).into(),
+            ..Default::default()
         })
     }
 

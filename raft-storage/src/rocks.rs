@@ -4,8 +4,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use raft_core::backend::eraftpb::{Entry, HardState, RaftState, Snapshot, SnapshotMetadata};
+use raft_core::RaftCodec as _;
 use raft_core::{LogStorage, PayloadReader, SnapshotPayload, SnapshotPayloadWriter, StorageError};
-use raft_prost::Message;
 use rocksdb::{ErrorKind, Options, ReadOptions, WriteBatch, WriteOptions, DB};
 
 use crate::codec::{
@@ -422,15 +422,17 @@ impl LogStorage for RocksLogStorage {
             if let Some(envelope) = &record.envelope {
                 // The file holds the payload alone, read as a stream when it is wanted.
                 return Ok(Snapshot {
-                    data: envelope.clone(),
-                    metadata: Some(record.meta.clone()),
+                    data: envelope.clone().into(),
+                    metadata: Some(record.meta.clone()).into(),
+                    ..Default::default()
                 });
             }
             (self.snapshots.open_file(record)?, record.meta.clone())
         };
         Ok(Snapshot {
-            data: file.read()?,
-            metadata: Some(meta),
+            data: file.read()?.into(),
+            metadata: Some(meta).into(),
+            ..Default::default()
         })
     }
 
@@ -454,12 +456,8 @@ impl LogStorage for RocksLogStorage {
             return Ok(());
         }
         let mut batch = WriteBatch::default();
-        let mut buf = Vec::new();
         for e in entries {
-            buf.clear();
-            e.encode(&mut buf)
-                .map_err(|err| StorageError::Invalid(format!("cannot encode entry: {err}")))?;
-            batch.put(entry_key(e.index), &buf);
+            batch.put(entry_key(e.index), e.encode_to_vec());
         }
         if let Some(p) = plan {
             if p.new_last < p.old_last {

@@ -153,7 +153,7 @@ impl SnapshotFiles {
             len: written.len,
             crc: written.crc,
             meta: snapshot.metadata.clone().unwrap_or_default(),
-            envelope: Some(snapshot.data.clone()),
+            envelope: Some(snapshot.data.to_vec()),
         };
         Ok((written.file, record))
     }

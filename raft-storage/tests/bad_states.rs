@@ -22,7 +22,7 @@ fn entries(range: std::ops::RangeInclusive<u64>) -> Vec<Entry> {
         .map(|index| Entry {
             index,
             term: 1,
-            data: vec![7; 100],
+            data: vec![7; 100].into(),
             ..Default::default()
         })
         .collect()
@@ -33,12 +33,15 @@ fn populated(backend: Backend, dir: &Path) {
     let log = backend.open(dir).unwrap();
     log.append(&entries(1..=20), None).unwrap();
     log.save_snapshot(&Snapshot {
-        data: vec![42; 10_000],
+        data: vec![42; 10_000].into(),
         metadata: Some(SnapshotMetadata {
-            conf_state: Some(ConfState::from((vec![1], vec![]))),
+            conf_state: Some(ConfState::from((vec![1], vec![]))).into(),
             index: 10,
             term: 1,
-        }),
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
     })
     .unwrap();
 }

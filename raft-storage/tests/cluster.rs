@@ -344,7 +344,11 @@ async fn whole_cluster_restarts_from_its_directories() {
             store.dir.display(),
             log.first_index().unwrap(),
             log.last_index().unwrap(),
-            log.snapshot().unwrap().metadata.map_or(0, |m| m.index),
+            log.snapshot()
+                .unwrap()
+                .metadata
+                .into_option()
+                .map_or(0, |m| m.index),
             log.initial_state().unwrap().hard_state,
         );
     }

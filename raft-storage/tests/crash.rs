@@ -62,7 +62,7 @@ fn crash_child() {
             .map(|index| Entry {
                 index,
                 term,
-                data: payload(index),
+                data: payload(index).into(),
                 ..Default::default()
             })
             .collect();
@@ -71,6 +71,7 @@ fn crash_child() {
             term,
             vote: 1,
             commit: last,
+            ..Default::default()
         };
         log.append(&batch, Some(&hs)).unwrap();
         writeln!(out, "ACK {last}").unwrap();
@@ -79,12 +80,15 @@ fn crash_child() {
         if rng.gen_range(0..20) == 0 && last > 50 {
             let at = last - 20;
             let snap = Snapshot {
-                data: snapshot_data(at),
+                data: snapshot_data(at).into(),
                 metadata: Some(SnapshotMetadata {
-                    conf_state: Some(ConfState::from((vec![1, 2, 3], vec![]))),
+                    conf_state: Some(ConfState::from((vec![1, 2, 3], vec![]))).into(),
                     index: at,
                     term: log.term(at).unwrap(),
-                }),
+                    ..Default::default()
+                })
+                .into(),
+                ..Default::default()
             };
             log.save_snapshot(&snap).unwrap();
             log.compact(at - 10).unwrap();

@@ -34,18 +34,21 @@ fn directories_0700_and_snapshot_files_0600() {
             .map(|index| Entry {
                 index,
                 term: 2,
-                data: b"x".to_vec(),
+                data: b"x".to_vec().into(),
                 ..Default::default()
             })
             .collect();
         log.append(&entries, None).unwrap();
         log.save_snapshot(&Snapshot {
-            data: vec![7; 4096],
+            data: vec![7; 4096].into(),
             metadata: Some(SnapshotMetadata {
-                conf_state: Some(ConfState::from((vec![1], vec![]))),
+                conf_state: Some(ConfState::from((vec![1], vec![]))).into(),
                 index: 5,
                 term: 2,
-            }),
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
         })
         .unwrap();
 

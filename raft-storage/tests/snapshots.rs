@@ -32,7 +32,7 @@ fn entries(range: std::ops::RangeInclusive<u64>, term: u64) -> Vec<Entry> {
         .map(|index| Entry {
             index,
             term,
-            data: format!("entry {index}").into_bytes(),
+            data: format!("entry {index}").into_bytes().into(),
             ..Default::default()
         })
         .collect()
@@ -40,9 +40,10 @@ fn entries(range: std::ops::RangeInclusive<u64>, term: u64) -> Vec<Entry> {
 
 fn meta(index: u64, term: u64) -> SnapshotMetadata {
     SnapshotMetadata {
-        conf_state: Some(ConfState::from((vec![1, 2, 3], vec![]))),
+        conf_state: Some(ConfState::from((vec![1, 2, 3], vec![]))).into(),
         index,
         term,
+        ..Default::default()
     }
 }
 
@@ -53,8 +54,9 @@ fn snapshot(index: u64, term: u64, len: usize, tag: u8) -> Snapshot {
         *b = (i / 4096) as u8 ^ tag;
     }
     Snapshot {
-        data,
-        metadata: Some(meta(index, term)),
+        data: data.into(),
+        metadata: Some(meta(index, term)).into(),
+        ..Default::default()
     }
 }
 
@@ -201,6 +203,7 @@ fn appends_go_on_while_a_large_snapshot_is_saved() {
                     term: 1,
                     vote: 1,
                     commit: first + 3,
+                    ..Default::default()
                 };
                 log.append(&entries(first..=first + 3, 1), Some(&hs))
                     .unwrap();

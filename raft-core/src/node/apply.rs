@@ -76,7 +76,7 @@ impl Applier {
         let conf_state = snapshot
             .metadata
             .as_ref()
-            .and_then(|m| m.conf_state.clone())
+            .and_then(|m| m.conf_state.clone().into_option())
             .unwrap_or_default();
         Applier {
             node_id,
@@ -134,7 +134,7 @@ impl Applier {
         self.conf_state = snapshot
             .metadata
             .as_ref()
-            .and_then(|m| m.conf_state.clone())
+            .and_then(|m| m.conf_state.clone().into_option())
             .unwrap_or_default();
         Ok(())
     }
@@ -438,12 +438,16 @@ impl Applier {
                 self.members.to_list(),
                 payload.reference(),
                 self.sessions.to_records(),
-            ),
+            )
+            .into(),
             metadata: Some(SnapshotMetadata {
-                conf_state: Some(self.conf_state.clone()),
+                conf_state: Some(self.conf_state.clone()).into(),
                 index: self.applied,
                 term: self.applied_term,
-            }),
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
         };
         self.last_snapshot = self.applied;
         NodeMetrics::inc(&self.counters.metrics.snapshots_taken);

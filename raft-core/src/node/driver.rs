@@ -133,7 +133,7 @@ impl Driver {
             match output {
                 Output::Send { msg, addr } => {
                     let to = msg.to;
-                    let snapshot = msg.msg_type() == MessageType::MsgSnapshot;
+                    let snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
                     if !self.parts.peers.send(msg, &addr) {
                         self.parts.core.send_failed(to, snapshot);
                     }

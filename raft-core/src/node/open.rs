@@ -34,12 +34,15 @@ pub(crate) fn first_snapshot(
 ) -> Snapshot {
     let voters = members.iter().map(|m| m.id).collect::<Vec<_>>();
     Snapshot {
-        data: seal_envelope(cluster_id, members, user_data),
+        data: seal_envelope(cluster_id, members, user_data).into(),
         metadata: Some(SnapshotMetadata {
-            conf_state: Some(ConfState::from((voters, vec![]))),
+            conf_state: Some(ConfState::from((voters, vec![]))).into(),
             index: 1,
             term: 1,
-        }),
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
     }
 }
 

@@ -122,7 +122,7 @@ impl SenderTask {
         while rx.recv_many(&mut pending, MAX_BATCH).await > 0 {
             let mut encoded = Vec::with_capacity(pending.len());
             for msg in pending.drain(..) {
-                if msg.msg_type() == MessageType::MsgSnapshot {
+                if msg.get_msg_type() == MessageType::MsgSnapshot {
                     self.spawn_snapshot(msg);
                 } else {
                     encoded.push(wire::encode_raft_message(&msg).into());

@@ -96,7 +96,7 @@ impl InboundHandler for NodeServer {
                 metrics.refuse(
                     id,
                     reason,
-                    &format_args!("{:?} from node {}", msg.msg_type(), batch.from),
+                    &format_args!("{:?} from node {}", msg.get_msg_type(), batch.from),
                 );
                 continue;
             }

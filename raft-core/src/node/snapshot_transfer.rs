@@ -37,9 +37,9 @@ fn split_payload(
         let meta = snapshot.metadata.clone().unwrap_or_default();
         let source = SnapshotSource::for_storage(storage, meta, payload.len, payload.crc32)
             .map_err(|e| format!("reading the snapshot: {e}"))?;
-        return Ok((snapshot.data.clone(), source));
+        return Ok((snapshot.data.to_vec(), source));
     }
-    let mut envelope = SnapshotEnvelope::decode(snapshot.data.as_slice())
+    let mut envelope = SnapshotEnvelope::decode(&snapshot.data[..])
         .map_err(|e| format!("snapshot envelope: {e}"))?;
     let user_data = std::mem::take(&mut envelope.user_data);
     envelope.payload = Some(PayloadRef {
@@ -72,7 +72,7 @@ pub(crate) async fn send_snapshot(
         ));
     };
     let (envelope, mut source) = split_payload(snapshot, storage).map_err(&failed)?;
-    snapshot.data = envelope;
+    snapshot.data = envelope.into();
     let mut header = wire::encode_raft_message(&msg);
     let total = source.len();
     let chunk_size = chunk_size.max(1) as u64;
@@ -377,13 +377,17 @@ mod tests {
             to: 2,
             term: 2,
             snapshot: Some(Snapshot {
-                data: seal_envelope(0, Vec::new(), data),
+                data: seal_envelope(0, Vec::new(), data).into(),
                 metadata: Some(SnapshotMetadata {
                     index: 9,
                     term: 2,
-                    conf_state: Some(ConfState::from((vec![1], vec![2]))),
-                }),
-            }),
+                    conf_state: Some(ConfState::from((vec![1], vec![2]))).into(),
+                    ..Default::default()
+                })
+                .into(),
+                ..Default::default()
+            })
+            .into(),
             ..Default::default()
         };
         msg.set_msg_type(MessageType::MsgSnapshot);
@@ -394,13 +398,13 @@ mod tests {
     fn header(msg: &Message) -> (Message, Vec<u8>) {
         let mut header = msg.clone();
         let snapshot = header.snapshot.as_mut().unwrap();
-        let mut envelope = SnapshotEnvelope::decode(snapshot.data.as_slice()).unwrap();
+        let mut envelope = SnapshotEnvelope::decode(&snapshot.data[..]).unwrap();
         let data = std::mem::take(&mut envelope.user_data);
         envelope.payload = Some(PayloadRef {
             len: data.len() as u64,
             crc32: crc32fast::hash(&data),
         });
-        snapshot.data = envelope.encode_to_vec();
+        snapshot.data = envelope.encode_to_vec().into();
         (header, data)
     }
 
@@ -591,7 +595,7 @@ mod tests {
             .metadata
             .as_mut()
             .unwrap()
-            .conf_state = Some(ConfState::from((vec![1, 2], vec![2])));
+            .conf_state = Some(ConfState::from((vec![1, 2], vec![2]))).into();
         let (assembler, _) = new_assembler(1 << 20);
         let mut last = Ok(None);
         for part in chunks(&msg, 100, 1) {

@@ -61,8 +61,8 @@ pub fn entry(index: u64, term: u64) -> Entry {
     Entry {
         index,
         term,
-        data: format!("entry-{index}-{term}").into_bytes(),
-        context: index.to_be_bytes().to_vec(),
+        data: format!("entry-{index}-{term}").into_bytes().into(),
+        context: index.to_be_bytes().to_vec().into(),
         ..Default::default()
     }
 }
@@ -73,12 +73,15 @@ fn entries(range: std::ops::RangeInclusive<u64>, term: u64) -> Vec<Entry> {
 
 fn snapshot(index: u64, term: u64, voters: Vec<u64>, data: Vec<u8>) -> Snapshot {
     Snapshot {
-        data,
+        data: data.into(),
         metadata: Some(SnapshotMetadata {
-            conf_state: Some(ConfState::from((voters, vec![]))),
+            conf_state: Some(ConfState::from((voters, vec![]))).into(),
             index,
             term,
-        }),
+            ..Default::default()
+        })
+        .into(),
+        ..Default::default()
     }
 }
 
@@ -101,7 +104,7 @@ pub fn empty_storage<F: StorageFactory>(f: &mut F) {
     assert_eq!(state.conf_state, ConfState::default(), "empty: conf state");
     let snap = s.snapshot().unwrap();
     assert_eq!(
-        snap.metadata.map_or(0, |m| m.index),
+        snap.metadata.as_ref().map_or(0, |m| m.index),
         0,
         "empty: snapshot index"
     );
@@ -151,7 +154,7 @@ pub fn entries_respect_max_size<F: StorageFactory>(f: &mut F) {
         1,
         "at least one entry"
     );
-    let one = raft_prost::Message::encoded_len(&entry(1, 1)) as u64;
+    let one = crate::RaftCodec::encoded_len(&entry(1, 1)) as u64;
     let got = s.entries(1, 11, Some(one * 3)).unwrap();
     assert!(
         !got.is_empty() && got.len() <= 3,
@@ -247,6 +250,7 @@ pub fn append_owned_matches_append<F: StorageFactory>(f: &mut F) {
         term: 2,
         vote: 1,
         commit: 7,
+        ..Default::default()
     };
     s.append_owned(Vec::new(), Some(&hs)).unwrap();
     assert_eq!(s.initial_state().unwrap().hard_state, hs);
@@ -259,6 +263,7 @@ pub fn hard_state_round_trip<F: StorageFactory>(f: &mut F) {
         term: 3,
         vote: 2,
         commit: 4,
+        ..Default::default()
     };
     s.append(&entries(1..=5, 3), Some(&hs)).unwrap();
     assert_eq!(s.initial_state().unwrap().hard_state, hs);
@@ -266,6 +271,7 @@ pub fn hard_state_round_trip<F: StorageFactory>(f: &mut F) {
         term: 4,
         vote: 1,
         commit: 5,
+        ..Default::default()
     };
     s.append(&[], Some(&hs2)).unwrap();
     assert_eq!(s.initial_state().unwrap().hard_state, hs2);
@@ -281,6 +287,7 @@ pub fn save_snapshot_keeps_log<F: StorageFactory>(f: &mut F) {
             term: 2,
             vote: 1,
             commit: 3,
+            ..Default::default()
         }),
     )
     .unwrap();
@@ -349,6 +356,7 @@ pub fn snapshot_payloads_round_trip<F: StorageFactory>(f: &mut F) {
         term: 2,
         vote: 1,
         commit: 8,
+        ..Default::default()
     };
     s.append(&entries(1..=10, 2), Some(&hs)).unwrap();
     let state: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
@@ -428,6 +436,7 @@ pub fn install_snapshot_replaces_log<F: StorageFactory>(f: &mut F) {
             term: 1,
             vote: 1,
             commit: 2,
+            ..Default::default()
         }),
     )
     .unwrap();
@@ -471,6 +480,7 @@ pub fn durable_across_reopen<F: StorageFactory>(f: &mut F) {
         term: 5,
         vote: 3,
         commit: 12,
+        ..Default::default()
     };
     s.append(&entries(1..=10, 4), None).unwrap();
     s.append(&entries(11..=15, 5), Some(&hs)).unwrap();

@@ -10,8 +10,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::RaftCodec as _;
 use raft::prelude::{Message, MessageType};
-use raft_prost::Message as _;
 
 use crate::wire::{
     request, response, MembershipAction, MembershipRequest, ProposeRequest, RaftBatch, Request,

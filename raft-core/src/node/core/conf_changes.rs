@@ -20,7 +20,7 @@ pub(super) fn single_change(change_type: ConfChangeType, node_id: u64) -> ConfCh
     };
     single.set_change_type(change_type);
     let mut cc = ConfChangeV2 {
-        changes: vec![single],
+        changes: vec![single].into(),
         ..Default::default()
     };
     cc.set_transition(ConfChangeTransition::Auto);

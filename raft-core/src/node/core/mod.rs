@@ -466,7 +466,7 @@ impl NodeCore {
                 reason,
                 &format_args!(
                     "{:?} from node {} (term {}, index {}, commit {})",
-                    msg.msg_type(),
+                    msg.get_msg_type(),
                     msg.from,
                     msg.term,
                     msg.index,
@@ -487,7 +487,7 @@ impl NodeCore {
             self.last_contact.record(msg.from, self.now);
         }
         // A snapshot may replace the configuration.
-        self.conf_changed |= msg.msg_type() == MessageType::MsgSnapshot;
+        self.conf_changed |= msg.get_msg_type() == MessageType::MsgSnapshot;
         if let Err(e) = self.raw.step(msg) {
             tracing::debug!(node = self.id, "ignored raft message: {e}");
         }
@@ -640,12 +640,15 @@ mod tests {
             promote: false,
         }];
         let snapshot = Snapshot {
-            data: seal_envelope(0, members.clone(), Vec::new()),
+            data: seal_envelope(0, members.clone(), Vec::new()).into(),
             metadata: Some(SnapshotMetadata {
-                conf_state: Some(ConfState::from((vec![1], vec![2]))),
+                conf_state: Some(ConfState::from((vec![1], vec![2]))).into(),
                 index: 1,
                 term: 1,
-            }),
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
         };
         storage.install_snapshot(&snapshot).unwrap();
         let log: Arc<dyn LogStorage> = Arc::new(storage);
@@ -762,12 +765,15 @@ mod tests {
         let committed = core.raw.raft.raft_log.committed;
         assert!(committed >= 6, "the proposals committed: {committed}");
         let snapshot = Snapshot {
-            data: Vec::new(),
+            data: Vec::new().into(),
             metadata: Some(SnapshotMetadata {
-                conf_state: Some(ConfState::from((vec![1], vec![2]))),
+                conf_state: Some(ConfState::from((vec![1], vec![2]))).into(),
                 index: committed,
                 term: core.term(),
-            }),
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
         };
         let payload = SnapshotPayload::inline(Vec::new());
         core.handle(

@@ -101,11 +101,12 @@ impl NodeCore {
         let mut waiters = Vec::with_capacity(batch.len());
         for p in batch {
             entries.push(Entry {
-                data: p.data,
+                data: p.data.into(),
                 context: p
                     .session
                     .map(|s| s.to_record().encode_to_vec())
-                    .unwrap_or_default(),
+                    .unwrap_or_default()
+                    .into(),
                 ..Default::default()
             });
             waiters.push((p.deadline, p.reply));
@@ -113,7 +114,7 @@ impl NodeCore {
         let count = entries.len() as u64;
         let mut msg = Message {
             from: self.id,
-            entries,
+            entries: entries.into(),
             ..Default::default()
         };
         msg.set_msg_type(MessageType::MsgPropose);

@@ -226,7 +226,7 @@ impl NodeCore {
                         peer = to,
                         "no address for peer; message dropped"
                     );
-                    if msg.msg_type() == MessageType::MsgSnapshot {
+                    if msg.get_msg_type() == MessageType::MsgSnapshot {
                         self.snapshot_failed.push(to);
                     }
                 }
@@ -241,7 +241,7 @@ impl NodeCore {
     /// it ([`super::super::inbound`]). What the leader meant is the entries' own append: after
     /// the entry before the first, with that entry's term. Found by the simulator (seed 1).
     fn mend_batched_append(&self, msg: &mut Message) -> bool {
-        if msg.msg_type() != MessageType::MsgAppend {
+        if msg.get_msg_type() != MessageType::MsgAppend {
             return true;
         }
         let Some(first) = msg.entries.first().map(|e| e.index) else {

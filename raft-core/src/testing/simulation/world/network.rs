@@ -11,8 +11,8 @@ impl World {
     /// Puts a message on the simulated network: delayed, maybe lost or duplicated.
     pub(super) fn send(&mut self, from: u64, msg: Message) {
         let to = msg.to;
-        (from, to, msg.msg_type() as i32, msg.term, msg.index).hash(&mut self.trace);
-        let snapshot = msg.msg_type() == MessageType::MsgSnapshot;
+        (from, to, msg.get_msg_type() as i32, msg.term, msg.index).hash(&mut self.trace);
+        let snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
         let lossy = self.config.faults && self.phase == Phase::Faults;
         let lost = !self.reachable(from, to)
             || to == 0
@@ -50,7 +50,7 @@ impl World {
     }
 
     pub(super) fn deliver(&mut self, from: u64, to: u64, msg: Message) {
-        let snapshot = msg.msg_type() == MessageType::MsgSnapshot;
+        let snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
         if !self.running(to) || !self.reachable(from, to) {
             if snapshot {
                 self.push_input(
@@ -69,7 +69,7 @@ impl World {
             self.fail(format!(
                 "node {to} refused an honest {:?} from node {from} ({} to {}): {refusal} (term {}, \
                  index {}, log term {}, entries (index, term) {:?})",
-                msg.msg_type(),
+                msg.get_msg_type(),
                 msg.from,
                 msg.to,
                 msg.term,
