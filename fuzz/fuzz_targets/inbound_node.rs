@@ -112,9 +112,15 @@ fn claimed_id(b: &mut Bytes<'_>) -> u64 {
     }
 }
 
+/// The enum value numbered `n`, or the default: numbers raft-rs does not know cannot be held
+/// in its types (the raw-bytes operations send those).
+fn known_or_default<E: protobuf::ProtobufEnum + Default>(n: i32) -> E {
+    E::from_i32(n).unwrap_or_default()
+}
+
 fn build_message(b: &mut Bytes<'_>, from: u64, to: u64, term: u64, last: u64) -> Message {
     let mut m = Message {
-        msg_type: (b.u8() % 20) as i32,
+        msg_type: known_or_default((b.u8() % 20) as i32),
         from,
         to,
         term: b.num(term),
@@ -141,15 +147,15 @@ fn build_message(b: &mut Bytes<'_>, from: u64, to: u64, term: u64, last: u64) ->
         m.entries.push(Entry {
             index: idx,
             term: b.num(term),
-            entry_type: (b.u8() % 4) as i32,
-            data: b.slice(32),
-            context: if b.bool() { b.slice(16) } else { Vec::new() },
+            entry_type: known_or_default((b.u8() % 4) as i32),
+            data: b.slice(32).into(),
+            context: if b.bool() { b.slice(16).into() } else { Default::default() },
             ..Default::default()
         });
     }
     if flags & 0x10 != 0 {
         m.snapshot = Some(Snapshot {
-            data: b.slice(64),
+            data: b.slice(64).into(),
             metadata: Some(SnapshotMetadata {
                 conf_state: Some(ConfState {
                     voters: b.ids(),
@@ -158,16 +164,18 @@ fn build_message(b: &mut Bytes<'_>, from: u64, to: u64, term: u64, last: u64) ->
                     learners_next: b.ids(),
                     auto_leave: b.bool(),
                     ..Default::default()
-                }),
+                })
+                .into(),
                 index: b.num(last),
                 term: b.num(term),
                 ..Default::default()
             }).into(),
             ..Default::default()
-        });
+        })
+        .into();
     }
     if flags & 0x20 != 0 {
-        m.context = b.slice(32);
+        m.context = b.slice(32).into();
     }
     m
 }
@@ -251,7 +259,7 @@ fuzz_target!(|data: &[u8]| {
                 let msg = if b.bool() {
                     let mut m = build_message(&mut b, from, target, term, last);
                     if b.bool() {
-                        m.msg_type = raft::prelude::MessageType::MsgSnapshot as i32;
+                        m.msg_type = raft::prelude::MessageType::MsgSnapshot;
                     }
                     m.encode_to_vec()
                 } else {
