@@ -2,13 +2,16 @@
 //! payloads) driven by N concurrent proposers. Prints writes/s per client count.
 //!
 //! `cargo run --release -p raft-core --features testing --example cluster_throughput -- [SECONDS
-//! [CLIENTS...]]` (3 s per client count; 1, 16, 64 and 256 clients by default)
+//! [CLIENTS...]]` (3 s per client count; 1, 16, 64 and 256 clients by default). `PAYLOAD=N`
+//! proposes puts of an N-byte value (to one key) instead of empty commands.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use raft_core::testing::cluster::{test_config, TestCluster};
+use raft_core::testing::kv::encode_op;
+use raft_core::testing::linearizability::KvOp;
 
 #[tokio::main]
 async fn main() {
@@ -26,16 +29,28 @@ async fn main() {
     } else {
         cluster.mailbox(leader)
     };
+    let payload_len: usize = std::env::var("PAYLOAD")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let command = if payload_len == 0 {
+        Vec::new()
+    } else {
+        encode_op(&KvOp::Put {
+            key: "bench".into(),
+            value: "v".repeat(payload_len),
+        })
+    };
     println!("clients  writes/s");
     for clients in client_counts {
         let done = Arc::new(AtomicU64::new(0));
         let stop = Instant::now() + Duration::from_secs(seconds);
         let mut tasks = Vec::new();
         for _ in 0..clients {
-            let (mailbox, done) = (mailbox.clone(), done.clone());
+            let (mailbox, done, command) = (mailbox.clone(), done.clone(), command.clone());
             tasks.push(tokio::spawn(async move {
                 while Instant::now() < stop {
-                    if mailbox.send_proposal(Vec::new()).await.is_ok() {
+                    if mailbox.send_proposal(command.clone()).await.is_ok() {
                         done.fetch_add(1, Ordering::Relaxed);
                     }
                 }
