@@ -100,7 +100,7 @@ pub use async_trait::async_trait;
 /// helpers every backend uses. The conformance suite is `testing::conformance`.
 pub mod backend {
     pub use crate::log_storage::limit_size;
-    pub use crate::mem_log_storage::check_contiguous;
+    pub use crate::mem_log_storage::{check_append, check_contiguous};
 
     /// raft-rs's protobuf types.
     pub mod eraftpb {

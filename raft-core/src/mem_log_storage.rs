@@ -47,21 +47,7 @@ impl MemLog {
         let Some(first) = entries.first() else {
             return Ok(());
         };
-        check_contiguous(entries)?;
-        if first.index < self.first_index() {
-            return Err(StorageError::Invalid(format!(
-                "append at index {} is before the first index {}",
-                first.index,
-                self.first_index()
-            )));
-        }
-        if first.index > self.last_index() + 1 {
-            return Err(StorageError::Invalid(format!(
-                "append at index {} leaves a gap after the last index {}",
-                first.index,
-                self.last_index()
-            )));
-        }
+        check_append(entries, self.first_index(), self.last_index())?;
         let keep = (first.index - self.first_index()) as usize;
         self.entries.truncate(keep);
         Ok(())
@@ -242,6 +228,32 @@ impl LogStorage for MemLogStorage {
     fn writes_in_place(&self) -> bool {
         !self.deferred_writes
     }
+}
+
+/// Checks that `entries` (non-empty) may be appended to a log holding `first_index..=last_index`:
+/// consecutive indexes, starting neither before the log's first entry nor past its end.
+pub fn check_append(
+    entries: &[Entry],
+    first_index: u64,
+    last_index: u64,
+) -> Result<(), StorageError> {
+    let Some(first) = entries.first() else {
+        return Ok(());
+    };
+    check_contiguous(entries)?;
+    if first.index < first_index {
+        return Err(StorageError::Invalid(format!(
+            "append at index {} is before the first index {first_index}",
+            first.index
+        )));
+    }
+    if first.index > last_index + 1 {
+        return Err(StorageError::Invalid(format!(
+            "append at index {} leaves a gap after the last index {last_index}",
+            first.index
+        )));
+    }
+    Ok(())
 }
 
 /// Checks that a batch of entries has consecutive indexes; backends call it before writing.

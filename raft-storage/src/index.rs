@@ -5,7 +5,7 @@
 
 use std::collections::VecDeque;
 
-use raft_core::backend::check_contiguous;
+use raft_core::backend::check_append;
 use raft_core::backend::eraftpb::{ConfState, Entry, HardState, SnapshotMetadata};
 use raft_core::StorageError;
 
@@ -117,21 +117,7 @@ impl LogIndex {
         let (Some(first), Some(last)) = (entries.first(), entries.last()) else {
             return Ok(None);
         };
-        check_contiguous(entries)?;
-        if first.index < self.first_index() {
-            return Err(StorageError::Invalid(format!(
-                "append at index {} is before the first index {}",
-                first.index,
-                self.first_index()
-            )));
-        }
-        if first.index > self.last_index() + 1 {
-            return Err(StorageError::Invalid(format!(
-                "append at index {} leaves a gap after the last index {}",
-                first.index,
-                self.last_index()
-            )));
-        }
+        check_append(entries, self.first_index(), self.last_index())?;
         Ok(Some(AppendPlan {
             old_last: self.last_index(),
             new_last: last.index,
