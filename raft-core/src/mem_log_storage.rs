@@ -230,7 +230,7 @@ impl LogStorage for MemLogStorage {
     }
 }
 
-/// Checks that `entries` (non-empty) may be appended to a log holding `first_index..=last_index`:
+/// Checks that `entries` may be appended to a log holding `first_index..=last_index`:
 /// consecutive indexes, starting neither before the log's first entry nor past its end.
 pub fn check_append(
     entries: &[Entry],

@@ -193,11 +193,8 @@ async fn probes_need_no_token_and_no_concurrency_permit() {
         let mut stalled = tokio::net::TcpStream::connect(&node.http).await.unwrap();
         stalled.write_all(head.as_bytes()).await.unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let mut buf = [0u8; 64];
-        match stalled.try_read(&mut buf) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            // Answered (refused busy) or closed: it lost the race.
-            _ => continue,
+        if support::answered(&stalled) {
+            continue;
         }
         let status = http
             .get(url("/status"))

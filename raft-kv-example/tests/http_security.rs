@@ -343,14 +343,6 @@ async fn slow_put(node: &SingleNode) -> TcpStream {
     slow
 }
 
-/// Whether the server has already answered (or closed) `stream`.
-async fn answered(stream: &mut TcpStream) -> bool {
-    let mut byte = [0u8; 1];
-    tokio::time::timeout(Duration::from_millis(1), stream.read(&mut byte))
-        .await
-        .is_ok()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_the_concurrency_limit_is_503_at_once() {
     let node = start(|_| os(&["--http-max-concurrent-requests", "1"])).await;
@@ -381,7 +373,7 @@ async fn over_the_concurrency_limit_is_503_at_once() {
         );
         // The server may take up a probe before the slow request's headers: the probe got
         // the slot and the slow request was refused. It must then be sent again.
-        if answered(&mut slow).await {
+        if support::answered(&slow) {
             slow = slow_put(&node).await;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;

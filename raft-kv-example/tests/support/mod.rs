@@ -50,6 +50,13 @@ pub fn free_port() -> u16 {
     }
 }
 
+/// Whether the server has already answered or closed `stream`, without waiting: a request
+/// meant to hold a slot that was refused instead has lost a race and must be sent again.
+pub fn answered(stream: &tokio::net::TcpStream) -> bool {
+    let mut buf = [0u8; 64];
+    !matches!(stream.try_read(&mut buf), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+}
+
 pub struct Node {
     pub id: u64,
     pub raft: String,
