@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use bytes::{Bytes, BytesMut};
 use raft_core::{async_trait, SnapshotSink, SnapshotSource, Store, StoreError, StoreResult};
 use serde::{Deserialize, Serialize};
 
@@ -59,9 +60,13 @@ pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> StoreResult<T> {
 
 /// The key-value map every replica holds, and the history of its recent changes that
 /// watchers read ([`WatchHub`]).
+///
+/// Values are reference-counted, so a change in the history and the map's current value of
+/// its key are one buffer: a history of recent writes costs memory only for values that have
+/// since been replaced or deleted.
 #[derive(Default)]
 pub struct KvStore {
-    map: BTreeMap<String, Vec<u8>>,
+    map: BTreeMap<String, Bytes>,
     watches: Arc<WatchHub>,
 }
 
@@ -90,10 +95,11 @@ impl KvStore {
                 return Err(e);
             }
         };
-        // Changes are copied only when they are recorded.
+        // A recorded change shares its value's buffer with the map.
         let keep = index.is_some() && self.watches.keeps_changes();
         let (answer, change) = match command {
             Command::Put { key, value } => {
+                let value = Bytes::from(value);
                 let change = keep.then(|| (key.clone(), Some(value.clone())));
                 self.map.insert(key, value);
                 (Vec::new(), change)
@@ -104,10 +110,12 @@ impl KvStore {
                 (encode(&existed)?, change)
             }
             Command::Cas { key, expect, value } => {
-                let previous = self.map.get(&key).cloned();
-                let swapped = previous == expect;
+                let current = self.map.get(&key);
+                let swapped = current.map(Bytes::as_ref) == expect.as_deref();
+                let previous = current.map(|v| v.to_vec());
                 let mut change = None;
                 if swapped {
+                    let value = Bytes::from(value);
                     change = keep.then(|| (key.clone(), Some(value.clone())));
                     self.map.insert(key, value);
                 }
@@ -115,7 +123,18 @@ impl KvStore {
             }
             Command::Append { key, value } => {
                 let current = self.map.entry(key.clone()).or_default();
-                current.extend_from_slice(&value);
+                let mut grown = match std::mem::take(current).try_into_mut() {
+                    // Not shared with the history: grown in place, amortized.
+                    Ok(unshared) => unshared,
+                    // The history holds the old value: the new one is a new buffer.
+                    Err(shared) => {
+                        let mut copy = BytesMut::with_capacity(shared.len() + value.len());
+                        copy.extend_from_slice(&shared);
+                        copy
+                    }
+                };
+                grown.extend_from_slice(&value);
+                *current = grown.freeze();
                 let length = current.len() as u64;
                 let change = keep.then(|| (key, Some(current.clone())));
                 (encode(&length)?, change)
@@ -159,30 +178,37 @@ impl Store for KvStore {
 
     async fn query(&self, query: &[u8]) -> StoreResult<Vec<u8>> {
         match decode(query)? {
-            Query::Get { key } => encode(&self.map.get(&key)),
+            // A byte slice has the encoding of the `Option<Vec<u8>>` clients decode.
+            Query::Get { key } => encode(&self.map.get(&key).map(Bytes::as_ref)),
         }
     }
 
+    /// Bincode of the map as a `BTreeMap<String, Vec<u8>>`: its length, then each key and
+    /// value.
     async fn snapshot(&self) -> StoreResult<Vec<u8>> {
-        encode(&self.map)
+        let mut whole = Vec::new();
+        put_varint(&mut whole, self.map.len() as u64);
+        for (key, value) in &self.map {
+            put_entry(&mut whole, key, value);
+        }
+        Ok(whole)
     }
 
     async fn restore(&mut self, snapshot: &[u8]) -> StoreResult<()> {
-        self.map = decode(snapshot)?;
+        let map: BTreeMap<String, Vec<u8>> = decode(snapshot)?;
+        self.map = map.into_iter().map(|(k, v)| (k, Bytes::from(v))).collect();
         Ok(())
     }
 
-    /// Writes exactly the bytes of [`Store::snapshot`] (bincode of the map: its length, then
-    /// each key and value), one entry at a time, so no serialized copy of the map is held.
+    /// Writes exactly the bytes of [`Store::snapshot`], one entry at a time, so no serialized
+    /// copy of the map is held.
     async fn snapshot_to(&self, sink: &mut SnapshotSink) -> StoreResult<()> {
-        sink.write(&encode(&(self.map.len() as u64))?).await?;
         let mut entry = Vec::new();
+        put_varint(&mut entry, self.map.len() as u64);
+        sink.write(&entry).await?;
         for (key, value) in &self.map {
             entry.clear();
-            put_varint(&mut entry, key.len() as u64);
-            entry.extend_from_slice(key.as_bytes());
-            put_varint(&mut entry, value.len() as u64);
-            entry.extend_from_slice(value);
+            put_entry(&mut entry, key, value);
             sink.write(&entry).await?;
         }
         Ok(())
@@ -194,7 +220,7 @@ impl Store for KvStore {
         let count = read_varint(source).await?;
         for _ in 0..count {
             let key = String::from_utf8(read_bytes(source).await?)?;
-            let value = read_bytes(source).await?;
+            let value = Bytes::from(read_bytes(source).await?);
             map.insert(key, value);
         }
         if source.remaining() != 0 {
@@ -206,6 +232,14 @@ impl Store for KvStore {
         self.map = map;
         Ok(())
     }
+}
+
+/// Appends one key and value of a snapshot, each length-prefixed.
+fn put_entry(out: &mut Vec<u8>, key: &str, value: &[u8]) {
+    put_varint(out, key.len() as u64);
+    out.extend_from_slice(key.as_bytes());
+    put_varint(out, value.len() as u64);
+    out.extend_from_slice(value);
 }
 
 /// Appends `n` as bincode's standard varint: one byte below 251, else a marker byte and the
@@ -269,10 +303,15 @@ mod tests {
         {
             store.map.insert(
                 format!("key-{i}-{}", "k".repeat(i * 60)),
-                vec![i as u8; *len],
+                Bytes::from(vec![i as u8; *len]),
             );
         }
         let whole = store.snapshot().await?;
+        // The format is bincode's of a map of byte vectors, so snapshots written by a store
+        // that held `Vec<u8>` values restore, and the reverse.
+        let as_vectors: BTreeMap<&String, Vec<u8>> =
+            store.map.iter().map(|(k, v)| (k, v.to_vec())).collect();
+        assert!(whole == encode(&as_vectors)?, "bincode of the map");
         let mut sink = SnapshotSink::memory();
         store.snapshot_to(&mut sink).await?;
         let streamed = sink.into_memory()?;
@@ -414,7 +453,7 @@ mod tests {
         let len: u64 = decode(&store.apply(&append("cde")?).await?)?;
         assert_eq!(len, 8);
         assert_eq!(
-            store.map.get("log").map(Vec::as_slice),
+            store.map.get("log").map(Bytes::as_ref),
             Some(&b"abcdecde"[..])
         );
         // Appending to a value set by a put.
@@ -426,8 +465,53 @@ mod tests {
             .await?;
         let len: u64 = decode(&store.apply(&append("y")?).await?)?;
         assert_eq!(
-            (len, store.map.get("log").cloned()),
+            (len, store.map.get("log").map(|v| v.to_vec())),
             (2, Some(b"xy".to_vec()))
+        );
+        Ok(())
+    }
+
+    /// A recorded change and the map's value are one buffer until the key is written again;
+    /// an append never alters a value the history still holds.
+    #[tokio::test]
+    async fn the_history_shares_values_with_the_map() -> StoreResult<()> {
+        let mut store = KvStore::default();
+        let watches = store.watches();
+        let write = |append: bool, value: &[u8]| {
+            let (key, value) = ("k".to_string(), value.to_vec());
+            encode(&if append {
+                Command::Append { key, value }
+            } else {
+                Command::Put { key, value }
+            })
+        };
+        let current = |store: &KvStore| store.map.get("k").map(|v| v.as_ptr());
+        let recorded = |at: usize| {
+            let changes = watches.changes();
+            changes[at].value.as_ref().map(|v| (v.as_ptr(), v.to_vec()))
+        };
+        store.apply_at(1, &write(false, &[1; 1000])?).await?;
+        assert_eq!(
+            recorded(0).map(|(at, _)| at),
+            current(&store),
+            "a put is stored once"
+        );
+        store.apply_at(2, &write(true, b"tail")?).await?;
+        let mut grown = vec![1; 1000];
+        grown.extend_from_slice(b"tail");
+        assert_eq!(recorded(0).map(|(_, v)| v), Some(vec![1; 1000]));
+        assert_eq!(recorded(1).map(|(_, v)| v), Some(grown.clone()));
+        assert_eq!(recorded(1).map(|(at, _)| at), current(&store));
+        // Without a history the value is grown in place.
+        let mut unwatched = KvStore::with_watch_limits(WatchLimits {
+            max_bytes: 0,
+            ..WatchLimits::default()
+        });
+        unwatched.apply_at(1, &write(true, b"ab")?).await?;
+        unwatched.apply_at(2, &write(true, b"cd")?).await?;
+        assert_eq!(
+            unwatched.map.get("k").map(|v| v.to_vec()),
+            Some(b"abcd".to_vec())
         );
         Ok(())
     }

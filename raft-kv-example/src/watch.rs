@@ -69,13 +69,16 @@ pub struct Change {
     pub index: u64,
     /// The key.
     pub key: String,
-    /// The new value; `None`: the key was deleted.
-    pub value: Option<Vec<u8>>,
+    /// The new value, the same buffer as the store's while it is the key's current value;
+    /// `None`: the key was deleted.
+    pub value: Option<Bytes>,
 }
 
 impl Change {
     fn cost(&self) -> usize {
-        CHANGE_OVERHEAD + self.key.len() + self.value.as_ref().map_or(0, Vec::len)
+        // The whole value counts even while the store shares it: the bound holds for a history
+        // whose every value has since been replaced.
+        CHANGE_OVERHEAD + self.key.len() + self.value.as_ref().map_or(0, Bytes::len)
     }
 }
 
@@ -163,7 +166,7 @@ impl WatchHub {
     }
 
     /// The store applied the command at `index`; `change` is what it changed, if anything.
-    pub fn record(&self, index: u64, change: Option<(String, Option<Vec<u8>>)>) {
+    pub fn record(&self, index: u64, change: Option<(String, Option<Bytes>)>) {
         let mut h = self.lock();
         if index <= h.last_index {
             tracing::warn!(
@@ -194,6 +197,12 @@ impl WatchHub {
             self.evicted.fetch_add(evicted, Ordering::Relaxed);
         }
         self.notify.send_replace(index);
+    }
+
+    /// The changes the history holds, oldest first.
+    #[cfg(test)]
+    pub(crate) fn changes(&self) -> Vec<Arc<Change>> {
+        self.lock().changes.iter().cloned().collect()
     }
 
     /// The store was replaced by a snapshot covering every index up to `index`: the history
@@ -496,8 +505,11 @@ mod tests {
             .collect()
     }
 
-    fn put(key: &str, value: &str) -> Option<(String, Option<Vec<u8>>)> {
-        Some((key.to_string(), Some(value.as_bytes().to_vec())))
+    fn put(key: &str, value: &str) -> Option<(String, Option<Bytes>)> {
+        Some((
+            key.to_string(),
+            Some(Bytes::copy_from_slice(value.as_bytes())),
+        ))
     }
 
     #[test]
@@ -507,7 +519,10 @@ mod tests {
         hub.record(2, put("other", "x"));
         hub.record(3, None);
         hub.record(4, Some(("app/a".into(), None)));
-        hub.record(5, Some(("app/b".into(), Some(vec![0xff, 0x00]))));
+        hub.record(
+            5,
+            Some(("app/b".into(), Some(Bytes::from_static(&[0xff, 0x00])))),
+        );
         let all = hub.read(1, "app/").map(|b| lines(&b)).unwrap_or_default();
         let keys: Vec<_> = all.iter().map(|l| (l.index, l.key.clone())).collect();
         assert_eq!(
