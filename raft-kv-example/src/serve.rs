@@ -93,7 +93,8 @@ pub struct ServeArgs {
     /// watcher that falls that far behind, is answered "compacted" (410).
     #[arg(long, default_value_t = crate::watch::DEFAULT_HISTORY_CHANGES)]
     pub watch_history_changes: usize,
-    /// Most bytes of keys and values each node keeps for `GET /watch`.
+    /// Most bytes of keys and values each node keeps for `GET /watch` (a value still current
+    /// is shared with the store, but counts in full).
     #[arg(long, default_value_t = crate::watch::DEFAULT_HISTORY_BYTES)]
     pub watch_history_bytes: usize,
     /// Most `GET /watch` streams a node serves at once (one more is answered 503).
