@@ -6,7 +6,9 @@
 //! destination has a queue drained by one task: it keeps at most [`IN_FLIGHT`] calls open,
 //! and whatever queued up while they were busy leaves as one [`BatchRequest`]. No timer is
 //! involved — a lone request leaves at once as a plain call — so an idle cluster pays nothing
-//! and a loaded one sends one call per batch.
+//! and a loaded one sends one call per batch. A request that finds its destination's queue
+//! empty and a call free makes that call from its caller's task, without the hand-offs to the
+//! drain task and the call's task: at low load each hand-off is a worker thread woken.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -50,7 +52,15 @@ struct Pending {
     reply: oneshot::Sender<Answer>,
 }
 
-type Queues = HashMap<String, mpsc::Sender<Pending>>;
+/// One destination: its queue, and the calls it may have open (shared by the drain task and
+/// callers that find the queue empty).
+#[derive(Clone)]
+struct Destination {
+    queue: mpsc::Sender<Pending>,
+    calls: Arc<Semaphore>,
+}
+
+type Queues = HashMap<String, Destination>;
 
 /// Per-destination queues of requests to forward, each bounded.
 pub(crate) struct Forwarder {
@@ -78,6 +88,14 @@ impl Forwarder {
     /// waits for its answer until `deadline`. The request leaves with what is left of the
     /// deadline then, so the leader gives up when the caller does.
     pub(crate) async fn call(&self, addr: &str, op: Op, deadline: Instant) -> Forwarded {
+        let Some(mut destination) = self.destination(addr) else {
+            return Forwarded::Busy;
+        };
+        if destination.queue.capacity() == destination.queue.max_capacity() {
+            if let Ok(call) = destination.calls.clone().try_acquire_owned() {
+                return call_alone(self.transport.as_ref(), addr, op, deadline, call).await;
+            }
+        }
         let (tx, rx) = oneshot::channel();
         let size = match &op {
             Op::Propose(data, _) | Op::Read(data, _) => data.len(),
@@ -89,14 +107,11 @@ impl Forwarder {
             deadline,
             reply: tx,
         };
-        let depth = &self.counters.metrics.forward_queue;
         // A queue whose task ended (its runtime shut down) is replaced once.
-        for _ in 0..2 {
-            let Some(queue) = self.queue(addr) else {
-                return Forwarded::Busy;
-            };
-            match queue.try_send(pending) {
+        for retry in [true, false] {
+            match destination.queue.try_send(pending) {
                 Ok(()) => {
+                    let depth = &self.counters.metrics.forward_queue;
                     depth.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     return match tokio::time::timeout_at(deadline.into(), rx).await {
                         Ok(Ok(Ok(response))) => Forwarded::Answer(response),
@@ -108,6 +123,13 @@ impl Forwarder {
                 Err(mpsc::error::TrySendError::Closed(p)) => {
                     pending = p;
                     self.lock().remove(addr);
+                    if !retry {
+                        break;
+                    }
+                    let Some(fresh) = self.destination(addr) else {
+                        return Forwarded::Busy;
+                    };
+                    destination = fresh;
                 }
             }
         }
@@ -120,28 +142,56 @@ impl Forwarder {
 
     /// The queue to `addr`, created on first use; `None` when there are too many busy
     /// destinations to add another.
-    fn queue(&self, addr: &str) -> Option<mpsc::Sender<Pending>> {
+    fn destination(&self, addr: &str) -> Option<Destination> {
         let mut queues = self.lock();
-        if let Some(q) = queues.get(addr).filter(|q| !q.is_closed()) {
-            return Some(q.clone());
+        if let Some(d) = queues.get(addr).filter(|d| !d.queue.is_closed()) {
+            return Some(d.clone());
         }
         if queues.len() >= MAX_DESTINATIONS {
             // Idle queues go; their drain tasks end when their sender is dropped.
             let capacity = self.capacity;
-            queues.retain(|_, q| !q.is_closed() && q.capacity() < capacity);
+            queues.retain(|_, d| !d.queue.is_closed() && d.queue.capacity() < capacity);
             if queues.len() >= MAX_DESTINATIONS {
                 return None;
             }
         }
         let (tx, rx) = mpsc::channel(self.capacity);
+        let destination = Destination {
+            queue: tx,
+            calls: Arc::new(Semaphore::new(IN_FLIGHT)),
+        };
         let drain = Drain {
             transport: self.transport.clone(),
             addr: addr.to_string(),
             counters: self.counters.clone(),
+            calls: destination.calls.clone(),
         };
         tokio::spawn(drain.run(rx));
-        queues.insert(addr.to_string(), tx.clone());
-        Some(tx)
+        queues.insert(addr.to_string(), destination.clone());
+        Some(destination)
+    }
+}
+
+/// Makes one request's call from its caller's task, holding one of the destination's calls.
+async fn call_alone(
+    transport: &dyn Transport,
+    addr: &str,
+    op: Op,
+    deadline: Instant,
+    _call: OwnedSemaphorePermit,
+) -> Forwarded {
+    let now = Instant::now();
+    if deadline <= now {
+        return Forwarded::TimedOut;
+    }
+    let request = op.to_request(deadline);
+    // The transport gives up after what is left of the deadline; the caller waits no longer
+    // whatever the transport does.
+    let call = transport.call(addr, request, deadline - now);
+    match tokio::time::timeout_at(deadline.into(), call).await {
+        Ok(Ok(response)) => Forwarded::Answer(response),
+        Ok(Err(e)) => Forwarded::Failed(e),
+        Err(_) => Forwarded::TimedOut,
     }
 }
 
@@ -150,13 +200,13 @@ struct Drain {
     transport: Arc<dyn Transport>,
     addr: String,
     counters: Arc<Counters>,
+    calls: Arc<Semaphore>,
 }
 
 impl Drain {
     async fn run(self, mut queue: mpsc::Receiver<Pending>) {
-        let permits = Arc::new(Semaphore::new(IN_FLIGHT));
         loop {
-            let Ok(permit) = permits.clone().acquire_owned().await else {
+            let Ok(permit) = self.calls.clone().acquire_owned().await else {
                 return;
             };
             let Some(first) = queue.recv().await else {
@@ -280,6 +330,9 @@ mod tests {
         answer_short: bool,
         /// The time left on the last proposal received, as its request said.
         last_timeout_ms: AtomicUsize,
+        /// Calls open now, and the most ever open at once.
+        open: AtomicUsize,
+        most_open: AtomicUsize,
     }
 
     fn echo(request: Request) -> Response {
@@ -310,11 +363,14 @@ mod tests {
             _: Duration,
         ) -> Result<Response, TransportError> {
             self.calls.fetch_add(1, Ordering::SeqCst);
+            let open = self.open.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_open.fetch_max(open, Ordering::SeqCst);
             if let Some(request::Kind::Propose(p)) = &request.kind {
                 self.last_timeout_ms
                     .store(p.timeout_ms as usize, Ordering::SeqCst);
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
+            self.open.fetch_sub(1, Ordering::SeqCst);
             Ok(match request.kind {
                 Some(request::Kind::Batch(b)) => {
                     self.requests.fetch_add(b.requests.len(), Ordering::SeqCst);
@@ -392,6 +448,12 @@ mod tests {
         let calls = transport.calls.load(Ordering::SeqCst);
         assert_eq!(transport.requests.load(Ordering::SeqCst), 200);
         assert!(calls <= 20, "200 concurrent requests took {calls} calls");
+        // Callers that call alone and the drain task share the destination's calls.
+        let most_open = transport.most_open.load(Ordering::SeqCst);
+        assert!(
+            most_open <= IN_FLIGHT,
+            "{most_open} calls were open at once"
+        );
     }
 
     #[tokio::test]
