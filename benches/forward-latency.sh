@@ -30,7 +30,7 @@ source benches/start-cluster.sh
 leader=""
 follower=""
 for url in ${endpoints//,/ }; do
-    if curl -fsS --max-time 2 "$url/status" | grep -q '"role":"leader"'; then
+    if is_leader "$url"; then
         leader="$url"
     else
         follower="$url"

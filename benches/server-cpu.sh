@@ -38,7 +38,7 @@ ticks() {
 hz="$(getconf CLK_TCK)"
 if [ -n "${LEADER_ONLY:-}" ]; then
     for url in ${endpoints//,/ }; do
-        if curl -fsS --max-time 2 "$url/status" | grep -q '"role":"leader"'; then
+        if is_leader "$url"; then
             endpoints="$url"
             break
         fi
