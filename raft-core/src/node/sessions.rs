@@ -12,7 +12,7 @@
 //! [`MAX_SESSIONS`] sessions or [`MAX_ANSWER_BYTES`] of saved answers, the least recently
 //! used session is forgotten.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
 use crate::error::{Error, NotApplied};
 use crate::records::ClientSession;
@@ -58,15 +58,31 @@ impl Remembered {
     }
 }
 
+/// A remembered session and its neighbours in the order of use.
+#[derive(Debug)]
+struct Slot {
+    id: u64,
+    session: Remembered,
+    /// The slot used just before this one, and just after.
+    older: Option<usize>,
+    newer: Option<usize>,
+}
+
 /// The sessions of the replicated state.
+///
+/// Sessions sit in slots linked in the order of their last use, so that a use moves its
+/// session to the newest end and the least recently used is at the oldest end, with no lookup
+/// beyond the one that finds the session: this runs for every command on every replica.
+/// Commands apply in index order, so the newest end is always the highest index.
 #[derive(Debug, Default)]
 pub(crate) struct SessionTable {
-    sessions: HashMap<u64, Remembered>,
-    /// (index, id) each time a session is used, oldest first: the first pair that is still
-    /// its session's last use names the least recently used session. Pairs a later use made
-    /// stale are skipped, and dropped once they outnumber the sessions (a queue rather than
-    /// an ordered set: commands apply in index order, so uses only ever join at the back).
-    by_use: VecDeque<(u64, u64)>,
+    /// Each session's slot in `slots`.
+    by_id: HashMap<u64, usize>,
+    slots: Vec<Slot>,
+    /// Slots of forgotten sessions, for the next new ones.
+    free: Vec<usize>,
+    oldest: Option<usize>,
+    newest: Option<usize>,
     answer_bytes: usize,
     /// Sessions forgotten to stay within the bounds, since this table was made.
     pub(crate) evicted: u64,
@@ -75,7 +91,7 @@ pub(crate) struct SessionTable {
 impl SessionTable {
     /// Sessions remembered.
     pub(crate) fn len(&self) -> usize {
-        self.sessions.len()
+        self.by_id.len()
     }
 
     /// Bytes of saved answers.
@@ -86,7 +102,7 @@ impl SessionTable {
     /// Decides what to do with the command `tag` names, in the entry at `index`.
     pub(crate) fn admit(&mut self, tag: &SessionTag, index: u64) -> Admission {
         self.expire(index);
-        let Some(known) = self.sessions.get(&tag.id) else {
+        let Some(&slot) = self.by_id.get(&tag.id) else {
             // A session the client already had answers in, forgotten here: a retry of its
             // last command may have been applied before, so it must not apply again.
             return if tag.established {
@@ -95,6 +111,7 @@ impl SessionTable {
                 Admission::Apply
             };
         };
+        let known = &mut self.slots[slot].session;
         if tag.seq > known.seq {
             return Admission::Apply;
         }
@@ -107,7 +124,8 @@ impl SessionTable {
             Some(Err(message)) => Err(Error::store(message)),
             None => Err(Error::applied_answer_not_kept()),
         };
-        self.touch(tag.id, index);
+        known.last_index = index;
+        self.make_newest(slot);
         Admission::Answered(answer)
     }
 
@@ -118,17 +136,15 @@ impl SessionTable {
             Err(e) if e.len() > MAX_KEPT_ANSWER => None,
             other => Some(other.clone()),
         };
-        let entry = Remembered {
-            last_index: index,
-            seq: tag.seq,
-            answer: kept,
-        };
-        self.answer_bytes += entry.answer_bytes();
-        if let Some(old) = self.sessions.insert(tag.id, entry) {
-            self.answer_bytes -= old.answer_bytes();
-        }
-        self.note_use(index, tag.id);
-        while self.sessions.len() > MAX_SESSIONS || self.answer_bytes > MAX_ANSWER_BYTES {
+        self.remember(
+            tag.id,
+            Remembered {
+                last_index: index,
+                seq: tag.seq,
+                answer: kept,
+            },
+        );
+        while self.by_id.len() > MAX_SESSIONS || self.answer_bytes > MAX_ANSWER_BYTES {
             // The one just recorded is the most recently used: it goes last, never now
             // (its own answer is at most MAX_KEPT_ANSWER, below the byte bound).
             if !self.forget_least_recent(Some(tag.id)) {
@@ -138,41 +154,74 @@ impl SessionTable {
         }
     }
 
-    fn touch(&mut self, id: u64, to: u64) {
-        if let Some(session) = self.sessions.get_mut(&id) {
-            session.last_index = to;
-            self.note_use(to, id);
+    /// Sets session `id` to `session`, as its newest use.
+    fn remember(&mut self, id: u64, session: Remembered) {
+        self.answer_bytes += session.answer_bytes();
+        if let Some(&slot) = self.by_id.get(&id) {
+            let old = std::mem::replace(&mut self.slots[slot].session, session);
+            self.answer_bytes -= old.answer_bytes();
+            self.make_newest(slot);
+            return;
         }
-    }
-
-    /// Session `id` was used at `index`, after every use noted so far.
-    fn note_use(&mut self, index: u64, id: u64) {
-        debug_assert!(
-            self.by_use.back().is_none_or(|&(last, _)| last <= index),
-            "uses must arrive in index order"
-        );
-        self.by_use.push_back((index, id));
-        if self.by_use.len() > 2 * self.sessions.len() + 64 {
-            let sessions = &self.sessions;
-            self.by_use.retain(|&pair| is_last_use(sessions, pair));
-        }
-    }
-
-    /// The least recently used session's (last index, id), dropping stale pairs before it.
-    fn least_recent(&mut self) -> Option<(u64, u64)> {
-        while let Some(&pair) = self.by_use.front() {
-            if is_last_use(&self.sessions, pair) {
-                return Some(pair);
+        let fresh = Slot {
+            id,
+            session,
+            older: None,
+            newer: None,
+        };
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.slots[slot] = fresh;
+                slot
             }
-            self.by_use.pop_front();
+            None => {
+                self.slots.push(fresh);
+                self.slots.len() - 1
+            }
+        };
+        self.by_id.insert(id, slot);
+        self.link_newest(slot);
+    }
+
+    /// Moves a linked slot to the newest end.
+    fn make_newest(&mut self, slot: usize) {
+        if self.newest != Some(slot) {
+            self.unlink(slot);
+            self.link_newest(slot);
         }
-        None
+    }
+
+    fn unlink(&mut self, slot: usize) {
+        let (older, newer) = (self.slots[slot].older, self.slots[slot].newer);
+        match older {
+            Some(o) => self.slots[o].newer = newer,
+            None => self.oldest = newer,
+        }
+        match newer {
+            Some(n) => self.slots[n].older = older,
+            None => self.newest = older,
+        }
+    }
+
+    fn link_newest(&mut self, slot: usize) {
+        self.slots[slot].older = self.newest;
+        self.slots[slot].newer = None;
+        match self.newest {
+            Some(n) => self.slots[n].newer = Some(slot),
+            None => self.oldest = Some(slot),
+        }
+        self.newest = Some(slot);
     }
 
     /// Forgets sessions idle for more than [`IDLE_ENTRIES`] entries before `index`.
     fn expire(&mut self, index: u64) {
-        while let Some((last, _)) = self.least_recent() {
-            if last.saturating_add(IDLE_ENTRIES) >= index {
+        while let Some(oldest) = self.oldest {
+            if self.slots[oldest]
+                .session
+                .last_index
+                .saturating_add(IDLE_ENTRIES)
+                >= index
+            {
                 break;
             }
             self.forget_least_recent(None);
@@ -181,39 +230,53 @@ impl SessionTable {
 
     /// Forgets the least recently used session unless it is `keep`; false when none was.
     fn forget_least_recent(&mut self, keep: Option<u64>) -> bool {
-        let Some((_, id)) = self.least_recent() else {
+        let Some(oldest) = self.oldest else {
             return false;
         };
+        let id = self.slots[oldest].id;
         if Some(id) == keep {
             return false;
         }
-        self.by_use.pop_front();
-        if let Some(old) = self.sessions.remove(&id) {
-            self.answer_bytes -= old.answer_bytes();
-        }
+        self.unlink(oldest);
+        self.by_id.remove(&id);
+        let forgotten = std::mem::replace(
+            &mut self.slots[oldest].session,
+            Remembered {
+                last_index: 0,
+                seq: 0,
+                answer: None,
+            },
+        );
+        self.answer_bytes -= forgotten.answer_bytes();
+        self.free.push(oldest);
         true
+    }
+
+    /// The sessions' slots, least recently used first.
+    fn in_order_of_use(&self) -> impl Iterator<Item = &Slot> {
+        std::iter::successors(self.oldest.map(|s| &self.slots[s]), |slot| {
+            slot.newer.map(|s| &self.slots[s])
+        })
     }
 
     /// The table as snapshot records, least recently used first.
     pub(crate) fn to_records(&self) -> Vec<ClientSession> {
-        self.by_use
-            .iter()
-            .filter(|&&pair| is_last_use(&self.sessions, pair))
-            .filter_map(|&(_, id)| {
-                let s = self.sessions.get(&id)?;
+        self.in_order_of_use()
+            .map(|slot| {
+                let s = &slot.session;
                 let (answer, failed, kept) = match &s.answer {
                     Some(Ok(v)) => (v.clone(), false, true),
                     Some(Err(e)) => (e.as_bytes().to_vec(), true, true),
                     None => (Vec::new(), false, false),
                 };
-                Some(ClientSession {
-                    id,
+                ClientSession {
+                    id: slot.id,
                     last_index: s.last_index,
                     seq: s.seq,
                     answer,
                     failed,
                     answer_kept: kept,
-                })
+                }
             })
             .collect()
     }
@@ -221,8 +284,8 @@ impl SessionTable {
     /// The table a snapshot's records describe.
     pub(crate) fn from_records(mut records: Vec<ClientSession>) -> Self {
         let mut table = SessionTable::default();
-        // In order of use, as `note_use` requires; equal indexes (only in a crafted
-        // snapshot) by id, so every replica orders them alike.
+        // In order of use; equal indexes (only in a crafted snapshot) by id, so every replica
+        // orders them alike. A repeated id keeps its last record.
         records.sort_by_key(|r| (r.last_index, r.id));
         for r in records {
             let answer = match (r.answer_kept, r.failed) {
@@ -230,27 +293,17 @@ impl SessionTable {
                 (true, false) => Some(Ok(r.answer)),
                 (true, true) => Some(Err(String::from_utf8_lossy(&r.answer).into_owned())),
             };
-            let entry = Remembered {
-                last_index: r.last_index,
-                seq: r.seq,
-                answer,
-            };
-            table.answer_bytes += entry.answer_bytes();
-            if let Some(old) = table.sessions.insert(r.id, entry) {
-                table.answer_bytes -= old.answer_bytes();
-                if old.last_index == r.last_index {
-                    continue;
-                }
-            }
-            table.note_use(r.last_index, r.id);
+            table.remember(
+                r.id,
+                Remembered {
+                    last_index: r.last_index,
+                    seq: r.seq,
+                    answer,
+                },
+            );
         }
         table
     }
-}
-
-/// True when `(index, id)` is session `id`'s last use (not one a later use made stale).
-fn is_last_use(sessions: &HashMap<u64, Remembered>, (index, id): (u64, u64)) -> bool {
-    sessions.get(&id).is_some_and(|s| s.last_index == index)
 }
 
 #[cfg(test)]
@@ -325,7 +378,7 @@ mod tests {
         }
         assert_eq!(t.len(), MAX_SESSIONS);
         assert_eq!(t.evicted, 3);
-        assert!(!t.sessions.contains_key(&1) && t.sessions.contains_key(&4));
+        assert!(!t.by_id.contains_key(&1) && t.by_id.contains_key(&4));
         let mut t = SessionTable::default();
         let big = vec![0u8; MAX_KEPT_ANSWER];
         for id in 1..=20u64 {
@@ -509,6 +562,12 @@ mod tests {
                 oracle.bytes,
                 "seed {seed}, step {step}"
             );
+            // Forgotten sessions' slots are reused: the slab never outgrows the count bound.
+            assert!(
+                table.slots.len() <= MAX_SESSIONS + 1,
+                "seed {seed}, step {step}: {} slots",
+                table.slots.len()
+            );
             if step % 5_000 == 0 {
                 let mut records = table.to_records();
                 let order: Vec<(u64, u64)> = records.iter().map(|r| (r.last_index, r.id)).collect();
@@ -527,11 +586,10 @@ mod tests {
             oracle.over_bytes,
             oracle.idle
         );
-        assert!(
-            table.by_use.len() <= 2 * table.len() + 65,
-            "stale uses pile up: {} for {} sessions",
-            table.by_use.len(),
-            table.len()
+        assert_eq!(
+            table.slots.len() - table.free.len(),
+            table.len(),
+            "every slot is either a remembered session or free"
         );
     }
 
