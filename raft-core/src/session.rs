@@ -56,17 +56,25 @@ impl SessionTag {
         self.id != 0 && self.seq != 0
     }
 
-    /// The tag as a log entry's context.
-    pub(crate) fn to_record(self) -> records::SessionTag {
+    /// The tag encoded as a log entry's context.
+    pub(crate) fn to_context(self) -> Vec<u8> {
+        use prost::Message as _;
         records::SessionTag {
             id: self.id,
             seq: self.seq,
             established: self.established,
         }
+        .encode_to_vec()
     }
 
     /// The tag a log entry's context carries, if it is a valid one.
-    pub(crate) fn from_record(r: &records::SessionTag) -> Option<Self> {
+    ///
+    /// Every replica decodes the context of every entry it applies, so the encoding
+    /// [`SessionTag::to_context`] writes (fields 1, 2, 3 in order, each at most once) is read
+    /// directly; anything else goes through the full protobuf decoder, with the same result.
+    pub(crate) fn from_context(context: &[u8]) -> Option<Self> {
+        use prost::Message as _;
+        let r = in_field_order(context).or_else(|| records::SessionTag::decode(context).ok())?;
         let tag = SessionTag {
             id: r.id,
             seq: r.seq,
@@ -84,6 +92,34 @@ impl SessionTag {
             }
         }
     }
+}
+
+/// A `records::SessionTag` whose fields appear in order, each at most once, all varints
+/// (what prost writes); `None` for any other encoding, valid or not.
+fn in_field_order(mut buf: &[u8]) -> Option<records::SessionTag> {
+    let mut tag = records::SessionTag::default();
+    let mut last_field = 0;
+    while let Some((&key, rest)) = buf.split_first() {
+        // Keys of fields 1 to 3 with the varint wire type.
+        let field = match key {
+            0x08 => 1,
+            0x10 => 2,
+            0x18 => 3,
+            _ => return None,
+        };
+        if field <= last_field {
+            return None;
+        }
+        last_field = field;
+        buf = rest;
+        let value = prost::encoding::decode_varint(&mut buf).ok()?;
+        match field {
+            1 => tag.id = value,
+            2 => tag.seq = value,
+            _ => tag.established = value != 0,
+        }
+    }
+    Some(tag)
 }
 
 /// A mailbox's own session, between commands.
@@ -148,6 +184,76 @@ impl SessionPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prost::Message as _;
+
+    /// The direct reading agrees with prost's decoder wherever it answers, and answers for
+    /// every context this version writes. Replay a failure with `CONTEXT_SEED=<seed>`.
+    #[test]
+    fn contexts_decode_as_prost_decodes_them() {
+        use rand::{Rng, SeedableRng};
+        let seed = std::env::var("CONTEXT_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(rand::random::<u64>);
+        println!("CONTEXT_SEED={seed}");
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let mut direct = 0;
+        for round in 0..20_000 {
+            let tag = SessionTag {
+                id: match rng.gen_range(0..3) {
+                    0 => 0,
+                    1 => rng.gen_range(1..300),
+                    _ => rng.gen(),
+                },
+                seq: rng.gen_range(0..1_000_000),
+                established: rng.gen(),
+            };
+            let written = tag.to_context();
+            assert_eq!(
+                in_field_order(&written),
+                records::SessionTag::decode(&written[..]).ok(),
+                "seed {seed}, round {round}"
+            );
+            assert_eq!(
+                SessionTag::from_context(&written),
+                tag.is_valid().then_some(tag),
+                "seed {seed}, round {round}"
+            );
+            // Damaged, reordered, repeated or foreign encodings.
+            let mut bytes = written.clone();
+            match rng.gen_range(0..5) {
+                0 => bytes.truncate(rng.gen_range(0..=bytes.len())),
+                1 if !bytes.is_empty() => {
+                    let at = rng.gen_range(0..bytes.len());
+                    bytes[at] = rng.gen();
+                }
+                2 => bytes.extend_from_slice(&written),
+                3 => bytes = (0..rng.gen_range(0..12)).map(|_| rng.gen()).collect(),
+                _ => bytes.extend_from_slice(&[0x18, rng.gen_range(0..3), 0x08, 0x05]),
+            }
+            let full = records::SessionTag::decode(&bytes[..]).ok();
+            if let Some(read) = in_field_order(&bytes) {
+                direct += 1;
+                assert_eq!(Some(read), full, "seed {seed}, round {round}: {bytes:?}");
+            }
+            let expected = full
+                .map(|r| SessionTag {
+                    id: r.id,
+                    seq: r.seq,
+                    established: r.established,
+                })
+                .filter(SessionTag::is_valid);
+            assert_eq!(
+                SessionTag::from_context(&bytes),
+                expected,
+                "seed {seed}, round {round}: {bytes:?}"
+            );
+        }
+        assert!(
+            direct > 1_000,
+            "seed {seed}: the direct path answered {direct} times"
+        );
+    }
 
     #[test]
     fn a_pool_reuses_sessions_and_new_ones_are_random() {

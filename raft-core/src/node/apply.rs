@@ -15,7 +15,6 @@ use super::Counters;
 use crate::error::{Error, Result};
 use crate::log_storage::{snapshot_index, snapshot_term, LogStorage};
 use crate::metrics::NodeMetrics;
-use crate::records;
 use crate::session::SessionTag;
 use crate::snapshot_payload::SnapshotPayload;
 use crate::snapshot_stream::{SnapshotSink, SnapshotSource};
@@ -498,7 +497,5 @@ fn session_of(context: &[u8]) -> Option<SessionTag> {
     if context.is_empty() {
         return None;
     }
-    use prost::Message as _;
-    let record = records::SessionTag::decode(context).ok()?;
-    SessionTag::from_record(&record)
+    SessionTag::from_context(context)
 }

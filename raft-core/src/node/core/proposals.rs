@@ -104,7 +104,7 @@ impl NodeCore {
                 data: p.data.into(),
                 context: p
                     .session
-                    .map(|s| s.to_record().encode_to_vec())
+                    .map(SessionTag::to_context)
                     .unwrap_or_default()
                     .into(),
                 ..Default::default()
