@@ -187,15 +187,11 @@ mod tests {
     use prost::Message as _;
 
     /// The direct reading agrees with prost's decoder wherever it answers, and answers for
-    /// every context this version writes. Replay a failure with `CONTEXT_SEED=<seed>`.
+    /// every context this version writes. Replay a failure with `RAFTKIT_SEED=<seed>`.
     #[test]
     fn contexts_decode_as_prost_decodes_them() {
         use rand::{Rng, SeedableRng};
-        let seed = std::env::var("CONTEXT_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(rand::random::<u64>);
-        println!("CONTEXT_SEED={seed}");
+        let seed = crate::testing::cluster::seed("contexts_decode_as_prost_decodes_them");
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut direct = 0;
         for round in 0..20_000 {

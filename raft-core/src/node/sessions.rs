@@ -40,7 +40,7 @@ pub(crate) enum Admission {
     Answered(crate::error::Result<Vec<u8>>),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct Remembered {
     last_index: u64,
     seq: u64,
@@ -240,14 +240,7 @@ impl SessionTable {
         }
         self.unlink(oldest);
         self.by_id.remove(&id);
-        let forgotten = std::mem::replace(
-            &mut self.slots[oldest].session,
-            Remembered {
-                last_index: 0,
-                seq: 0,
-                answer: None,
-            },
-        );
+        let forgotten = std::mem::take(&mut self.slots[oldest].session);
         self.answer_bytes -= forgotten.answer_bytes();
         self.free.push(oldest);
         true
@@ -496,16 +489,14 @@ mod tests {
     /// new sessions past the count bound; large answers past the byte bound; idle gaps):
     /// every decision, the eviction order and the records match the oracle's, and a table
     /// restored from its records (in any order) goes on deciding alike.
-    /// Replay a failure with `SESSIONS_SEED=<seed>`.
+    /// Replay a failure with `RAFTKIT_SEED=<seed>`.
     #[test]
     fn the_table_decides_and_evicts_exactly_as_an_ordered_set_would() {
         use rand::seq::SliceRandom;
         use rand::{Rng, SeedableRng};
-        let seed = std::env::var("SESSIONS_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(rand::random::<u64>);
-        println!("SESSIONS_SEED={seed}");
+        let seed = crate::testing::cluster::seed(
+            "the_table_decides_and_evicts_exactly_as_an_ordered_set_would",
+        );
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let (mut table, mut oracle) = (SessionTable::default(), Oracle::default());
         let mut next_seq: HashMap<u64, u64> = HashMap::new();
